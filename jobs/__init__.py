@@ -1,0 +1,1 @@
+"""The team's jobs: one module per job, each an `@job` function (see README.md)."""

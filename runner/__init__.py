@@ -1,0 +1,30 @@
+"""runner: scheduled scripts beside a backend, with one execution path and one run history.
+
+Jobs import only this module's public API:
+
+    from runner import JobContext, job
+
+    @job
+    def hello(ctx: JobContext, name: str = "world", count: int = 1) -> str: ...
+"""
+
+from __future__ import annotations
+
+from runner.context import Fire, JobContext, JobState
+from runner.jobapi import job
+
+__version__ = "0.1.0"
+__all__ = ["Fire", "JobContext", "JobState", "__version__", "job", "main"]
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the job of the module executed with `python -m` (`python -m jobs.hello --count 2`),
+    through the same execution path and history as `runner run`."""
+    import __main__
+
+    from runner.cli import run_module
+
+    spec = getattr(__main__, "__spec__", None)
+    if spec is None:
+        raise SystemExit("runner.main(): start the job module with `python -m package.module`")
+    run_module(spec.name, argv)

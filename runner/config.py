@@ -1,0 +1,360 @@
+"""INI file -> validated, frozen settings (`[runner]` and one `[job:NAME]` per configured job)."""
+
+from __future__ import annotations
+
+import configparser
+import fnmatch
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from runner.errors import ConfigError
+
+DEFAULT_CONFIG = Path("config/runner.ini")
+CONFIG_ENV = "RUNNER_CONFIG"
+JOB_PREFIX = "job:"
+
+OVERLAP_POLICIES = ("skip", "queue", "allow")
+RUNNER_KEYS = {
+    "database": "SQLAlchemy URL of the run history",
+    "var_dir": "folder for the embedded database, logs and saved files",
+    "log_dir": "folder for one log file per run",
+    "timezone": "IANA timezone schedules are evaluated in",
+    "max_workers": "how many jobs the daemon runs at once",
+    "job_packages": "Python packages whose modules define jobs",
+    "heartbeat": "how often a running job's supervisor reports it is alive",
+    "stale_after": "how old a heartbeat may get before the run counts as lost",
+    "kill_grace": "how long a job may take to stop after SIGTERM before SIGKILL",
+}
+JOB_KEYS = {
+    "uses": "package.module:function that implements the job",
+    "timeout": "longest a run may take before it is stopped",
+    "retries": "how many more attempts after a failure",
+    "retry_backoff": "wait before the first retry; doubles each time, with jitter",
+    "overlap": "what a fire does while the previous run still runs: skip, queue or allow",
+    "description": "one line shown by `runner list`",
+}
+SECRET_PATTERNS = ("*password*", "*passwd*", "*token*", "*secret*", "*_key", "key")
+SECRET_MASK = "***"
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
+_DURATION_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+_MAX_INTERPOLATION_DEPTH = 10
+
+
+def parse_duration(text: str) -> float:
+    """'90s', '15m', '2h', '1h30m', '500ms', '1d' or a bare number of seconds -> seconds."""
+    text = text.strip().lower()
+    try:
+        value = float(text)
+    except ValueError:
+        pos, value = 0, 0.0
+        for match in _DURATION_PART.finditer(text):
+            if match.start() != pos and text[pos : match.start()].strip():
+                break
+            value += float(match.group(1)) * _DURATION_UNIT_S[match.group(2)]
+            pos = match.end()
+        if pos == 0 or text[pos:].strip():
+            raise ValueError(text) from None
+    if value < 0 or value != value:
+        raise ValueError(text)
+    return value
+
+
+def format_duration(seconds: float) -> str:
+    if seconds and seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def is_secret(key: str) -> bool:
+    key = key.lower()
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in SECRET_PATTERNS)
+
+
+def mask_url_password(url: str) -> str:
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1" + SECRET_MASK + "@", url)
+
+
+def system_timezone() -> str:
+    """The machine's IANA timezone name (TZ, /etc/timezone, /etc/localtime), else UTC."""
+    tz = os.environ.get("TZ", "").lstrip(":")
+    if tz and "/" in tz and not tz.startswith("/"):
+        return tz
+    try:
+        name = Path("/etc/timezone").read_text().strip()
+        if name:
+            return name
+    except OSError:
+        pass
+    try:
+        target = os.readlink("/etc/localtime")
+        if "zoneinfo/" in target:
+            return target.split("zoneinfo/", 1)[1]
+    except OSError:
+        pass
+    return "UTC"
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSettings:
+    database: str
+    var_dir: Path
+    log_dir: Path
+    timezone: str
+    max_workers: int
+    job_packages: tuple[str, ...]
+    heartbeat_s: float
+    stale_after_s: float
+    kill_grace_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobSettings:
+    """One `[job:NAME]` section; None means 'use the @job decorator's default'."""
+
+    name: str
+    uses: str | None = None
+    timeout_s: float | None = None
+    retries: int | None = None
+    retry_backoff_s: float | None = None
+    overlap: str | None = None
+    description: str | None = None
+    params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    path: Path
+    runner: RunnerSettings
+    jobs: Mapping[str, JobSettings]
+    sections: Mapping[str, Mapping[str, str]]
+
+    def job(self, name: str) -> JobSettings | None:
+        return self.jobs.get(name)
+
+    def printable(self) -> dict[str, dict[str, str]]:
+        """Every resolved section with secrets replaced by ***."""
+        return {
+            section: {
+                key: SECRET_MASK if is_secret(key) else mask_url_password(value)
+                for key, value in values.items()
+            }
+            for section, values in self.sections.items()
+        }
+
+
+def find_config(explicit: str | os.PathLike[str] | None) -> Path:
+    if explicit:
+        path, how = Path(explicit), "--config"
+    elif os.environ.get(CONFIG_ENV):
+        path, how = Path(os.environ[CONFIG_ENV]), f"${CONFIG_ENV}"
+    else:
+        path, how = DEFAULT_CONFIG, "default"
+    if not path.is_file():
+        hint = (
+            "pass --config PATH or set RUNNER_CONFIG"
+            if how == "default"
+            else f"check the path given by {how}"
+        )
+        raise ConfigError(f"config file not found ({hint})", path=path)
+    return path.resolve()
+
+
+def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
+    """Find, read, interpolate and validate the INI file (job functions are checked later)."""
+    path = find_config(explicit)
+    parser = configparser.ConfigParser(interpolation=None, default_section="DEFAULT")
+    try:
+        with path.open(encoding="utf-8") as handle:
+            parser.read_file(handle)
+    except configparser.Error as exc:
+        first_line = str(exc).splitlines()[0].rstrip(".")
+        raise ConfigError(f"not a valid INI file: {first_line}", path=path) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read: {exc}", path=path) from None
+    sections = _interpolate(parser, path)
+    for name in sections:
+        if name != "runner" and not name.startswith(JOB_PREFIX):
+            raise ConfigError(
+                "unknown section; expected [runner] or [job:NAME]", path=path, section=name
+            )
+    base = path.parent
+    runner = _runner_settings(sections.get("runner", {}), path, base)
+    jobs = {}
+    for section, values in sections.items():
+        if section.startswith(JOB_PREFIX):
+            name = section[len(JOB_PREFIX) :].strip()
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name):
+                raise ConfigError(
+                    "job names use letters, digits, '_', '-' and '.'", path=path, section=section
+                )
+            jobs[name] = _job_settings(name, section, values, path)
+    frozen = {k: MappingProxyType(dict(v)) for k, v in sections.items()}
+    return Settings(path, runner, MappingProxyType(jobs), MappingProxyType(frozen))
+
+
+def _interpolate(parser: configparser.ConfigParser, path: Path) -> dict[str, dict[str, str]]:
+    """Resolve ${env:NAME}, ${section:key} and ${key} (same section); $$ is a literal $."""
+    raw = {s: {k: parser.get(s, k) for k in parser.options(s)} for s in parser.sections()}
+
+    def resolve(section: str, key: str, depth: int) -> str:
+        value = raw[section][key]
+        if depth > _MAX_INTERPOLATION_DEPTH:
+            raise ConfigError("references nest too deep (a loop?)", path=path, section=section, key=key)
+
+        def substitute(match: re.Match[str]) -> str:
+            ref = match.group(1).strip()
+            if ref.startswith("env:"):
+                name = ref[4:]
+                if name not in os.environ:
+                    raise ConfigError(
+                        f"environment variable {name} is not set; export it or change the value",
+                        path=path, section=section, key=key,
+                    )
+                return os.environ[name]
+            ref_section, _, ref_key = ref.rpartition(":")
+            ref_section = ref_section or section
+            ref_key = ref_key.lower()
+            if ref_section not in raw or ref_key not in raw[ref_section]:
+                raise ConfigError(
+                    f"${{{ref}}} refers to a key that does not exist",
+                    path=path, section=section, key=key,
+                )
+            return resolve(ref_section, ref_key, depth + 1)
+
+        parts = value.split("$$")
+        return "$".join(_REFERENCE.sub(substitute, part) for part in parts)
+
+    return {s: {k: resolve(s, k, 0) for k in keys} for s, keys in raw.items()}
+
+
+def _runner_settings(values: Mapping[str, str], path: Path, base: Path) -> RunnerSettings:
+    for key in values:
+        if key not in RUNNER_KEYS and key not in ("timezone",):
+            known = ", ".join(sorted(RUNNER_KEYS))
+            raise ConfigError(f"unknown key; expected one of: {known}", path=path, section="runner", key=key)
+
+    def get_path(key: str, default: Path) -> Path:
+        value = values.get(key, "").strip()
+        return (base / value).resolve() if value else default
+
+    def get_duration(key: str, default: float) -> float:
+        if key not in values:
+            return default
+        try:
+            return parse_duration(values[key])
+        except ValueError:
+            raise ConfigError(
+                "expected a duration like 90s, 15m, 2h", path=path, section="runner", key=key, value=values[key]
+            ) from None
+
+    var_dir = get_path("var_dir", (base / "var").resolve())
+    log_dir = get_path("log_dir", var_dir / "log")
+    database = values.get("database", "").strip() or f"sqlite:///{var_dir / 'runner.db'}"
+    database = _absolute_sqlite_url(database, base)
+    timezone = values.get("timezone", "").strip() or system_timezone()
+    _check_timezone(timezone, path, "runner")
+    max_workers = _int(values, "max_workers", 4, path, "runner", minimum=1)
+    packages = tuple(values.get("job_packages", "jobs").replace(",", " ").split())
+    if not packages:
+        raise ConfigError("expected at least one package name", path=path, section="runner", key="job_packages")
+    heartbeat = get_duration("heartbeat", 5.0)
+    stale_after = get_duration("stale_after", max(30.0, heartbeat * 4))
+    if stale_after <= heartbeat:
+        raise ConfigError(
+            f"must be longer than heartbeat ({format_duration(heartbeat)})",
+            path=path, section="runner", key="stale_after", value=values.get("stale_after"),
+        )
+    return RunnerSettings(
+        database=database,
+        var_dir=var_dir,
+        log_dir=log_dir,
+        timezone=timezone,
+        max_workers=max_workers,
+        job_packages=packages,
+        heartbeat_s=heartbeat or 5.0,
+        stale_after_s=stale_after,
+        kill_grace_s=get_duration("kill_grace", 10.0),
+    )
+
+
+def _job_settings(name: str, section: str, values: Mapping[str, str], path: Path) -> JobSettings:
+    def duration(key: str) -> float | None:
+        if key not in values:
+            return None
+        try:
+            return parse_duration(values[key])
+        except ValueError:
+            raise ConfigError(
+                "expected a duration like 90s, 15m, 2h", path=path, section=section, key=key, value=values[key]
+            ) from None
+
+    overlap = values.get("overlap")
+    if overlap is not None:
+        overlap = overlap.strip().lower()
+        if overlap not in OVERLAP_POLICIES:
+            raise ConfigError(
+                f"unknown overlap policy; expected one of: {', '.join(OVERLAP_POLICIES)}",
+                path=path, section=section, key="overlap", value=values["overlap"],
+            )
+    uses = values.get("uses")
+    if uses is not None and not re.fullmatch(r"[\w.]+(:\w+)?", uses.strip()):
+        raise ConfigError(
+            "expected package.module:function", path=path, section=section, key="uses", value=uses
+        )
+    timeout = duration("timeout")
+    if timeout == 0:
+        timeout = None
+    params = {k: v for k, v in values.items() if k not in JOB_KEYS}
+    return JobSettings(
+        name=name,
+        uses=uses.strip() if uses else None,
+        timeout_s=timeout,
+        retries=_int(values, "retries", None, path, section, minimum=0),
+        retry_backoff_s=duration("retry_backoff"),
+        overlap=overlap,
+        description=values.get("description"),
+        params=MappingProxyType(params),
+    )
+
+
+def _int(values, key, default, path, section, *, minimum):
+    if key not in values:
+        return default
+    try:
+        number = int(values[key].strip())
+    except ValueError:
+        number = None
+    if number is None or number < minimum:
+        expected = "a whole number" if minimum is None else f"a whole number >= {minimum}"
+        raise ConfigError(f"expected {expected}", path=path, section=section, key=key, value=values[key])
+    return number
+
+
+def _check_timezone(name: str, path: Path, section: str) -> None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ConfigError(
+            "unknown timezone; expected an IANA name like Europe/Berlin or UTC",
+            path=path, section=section, key="timezone", value=name,
+        ) from None
+
+
+def _absolute_sqlite_url(url: str, base: Path) -> str:
+    """Relative SQLite paths are relative to the config file, not to the current directory."""
+    prefix, sep, rest = url.partition(":///")
+    if not sep or not prefix.startswith("sqlite") or rest.startswith("/") or rest in ("", ":memory:"):
+        return url
+    file_part, q, query = rest.partition("?")
+    return f"{prefix}:///{(base / file_part).resolve()}{q}{query}"

@@ -1,0 +1,129 @@
+"""What a running job sees: `JobContext` (run id, fire, parameters, log, progress, state, database)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from runner.store import Store
+
+T = TypeVar("T")
+PROGRESS_LOG_EVERY_S = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Fire:
+    """Why a run happened: the trigger kind, its idempotency key, when it was due, which files."""
+
+    kind: str  # manual | cron | schedule | file
+    key: str
+    scheduled_at: datetime | None = None
+    late: bool = False
+    paths: tuple[Path, ...] = field(default_factory=tuple)
+
+
+class JobState:
+    """Small persistent key/value store of one job, kept in the run-history database.
+
+    Values are anything JSON can hold. Reads and writes are their own transaction, unless you pass
+    `conn=` from `ctx.transaction()` to advance a cursor together with the data it covers.
+    """
+
+    def __init__(self, store: Store, job: str) -> None:
+        self._store, self._job = store, job
+
+    def get(self, key: str, default: Any = None, *, conn: sa.Connection | None = None) -> Any:
+        return self._store.state_get(self._job, key, default, conn)
+
+    def set(self, key: str, value: Any, *, conn: sa.Connection | None = None) -> None:
+        self._store.state_set(self._job, key, value, conn)
+
+    def delete(self, key: str, *, conn: sa.Connection | None = None) -> None:
+        self._store.state_delete(self._job, key, conn)
+
+    def items(self) -> dict[str, Any]:
+        return self._store.state_items(self._job)
+
+    def __getitem__(self, key: str) -> Any:
+        missing = object()
+        value = self.get(key, missing)
+        if value is missing:
+            raise KeyError(key)
+        return value
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        self.set(key, value)
+
+    def __contains__(self, key: object) -> bool:
+        missing = object()
+        return isinstance(key, str) and self.get(key, missing) is not missing
+
+
+class JobContext:
+    """Handed to a job function that declares a parameter named `ctx`."""
+
+    def __init__(
+        self,
+        *,
+        run_id: int,
+        job: str,
+        attempt: int,
+        fire: Fire,
+        params: Mapping[str, Any],
+        store: Store,
+        log: logging.Logger,
+        tty: IO[str] | None = None,
+    ) -> None:
+        self.run_id = run_id
+        self.job = job
+        self.attempt = attempt
+        self.fire = fire
+        self.params = dict(params)
+        self.log = log
+        self.state = JobState(store, job)
+        self._store = store
+        self._tty = tty
+
+    @property
+    def engine(self) -> sa.Engine:
+        """The run-history database's SQLAlchemy engine, for the job's own tables."""
+        self._store.ensure_schema()
+        return self._store.engine
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sa.Connection]:
+        """One transaction on the run-history database: write your rows and `ctx.state` together."""
+        with self._store.begin() as conn:
+            yield conn
+
+    def progress(self, items: Iterable[T], total: int | None = None, label: str = "") -> Iterator[T]:
+        """Iterate `items` showing progress: a bar on a terminal, a log line every 10 s otherwise."""
+        if total is None and hasattr(items, "__len__"):
+            total = len(items)  # type: ignore[arg-type]
+        label = label or self.job
+        if self._tty is not None:
+            import click
+
+            with click.progressbar(items, length=total, label=label, file=self._tty) as bar:
+                yield from bar
+            return
+        started = last = time.monotonic()
+        done = 0
+        for item in items:
+            yield item
+            done += 1
+            now = time.monotonic()
+            if now - last >= PROGRESS_LOG_EVERY_S:
+                last = now
+                of = f"/{total} ({done * 100 // total}%)" if total else ""
+                self.log.info("%s: %d%s done", label, done, of)
+        self.log.info("%s: %d done in %.1fs", label, done, time.monotonic() - started)

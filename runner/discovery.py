@@ -1,0 +1,208 @@
+"""Find the jobs: the modules of `job_packages`, the `runner.jobs` entry points, and `uses =`."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+import traceback
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any
+
+from runner.config import JOB_PREFIX, ConfigError, Settings
+from runner.errors import BrokenJob, ParamError, UnknownJob
+from runner.jobapi import JobSpec, job_defaults
+from runner.params import bind
+
+ENTRY_POINT_GROUP = "runner.jobs"
+
+
+@dataclass(slots=True)
+class Catalog:
+    """Every job we could find, and every module or section that is broken."""
+
+    jobs: dict[str, JobSpec] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)  # job or module name -> one-line reason
+    errors: list[str] = field(default_factory=list)  # config problems, one line each
+
+
+def _import_error(module: str, exc: BaseException) -> str:
+    last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
+    where = f" ({last[0].filename}:{last[0].lineno})" if last else ""
+    return f"module {module} failed to import: {type(exc).__name__}: {exc}{where}"
+
+
+def _import(module: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        if exc.name and (module == exc.name or module.startswith(exc.name + ".")):
+            raise BrokenJob(f"module {module} not found") from None
+        raise BrokenJob(_import_error(module, exc)) from None
+    except Exception as exc:
+        raise BrokenJob(_import_error(module, exc)) from None
+
+
+def _jobs_in(module: ModuleType) -> Iterator[tuple[str, Callable[..., Any]]]:
+    for attr, obj in vars(module).items():
+        defaults = job_defaults(obj)
+        if defaults is not None and getattr(obj, "__module__", None) == module.__name__:
+            yield defaults.name or attr, obj
+
+
+def _package_modules(package: str) -> Iterator[str]:
+    root = _import(package)
+    yield package
+    for info in pkgutil.iter_modules(getattr(root, "__path__", []), prefix=package + "."):
+        if not info.name.rsplit(".", 1)[-1].startswith("_"):
+            yield info.name
+
+
+def resolve_target(target: str) -> Callable[..., Any]:
+    """'package.module:function' (or a module holding exactly one job) -> the function."""
+    module_name, _, attr = target.partition(":")
+    module = _import(module_name)
+    if attr:
+        func = getattr(module, attr, None)
+        if not callable(func):
+            raise BrokenJob(f"{module_name} has no function {attr}")
+        return func
+    found = list(_jobs_in(module))
+    if len(found) != 1:
+        raise BrokenJob(f"{module_name} defines {len(found)} jobs; name one as {module_name}:function")
+    return found[0][1]
+
+
+def _section_error(settings: Settings, name: str, key: str, value: str | None, exc: Exception) -> ConfigError:
+    return ConfigError(str(exc), path=settings.path, section=JOB_PREFIX + name, key=key, value=value)
+
+
+def build_spec(settings: Settings, name: str, func: Callable[..., Any]) -> JobSpec:
+    """A JobSpec for `func` under `name`, with its INI section checked against the signature."""
+    section = settings.job(name)
+    try:
+        spec = JobSpec.build(name, func, section, base_dir=settings.path.parent)
+    except ValueError as exc:  # a bad duration in the decorator
+        raise ConfigError(f"@job default is not a duration: {exc}", path=spec_where(func)) from None
+    if section:
+        try:
+            bind(name, spec.params, [(config_origin(settings, name), section.params)], require_all=False)
+        except ParamError as exc:
+            raise ConfigError(str(exc)) from None
+    return spec
+
+
+def config_origin(settings: Settings, name: str) -> str:
+    """How errors name a job's INI section: 'config/runner.ini: [job:NAME]'."""
+    return f"{settings.path}: [{JOB_PREFIX}{name}]"
+
+
+def spec_where(func: Callable[..., Any]) -> str:
+    return f"{func.__module__}.{func.__qualname__}"
+
+
+def find_job(settings: Settings, name: str) -> JobSpec:
+    """Import only what this one job needs (a crontab line pays for every import)."""
+    section = settings.job(name)
+    if section and section.uses:
+        try:
+            func = resolve_target(section.uses)
+        except BrokenJob as exc:
+            raise _section_error(settings, name, "uses", section.uses, exc) from None
+        return build_spec(settings, name, func)
+    for package in settings.runner.job_packages:
+        candidate = f"{package}.{name}"
+        try:
+            module = importlib.import_module(candidate)
+        except ModuleNotFoundError as exc:
+            if exc.name and candidate.startswith(exc.name):
+                continue
+            raise BrokenJob(_import_error(candidate, exc)) from None
+        except Exception as exc:
+            raise BrokenJob(_import_error(candidate, exc)) from None
+        for job_name, func in _jobs_in(module):
+            if job_name == name:
+                return build_spec(settings, name, func)
+    catalog = discover(settings)
+    if name in catalog.jobs:
+        return catalog.jobs[name]
+    if name in catalog.broken:
+        raise BrokenJob(f"job {name}: {catalog.broken[name]}")
+    known = ", ".join(sorted(catalog.jobs)) or "none"
+    raise UnknownJob(f"unknown job {name!r}; known jobs: {known} (see `runner list`)")
+
+
+def discover(settings: Settings) -> Catalog:
+    """Import every job module; one broken module never hides the others."""
+    catalog = Catalog()
+    functions: dict[str, Callable[..., Any]] = {}
+    for package in settings.runner.job_packages:
+        try:
+            modules = list(_package_modules(package))
+        except BrokenJob as exc:
+            catalog.broken[package] = str(exc)
+            continue
+        for module_name in modules:
+            try:
+                module = _import(module_name)
+            except BrokenJob as exc:
+                catalog.broken[module_name] = str(exc)
+                continue
+            for job_name, func in _jobs_in(module):
+                functions.setdefault(job_name, func)
+    for entry in _entry_points():
+        try:
+            loaded = entry.load()
+        except Exception as exc:
+            catalog.broken[entry.value] = _import_error(entry.value, exc)
+            continue
+        if isinstance(loaded, ModuleType):
+            for job_name, func in _jobs_in(loaded):
+                functions.setdefault(job_name, func)
+        elif callable(loaded):
+            functions.setdefault(entry.name, loaded)
+    for name, section in settings.jobs.items():
+        try:
+            if section.uses:
+                try:
+                    func = resolve_target(section.uses)
+                except BrokenJob as exc:
+                    raise _section_error(settings, name, "uses", section.uses, exc) from None
+            elif name in functions:
+                func = functions[name]
+            else:
+                raise ConfigError(
+                    "no job function of this name; add `uses = package.module:function`",
+                    path=settings.path, section=JOB_PREFIX + name,
+                )
+            catalog.jobs[name] = build_spec(settings, name, func)
+        except ConfigError as exc:
+            catalog.errors.append(str(exc))
+            catalog.broken[name] = str(exc)
+    for name, func in functions.items():
+        if name not in catalog.jobs and name not in catalog.broken:
+            try:
+                catalog.jobs[name] = build_spec(settings, name, func)
+            except ConfigError as exc:
+                catalog.broken[name] = str(exc)
+    return catalog
+
+
+def _entry_points() -> list[Any]:
+    from importlib.metadata import entry_points
+
+    return list(entry_points(group=ENTRY_POINT_GROUP))
+
+
+def main_module_job(module_name: str) -> str:
+    """The job name defined by module `module_name` (for `python -m jobs.hello`)."""
+    module = sys.modules.get(module_name) or _import(module_name)
+    found = [name for name, _ in _jobs_in(module)]
+    short = module_name.rsplit(".", 1)[-1]
+    if short in found:
+        return short
+    if len(found) == 1:
+        return found[0]
+    raise UnknownJob(f"module {module_name} defines {len(found)} jobs; use `runner run JOB`")

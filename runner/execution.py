@@ -1,0 +1,557 @@
+"""The one execution path: claim the fire, take the overlap lease, run the job body in a supervised
+child process, record the outcome, retry. `runner run`, crontab lines, the daemon and file events
+all start jobs through `execute()` and nothing else does."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import select
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner.context import Fire, JobContext
+from runner.errors import OverlapSkipped
+from runner.models import RunStatus, utcnow
+
+if TYPE_CHECKING:
+    from runner.config import RunnerSettings
+    from runner.jobapi import JobSpec
+    from runner.store import Store
+
+log = logging.getLogger("runner.execution")
+
+QUEUE_POLL_S = 1.0
+LIVE_TAIL_POLL_S = 0.1
+MAX_BACKOFF_S = 3600.0
+ERROR_SUMMARY_CHARS = 500
+PR_SET_PDEATHSIG = 1
+CHILD_SETUP_FAILED = 70  # EX_SOFTWARE: the child died before the job body started
+LOG_FORMAT = "%(asctime)s run=%(run_id)s job=%(job)s %(levelname)s %(name)s: %(message)s"
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The result of one fire after all its attempts."""
+
+    run_id: int
+    first_run_id: int
+    attempts: int
+    status: RunStatus
+    exit_code: int | None
+    signal: int | None
+    error: str | None
+    result: Any
+    log_path: Path | None
+    duration_s: float
+    stop_signal: int | None = None  # set when the supervisor itself was told to stop
+
+    @property
+    def cli_exit_code(self) -> int:
+        if self.stop_signal:
+            return 128 + self.stop_signal
+        return 0 if self.status is RunStatus.SUCCEEDED else 1
+
+
+def execute(
+    spec: JobSpec,
+    params: Mapping[str, Any],
+    fire: Fire,
+    *,
+    settings: RunnerSettings,
+    store: Store,
+    live: bool = False,
+) -> Outcome:
+    """Run one fire of a job to its end. Raises AlreadyRan or OverlapSkipped (exit 3) if not started."""
+    store.ensure_schema()
+    store.reap_lost(settings.stale_after_s)
+    stored_params = json.loads(json.dumps(dict(params), default=str))
+    paths = [str(p) for p in fire.paths] or None
+    run_id = store.claim(
+        job=spec.name, fire_key=fire.key, trigger=fire.kind, params=stored_params, paths=paths,
+        scheduled_at=fire.scheduled_at, late=fire.late,
+    )
+    first_run_id = run_id
+    with _StopSignals() as stops:
+        lease = spec.overlap != "allow"
+        if lease:
+            _take_lease(spec, run_id, settings, store, stops)
+        try:
+            attempt = 1
+            while True:
+                outcome = _attempt(spec, params, fire, run_id, first_run_id, attempt, settings, store, live, stops)
+                if (
+                    outcome.status is RunStatus.SUCCEEDED
+                    or outcome.stop_signal
+                    or attempt > spec.retries
+                ):
+                    return outcome
+                attempt += 1
+                next_id = store.claim(
+                    job=spec.name, fire_key=fire.key, trigger=fire.kind, attempt=attempt,
+                    first_run_id=first_run_id, params=stored_params, paths=paths,
+                    scheduled_at=fire.scheduled_at, late=fire.late,
+                )
+                if lease:
+                    store.move_lease(spec.name, run_id, next_id)
+                run_id = next_id
+                delay = retry_delay(spec.retry_backoff_s, attempt - 1)
+                _say(live, f"run {outcome.run_id} {outcome.status}: {outcome.error}; "
+                           f"retry {attempt - 1}/{spec.retries} as run {run_id} in {delay:.1f}s")
+                if not _wait(delay, stops, lambda: store.heartbeat(run_id, spec.name if lease else None,
+                                                                  settings.stale_after_s), settings.heartbeat_s):
+                    store.update_run(run_id, status=RunStatus.KILLED.value, ended_at=utcnow(),
+                                     error=f"stopped by {_signame(stops.received)} before the retry started")
+                    return Outcome(run_id, first_run_id, attempt, RunStatus.KILLED, None, None,
+                                   "stopped before the retry started", None, None, 0.0, stops.received)
+        finally:
+            if lease:
+                store.release_lease(spec.name, run_id)
+
+
+def retry_delay(backoff_s: float, retry_number: int) -> float:
+    """Exponential backoff with 'equal jitter': half fixed, half random, capped at an hour."""
+    delay = min(MAX_BACKOFF_S, backoff_s * 2 ** (retry_number - 1))
+    return delay / 2 + random.uniform(0, delay / 2)
+
+
+def _take_lease(spec: JobSpec, run_id: int, settings: RunnerSettings, store: Store, stops: _StopSignals) -> None:
+    holder = store.acquire_lease(spec.name, run_id, settings.stale_after_s)
+    if holder is None:
+        return
+    if spec.overlap == "skip":
+        since = holder.started_at or holder.queued_at
+        message = (
+            f"job {spec.name} is still running as run {holder.id} (pid {holder.pid} on {holder.host}, "
+            f"since {since.astimezone():%Y-%m-%d %H:%M:%S}); not started (overlap = skip)"
+        )
+        store.update_run(run_id, status=RunStatus.SKIPPED.value, ended_at=utcnow(),
+                         error=f"overlap: run {holder.id} was still running")
+        raise OverlapSkipped(message)
+    log.info("run %s: waiting for run %s of job %s to finish (overlap = queue)", run_id, holder.id, spec.name)
+    while holder is not None:
+        if not _wait(QUEUE_POLL_S, stops, lambda: store.heartbeat(run_id, None, 0), settings.heartbeat_s):
+            store.update_run(run_id, status=RunStatus.KILLED.value, ended_at=utcnow(),
+                             error=f"stopped by {_signame(stops.received)} while queued")
+            raise OverlapSkipped(f"job {spec.name}: stopped while waiting for run {holder.id}")
+        store.reap_lost(settings.stale_after_s)
+        holder = store.acquire_lease(spec.name, run_id, settings.stale_after_s)
+
+
+def _wait(seconds: float, stops: _StopSignals, heartbeat: Callable[[], None], every_s: float) -> bool:
+    """Sleep, heartbeating; False if a stop signal arrived."""
+    end = time.monotonic() + seconds
+    next_beat = time.monotonic() + every_s
+    while (left := end - time.monotonic()) > 0:
+        if stops.wait(min(left, max(0.0, next_beat - time.monotonic()))):
+            return False
+        if time.monotonic() >= next_beat:
+            heartbeat()
+            next_beat = time.monotonic() + every_s
+    return not stops.received
+
+
+def _attempt(
+    spec: JobSpec,
+    params: Mapping[str, Any],
+    fire: Fire,
+    run_id: int,
+    first_run_id: int,
+    attempt: int,
+    settings: RunnerSettings,
+    store: Store,
+    live: bool,
+    stops: _StopSignals,
+) -> Outcome:
+    log_path = settings.log_dir / spec.name / f"{run_id}.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = utcnow()
+    store.update_run(run_id, status=RunStatus.RUNNING.value, started_at=started, heartbeat_at=started,
+                     log_path=str(log_path), pid=os.getpid())
+    _append(log_path, f"run {run_id} of job {spec.name} started: attempt {attempt}, "
+                      f"trigger {fire.kind}, fire {fire.key}, params {dict(params)!r}")
+    child = _Child.spawn(spec, params, fire, run_id, attempt, store, log_path, live)
+    child.supervise(
+        timeout_s=spec.timeout_s,
+        grace_s=settings.kill_grace_s,
+        heartbeat=lambda: store.heartbeat(run_id, spec.name if spec.overlap != "allow" else None,
+                                          settings.stale_after_s),
+        heartbeat_s=settings.heartbeat_s,
+        stops=stops,
+        tail=sys.stderr if live else None,
+    )
+    status, exit_code, sig, error = child.verdict(spec.timeout_s)
+    ended = utcnow()
+    duration = (ended - started).total_seconds()
+    store.update_run(run_id, status=status.value, ended_at=ended, heartbeat_at=ended, exit_code=exit_code,
+                     signal=sig, error=error, result=child.result)
+    _append(log_path, f"run {run_id} {status.value} in {duration:.2f}s" + (f": {error}" if error else ""))
+    return Outcome(run_id, first_run_id, attempt, status, exit_code, sig, error, child.result, log_path,
+                   duration, stops.received if status is RunStatus.KILLED else None)
+
+
+def _append(path: Path, line: str) -> None:
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(f"{stamp} runner: {line}\n")
+
+
+def _say(live: bool, message: str) -> None:
+    log.warning(message)
+    if live:
+        print(f"runner: {message}", file=sys.stderr, flush=True)
+
+
+def _signame(signum: int | None) -> str:
+    if not signum:
+        return "a signal"
+    try:
+        return signal.Signals(signum).name
+    except ValueError:
+        return f"signal {signum}"
+
+
+class _StopSignals:
+    """While a run is supervised, SIGTERM/SIGINT/SIGHUP ask it to stop the job instead of killing
+    the supervisor outright; a second one escalates to SIGKILL. A no-op outside the main thread."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.count = 0
+        self.read_fd: int | None = None
+        self._saved: dict[int, Any] = {}
+        self._old_wakeup = -1
+        self._event = threading.Event()
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        self.read_fd, write_fd = os.pipe()
+        self._write_fd = write_fd
+        os.set_blocking(write_fd, False)
+        os.set_blocking(self.read_fd, False)
+        self._old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        for signum in self.SIGNALS:
+            self._saved[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        self.received = self.received or signum
+        self.count += 1
+        self._event.set()
+
+    def wait(self, seconds: float) -> bool:
+        if self.read_fd is None:
+            return self._event.wait(seconds)
+        select.select([self.read_fd], [], [], seconds)
+        self.drain()
+        return self.received is not None
+
+    def drain(self) -> None:
+        if self.read_fd is not None:
+            with contextlib.suppress(BlockingIOError):
+                os.read(self.read_fd, 512)
+
+    def __exit__(self, *exc: object) -> None:
+        if self.read_fd is None:
+            return
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+        signal.set_wakeup_fd(self._old_wakeup)
+        os.close(self.read_fd)
+        os.close(self._write_fd)
+
+
+class _Child:
+    """The forked process that runs the job body, in its own process group."""
+
+    def __init__(self, pid: int, result_fd: int, log_path: Path) -> None:
+        self.pid = pid
+        self.result_fd = result_fd
+        self.log_path = log_path
+        self.wait_status: int | None = None
+        self.payload = bytearray()
+        self.timed_out = False
+        self.stopped_by: int | None = None
+        self.result: Any = None
+
+    @classmethod
+    def spawn(
+        cls, spec: JobSpec, params: Mapping[str, Any], fire: Fire, run_id: int, attempt: int,
+        store: Store, log_path: Path, live: bool,
+    ) -> _Child:
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        read_fd, write_fd = os.pipe()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        supervisor = os.getpid()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            code = CHILD_SETUP_FAILED
+            try:
+                os.close(read_fd)
+                code = _child_main(spec, params, fire, run_id, attempt, store, log_fd, write_fd, supervisor, live)
+            finally:
+                os._exit(code)
+        os.close(write_fd)
+        os.close(log_fd)
+        with contextlib.suppress(OSError):  # both sides set the group, whichever runs first
+            os.setpgid(pid, pid)
+        return cls(pid, read_fd, log_path)
+
+    def _signal_group(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signum)
+
+    def supervise(
+        self,
+        *,
+        timeout_s: float | None,
+        grace_s: float,
+        heartbeat: Callable[[], None],
+        heartbeat_s: float,
+        stops: _StopSignals,
+        tail: Any,
+    ) -> None:
+        started = time.monotonic()
+        deadline = started + timeout_s if timeout_s else None
+        next_beat = started + heartbeat_s
+        kill_at: float | None = None
+        tail_offset = 0
+        poller = select.poll()
+        pidfd = _pidfd_open(self.pid)
+        if pidfd is not None:
+            poller.register(pidfd, select.POLLIN)
+        poller.register(self.result_fd, select.POLLIN)
+        if stops.read_fd is not None:
+            poller.register(stops.read_fd, select.POLLIN)
+        try:
+            while True:
+                now = time.monotonic()
+                wake = [next_beat]
+                if deadline and not self.timed_out:
+                    wake.append(deadline)
+                if kill_at:
+                    wake.append(kill_at)
+                if tail is not None or pidfd is None:
+                    wake.append(now + LIVE_TAIL_POLL_S)
+                events = poller.poll(max(0.0, min(wake) - now) * 1000)
+                for fd, _ in events:
+                    if fd == self.result_fd:
+                        chunk = os.read(fd, 65536)
+                        if chunk:
+                            self.payload += chunk
+                        else:
+                            poller.unregister(fd)
+                    elif fd == stops.read_fd:
+                        stops.drain()
+                if tail is not None:
+                    tail_offset = _tail(self.log_path, tail_offset, tail)
+                if self._reap():
+                    break
+                now = time.monotonic()
+                if stops.received and self.stopped_by is None:
+                    self.stopped_by = stops.received
+                    self._signal_group(signal.SIGTERM)
+                    kill_at = now + grace_s
+                elif stops.count > 1 and kill_at:
+                    kill_at = now
+                if deadline and now >= deadline and not self.timed_out and self.stopped_by is None:
+                    self.timed_out = True
+                    self._signal_group(signal.SIGTERM)
+                    kill_at = now + grace_s
+                if kill_at and now >= kill_at:
+                    self._signal_group(signal.SIGKILL)
+                    kill_at = None
+                if now >= next_beat:
+                    try:
+                        heartbeat()
+                    except Exception as exc:  # a database hiccup must not kill the run
+                        log.warning("heartbeat failed: %s", exc)
+                    next_beat = now + heartbeat_s
+        finally:
+            if pidfd is not None:
+                os.close(pidfd)
+            os.set_blocking(self.result_fd, False)
+            with contextlib.suppress(BlockingIOError):
+                while chunk := os.read(self.result_fd, 65536):
+                    self.payload += chunk
+            os.close(self.result_fd)
+            # Whatever the job started and left behind in its group goes with it.
+            self._signal_group(signal.SIGKILL)
+            if tail is not None:
+                _tail(self.log_path, tail_offset, tail)
+
+    def _reap(self) -> bool:
+        pid, status = os.waitpid(self.pid, os.WNOHANG)
+        if pid == 0:
+            return False
+        self.wait_status = status
+        return True
+
+    def verdict(self, timeout_s: float | None) -> tuple[RunStatus, int | None, int | None, str | None]:
+        """(status, exit code, signal, one-line error) from how the child ended."""
+        from runner.config import format_duration
+
+        message: dict[str, Any] = {}
+        if self.payload:
+            with contextlib.suppress(ValueError):
+                message = json.loads(self.payload.decode("utf-8", "replace"))
+        self.result = message.get("result")
+        status = self.wait_status or 0
+        code = os.waitstatus_to_exitcode(status)
+        exit_code, sig = (code, None) if code >= 0 else (None, -code)
+        if self.stopped_by:
+            return RunStatus.KILLED, exit_code, sig, f"stopped by {_signame(self.stopped_by)} to the supervisor"
+        if self.timed_out:
+            return RunStatus.TIMED_OUT, exit_code, sig, f"timed out after {format_duration(timeout_s or 0)}"
+        if sig is not None:
+            return RunStatus.FAILED, None, sig, _describe_signal(sig)
+        if exit_code == 0:
+            return RunStatus.SUCCEEDED, 0, None, None
+        error = message.get("error") or f"exit code {exit_code}"
+        return RunStatus.FAILED, exit_code, None, error
+
+
+def _describe_signal(sig: int) -> str:
+    name = _signame(sig)
+    hints = {
+        signal.SIGKILL: " (by another process or the kernel's out-of-memory killer; see dmesg)",
+        signal.SIGSEGV: " (segmentation fault in native code)",
+        signal.SIGABRT: " (aborted by native code)",
+    }
+    return f"killed by {name}{hints.get(sig, '')}"
+
+
+def _pidfd_open(pid: int) -> int | None:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None  # old kernel: fall back to polling waitpid
+
+
+def _tail(path: Path, offset: int, stream: Any) -> int:
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(offset)
+            data = handle.read()
+    except OSError:
+        return offset
+    if data:
+        stream.write(data.decode("utf-8", "replace"))
+        stream.flush()
+    return offset + len(data)
+
+
+# --- the child side ------------------------------------------------------------------------------
+
+
+def _child_main(
+    spec: JobSpec, params: Mapping[str, Any], fire: Fire, run_id: int, attempt: int, store: Store,
+    log_fd: int, result_fd: int, supervisor: int, live: bool,
+) -> int:
+    os.setpgid(0, 0)
+    _die_with_supervisor(supervisor)
+    tty = None
+    if live and os.isatty(2):
+        tty = os.fdopen(os.dup(2), "w", buffering=1)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, 0)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(devnull)
+    os.close(log_fd)
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(AttributeError, ValueError):
+            stream.reconfigure(line_buffering=True)
+    store.after_fork()
+    logger = _child_logging(run_id, spec.name)
+    ctx = JobContext(run_id=run_id, job=spec.name, attempt=attempt, fire=fire, params=params,
+                     store=store, log=logger, tty=tty)
+    kwargs = dict(params)
+    if spec.takes_ctx:
+        kwargs["ctx"] = ctx
+    code, message = 0, {}
+    try:
+        message = {"result": _jsonable(spec.func(**kwargs))}
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            code = exc.code if isinstance(exc.code, int) else 1
+            message = {"error": f"exit code {code} (sys.exit({exc.code!r}))"}
+    except BaseException as exc:
+        traceback.print_exc()
+        code, message = 1, {"error": _summary(exc)}
+    _write_all(result_fd, json.dumps(message, default=str).encode())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    return code
+
+
+def _die_with_supervisor(supervisor: int) -> None:
+    """Ask the kernel for SIGTERM when the supervisor dies; then take the whole group down."""
+
+    def on_term(signum: int, _frame: Any) -> None:
+        if os.getppid() != supervisor:
+            os.killpg(0, signal.SIGKILL)
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_term)
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        os.killpg(0, signal.SIGKILL)
+
+
+def _child_logging(run_id: int, job: str) -> logging.Logger:
+    class RunFilter(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            record.run_id, record.job = run_id, job
+            return True
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    handler.addFilter(RunFilter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    return logging.getLogger(f"jobs.{job}")
+
+
+def _summary(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+    return line[:ERROR_SUMMARY_CHARS]
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        return json.loads(json.dumps(value, default=str))
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(fd, view)
+        view = view[written:]
+

@@ -1,0 +1,120 @@
+"""The `@job` decorator and the resolved description of one configured job (`JobSpec`)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, TypeVar, overload
+
+from runner.params import ParamSpec, read_params, summary_line
+
+JOB_ATTR = "__runner_job__"
+DEFAULT_RETRY_BACKOFF_S = 30.0
+DEFAULT_OVERLAP = "skip"
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class JobDefaults:
+    """What `@job(...)` said; the INI section overrides each of these."""
+
+    name: str | None = None
+    timeout: str | float | None = None
+    retries: int = 0
+    retry_backoff: str | float | None = None
+    overlap: str | None = None
+
+
+@overload
+def job(func: F) -> F: ...
+@overload
+def job(
+    *,
+    name: str | None = None,
+    timeout: str | float | None = None,
+    retries: int = 0,
+    retry_backoff: str | float | None = None,
+    overlap: str | None = None,
+) -> Callable[[F], F]: ...
+
+
+def job(func=None, *, name=None, timeout=None, retries=0, retry_backoff=None, overlap=None):
+    """Mark a function as a job. Its typed parameters become the job's parameters.
+
+        @job
+        def hello(name: str = "world", count: int = 1) -> str: ...
+
+        @job(name="nightly", timeout="15m", retries=2)
+        def cleanup(ctx: JobContext, older_than_days: int = 30) -> dict: ...
+
+    The `[job:NAME]` section of the INI file overrides every default given here.
+    """
+    defaults = JobDefaults(name, timeout, retries, retry_backoff, overlap)
+
+    def mark(target: F) -> F:
+        setattr(target, JOB_ATTR, defaults)
+        return target
+
+    return mark(func) if func is not None else mark
+
+
+def job_defaults(obj: object) -> JobDefaults | None:
+    return getattr(obj, JOB_ATTR, None) if callable(obj) else None
+
+
+@dataclass(frozen=True, slots=True)
+class JobSpec:
+    """A configured job: its function, its parameters and its effective settings."""
+
+    name: str
+    func: Callable[..., Any]
+    target: str  # "package.module:function"
+    params: tuple[ParamSpec, ...]
+    takes_ctx: bool
+    timeout_s: float | None
+    retries: int
+    retry_backoff_s: float
+    overlap: str
+    description: str
+    config_params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    base_dir: Path | None = None
+
+    @classmethod
+    def build(cls, name: str, func: Callable[..., Any], settings: Any = None, base_dir: Path | None = None) -> JobSpec:
+        """Combine the decorator's defaults with the job's INI section (`JobSettings` or None)."""
+        from runner.config import parse_duration
+
+        defaults = job_defaults(func) or JobDefaults()
+        params, takes_ctx = read_params(func)
+
+        def seconds(value: str | float | None) -> float | None:
+            if value is None or isinstance(value, int | float):
+                return value
+            return parse_duration(value)
+
+        timeout = settings.timeout_s if settings and settings.timeout_s is not None else seconds(defaults.timeout)
+        retries = settings.retries if settings and settings.retries is not None else defaults.retries
+        backoff = (
+            settings.retry_backoff_s
+            if settings and settings.retry_backoff_s is not None
+            else seconds(defaults.retry_backoff)
+        )
+        overlap = (settings.overlap if settings else None) or defaults.overlap or DEFAULT_OVERLAP
+        description = (settings.description if settings else None) or summary_line(func.__doc__)
+        return cls(
+            name=name,
+            func=func,
+            target=f"{func.__module__}:{func.__qualname__}",
+            params=params,
+            takes_ctx=takes_ctx,
+            timeout_s=timeout or None,
+            retries=retries,
+            retry_backoff_s=DEFAULT_RETRY_BACKOFF_S if backoff is None else backoff,
+            overlap=overlap,
+            description=description,
+            config_params=settings.params if settings else MappingProxyType({}),
+            base_dir=base_dir,
+        )

@@ -1,0 +1,116 @@
+"""The run-history schema as SQLAlchemy Core tables (Core keeps `runner run` start-up cheap)."""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+
+import sqlalchemy as sa
+
+SCHEMA_REVISION = "0001"  # the newest Alembic revision; tests keep the two equal
+
+
+class RunStatus(enum.StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    KILLED = "killed"
+    LOST = "lost"
+    SKIPPED = "skipped"
+
+    @property
+    def active(self) -> bool:
+        return self in (RunStatus.QUEUED, RunStatus.RUNNING)
+
+
+ACTIVE_STATUSES = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+
+
+class Trigger(enum.StrEnum):
+    MANUAL = "manual"
+    CRON = "cron"
+    SCHEDULE = "schedule"
+    FILE = "file"
+
+
+class UTCDateTime(sa.TypeDecorator):
+    """Aware UTC datetimes in Python, naive UTC in the database (SQLite has no time zones)."""
+
+    impl = sa.DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value, dialect):
+        return value.replace(tzinfo=UTC) if value is not None else None
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job", sa.String(200), nullable=False),
+    sa.Column("fire_key", sa.String(400), nullable=False),
+    sa.Column("trigger", sa.String(16), nullable=False),
+    sa.Column("attempt", sa.Integer, nullable=False, default=1),
+    sa.Column("first_run_id", sa.Integer, sa.ForeignKey("runs.id"), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("late", sa.Boolean, nullable=False, default=False),
+    sa.Column("scheduled_at", UTCDateTime, nullable=True),
+    sa.Column("queued_at", UTCDateTime, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=True),
+    sa.Column("ended_at", UTCDateTime, nullable=True),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=True),
+    sa.Column("exit_code", sa.Integer, nullable=True),
+    sa.Column("signal", sa.Integer, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("log_path", sa.Text, nullable=True),
+    sa.Column("params", sa.JSON, nullable=True),
+    sa.Column("paths", sa.JSON, nullable=True),
+    sa.Column("result", sa.JSON, nullable=True),
+    # A fire is claimed by its first attempt; retries share its key with attempt > 1.
+    sa.Index(
+        "uq_runs_job_fire_key",
+        "job",
+        "fire_key",
+        unique=True,
+        sqlite_where=sa.text("attempt = 1"),
+        postgresql_where=sa.text("attempt = 1"),
+    ),
+    sa.Index("ix_runs_job_id", "job", "id"),
+    sa.Index("ix_runs_status", "status"),
+)
+
+job_state = sa.Table(
+    "job_state",
+    metadata,
+    sa.Column("job", sa.String(200), primary_key=True),
+    sa.Column("key", sa.String(200), primary_key=True),
+    sa.Column("value", sa.JSON, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+leases = sa.Table(
+    "leases",
+    metadata,
+    sa.Column("job", sa.String(200), primary_key=True),
+    sa.Column("run_id", sa.Integer, nullable=False),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("expires_at", UTCDateTime, nullable=False),
+)

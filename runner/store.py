@@ -1,0 +1,376 @@
+"""The run history: engine set-up, schema migration, and every SQL statement the engine runs."""
+
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from runner.errors import AlreadyRan, RunnerError
+from runner.models import (
+    ACTIVE_STATUSES,
+    SCHEMA_REVISION,
+    RunStatus,
+    job_state,
+    leases,
+    runs,
+    utcnow,
+)
+
+SQLITE_BUSY_TIMEOUT_MS = 60_000
+SCHEMA_LOCK_ID = 7_270_001  # PostgreSQL advisory lock taken while migrating
+HOSTNAME = socket.gethostname()
+
+
+class DatabaseError(RunnerError):
+    """The configured database cannot be reached or used."""
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    id: int
+    job: str
+    fire_key: str
+    trigger: str
+    attempt: int
+    first_run_id: int | None
+    status: str
+    late: bool
+    scheduled_at: datetime | None
+    queued_at: datetime
+    started_at: datetime | None
+    ended_at: datetime | None
+    heartbeat_at: datetime | None
+    exit_code: int | None
+    signal: int | None
+    error: str | None
+    host: str
+    pid: int
+    log_path: str | None
+    params: Any
+    paths: Any
+    result: Any
+
+    @property
+    def duration_s(self) -> float | None:
+        if self.started_at is None:
+            return None
+        return ((self.ended_at or utcnow()) - self.started_at).total_seconds()
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        for key, value in data.items():
+            if isinstance(value, datetime):
+                data[key] = value.isoformat()
+        data["duration_s"] = self.duration_s
+        return data
+
+
+_RUN_FIELDS = tuple(f.name for f in fields(RunRecord))
+
+
+def _record(row: sa.Row) -> RunRecord:
+    return RunRecord(**{name: row._mapping[name] for name in _RUN_FIELDS})
+
+
+def normalise_url(url: str) -> str:
+    """`postgresql://` means psycopg 3 here (the driver we ship), not psycopg2."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain) :]
+    return url
+
+
+def create_engine(url: str) -> sa.Engine:
+    url = normalise_url(url)
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        raise DatabaseError(f"database = {url!r} is not a SQLAlchemy URL") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
+        sa.event.listen(engine, "connect", _sqlite_on_connect)
+        sa.event.listen(engine, "begin", _sqlite_on_begin)
+        return engine
+    try:
+        return sa.create_engine(parsed, pool_pre_ping=True)
+    except ModuleNotFoundError as exc:
+        raise DatabaseError(
+            f"the driver for {parsed.get_backend_name()} is not installed ({exc.name}); "
+            "for PostgreSQL run: pip install 'backend-runner[postgres]'"
+        ) from None
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+    # Let us issue BEGIN ourselves (see _sqlite_on_begin), then set up WAL for concurrent runs.
+    dbapi_connection.isolation_level = None
+    cursor = dbapi_connection.cursor()
+    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute("PRAGMA synchronous = NORMAL")
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()
+
+
+def _sqlite_on_begin(conn: sa.Connection) -> None:
+    # BEGIN IMMEDIATE takes the write lock up front, so a read never has to be upgraded to a
+    # write mid-transaction: that upgrade is what fails with "database is locked" under load.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Store:
+    """One run-history database. Cheap to create; the schema is checked on first use."""
+
+    def __init__(self, url: str) -> None:
+        self.url = normalise_url(url)
+        self.engine = create_engine(self.url)
+        self._schema_checked = False
+
+    # --- schema -------------------------------------------------------------------------------
+    def schema_revision(self) -> str | None:
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+        except sa.exc.OperationalError as exc:
+            if "no such table" in str(exc).lower():
+                return None
+            raise self._unreachable(exc) from None
+        except sa.exc.ProgrammingError:  # PostgreSQL: relation does not exist
+            return None
+        except sa.exc.DBAPIError as exc:
+            raise self._unreachable(exc) from None
+
+    def ensure_schema(self) -> None:
+        """Create or upgrade the schema when it is not at our revision (cheap when it is)."""
+        if self._schema_checked:
+            return
+        if self.schema_revision() != SCHEMA_REVISION:
+            self.upgrade()
+        self._schema_checked = True
+
+    def upgrade(self) -> tuple[str | None, str | None]:
+        """Run Alembic's upgrade to head under a lock, so concurrent first runs migrate once."""
+        from alembic import command
+        from alembic.config import Config
+
+        config = Config()
+        config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
+        before = self.schema_revision()
+        try:
+            with self.engine.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": SCHEMA_LOCK_ID})
+                config.attributes["connection"] = conn
+                command.upgrade(config, "head")
+        except sa.exc.DBAPIError as exc:
+            raise self._unreachable(exc) from None
+        self._schema_checked = True
+        return before, self.schema_revision()
+
+    def _unreachable(self, exc: Exception) -> DatabaseError:
+        shown = sa.engine.make_url(self.url).render_as_string(hide_password=True)
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
+        return DatabaseError(f"cannot use database {shown}: {first}; check [runner] database")
+
+    def begin(self):
+        self.ensure_schema()
+        return self.engine.begin()
+
+    # --- runs ---------------------------------------------------------------------------------
+    def claim(
+        self,
+        *,
+        job: str,
+        fire_key: str,
+        trigger: str,
+        attempt: int = 1,
+        first_run_id: int | None = None,
+        status: RunStatus = RunStatus.QUEUED,
+        params: Any = None,
+        paths: Any = None,
+        scheduled_at: datetime | None = None,
+        late: bool = False,
+    ) -> int:
+        """Insert the run row; the unique (job, fire_key) of first attempts makes a fire run once."""
+        values = dict(
+            job=job, fire_key=fire_key, trigger=trigger, attempt=attempt, first_run_id=first_run_id,
+            status=str(status), late=late, scheduled_at=scheduled_at, queued_at=utcnow(),
+            heartbeat_at=utcnow(), host=HOSTNAME, pid=os.getpid(), params=params, paths=paths,
+        )
+        try:
+            with self.begin() as conn:
+                return conn.execute(sa.insert(runs).values(**values).returning(runs.c.id)).scalar_one()
+        except sa.exc.IntegrityError:
+            holder = self.find_fire(job, fire_key)
+            what = f"run {holder.id} ({holder.status})" if holder else "another run"
+            raise AlreadyRan(f"job {job}: fire {fire_key} already ran as {what}; not started") from None
+
+    def find_fire(self, job: str, fire_key: str) -> RunRecord | None:
+        with self.begin() as conn:
+            row = conn.execute(
+                sa.select(runs).where(runs.c.job == job, runs.c.fire_key == fire_key, runs.c.attempt == 1)
+            ).first()
+        return _record(row) if row else None
+
+    def update_run(self, run_id: int, **values: Any) -> None:
+        with self.begin() as conn:
+            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
+
+    def heartbeat(self, run_id: int, lease_job: str | None, ttl_s: float) -> None:
+        now = utcnow()
+        with self.begin() as conn:
+            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(heartbeat_at=now))
+            if lease_job:
+                conn.execute(
+                    sa.update(leases)
+                    .where(leases.c.job == lease_job, leases.c.run_id == run_id)
+                    .values(expires_at=now + timedelta(seconds=ttl_s))
+                )
+
+    def get_run(self, run_id: int) -> RunRecord | None:
+        with self.begin() as conn:
+            row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
+        return _record(row) if row else None
+
+    def history(
+        self, job: str | None = None, status: str | None = None, limit: int = 20
+    ) -> list[RunRecord]:
+        query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
+        if job:
+            query = query.where(runs.c.job == job)
+        if status:
+            query = query.where(runs.c.status == status)
+        with self.begin() as conn:
+            return [_record(row) for row in conn.execute(query)]
+
+    def reap_lost(self, stale_after_s: float) -> list[int]:
+        """Mark active runs lost whose supervisor is gone: its pid is dead here, or it went silent."""
+        now = utcnow()
+        stale_before = now - timedelta(seconds=stale_after_s)
+        with self.begin() as conn:
+            active = conn.execute(
+                sa.select(runs.c.id, runs.c.host, runs.c.pid, runs.c.heartbeat_at).where(
+                    runs.c.status.in_(ACTIVE_STATUSES)
+                )
+            ).all()
+            lost = []
+            for run_id, host, pid, heartbeat_at in active:
+                if heartbeat_at is not None and heartbeat_at < stale_before:
+                    reason = f"supervisor stopped reporting (last heartbeat {heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)"
+                elif host == HOSTNAME and not pid_alive(pid):
+                    reason = f"supervisor (pid {pid} on {host}) is gone"
+                else:
+                    continue
+                updated = conn.execute(
+                    sa.update(runs)
+                    .where(runs.c.id == run_id, runs.c.status.in_(ACTIVE_STATUSES))
+                    .values(status=RunStatus.LOST.value, ended_at=now, error=reason)
+                ).rowcount
+                if updated:
+                    lost.append(run_id)
+                    conn.execute(sa.delete(leases).where(leases.c.run_id == run_id))
+        return lost
+
+    # --- overlap leases -----------------------------------------------------------------------
+    def acquire_lease(self, job: str, run_id: int, ttl_s: float) -> RunRecord | None:
+        """Take the job's lease for run_id; returns None on success, else the run holding it.
+
+        Every write is a compare-and-swap (insert of a new key, or update of the exact lease row
+        we read), so two hosts racing on PostgreSQL cannot both win.
+        """
+        for _ in range(5):
+            now = utcnow()
+            values = dict(job=job, run_id=run_id, host=HOSTNAME, pid=os.getpid(),
+                          expires_at=now + timedelta(seconds=ttl_s))
+            try:
+                with self.begin() as conn:
+                    holder = conn.execute(sa.select(leases).where(leases.c.job == job)).first()
+                    if holder is None:
+                        conn.execute(sa.insert(leases).values(**values))
+                        return None
+                    held_by = conn.execute(
+                        sa.select(runs).where(runs.c.id == holder.run_id)
+                    ).first()
+                    if holder.expires_at >= now and held_by and held_by.status in ACTIVE_STATUSES:
+                        return _record(held_by)
+                    swapped = conn.execute(
+                        sa.update(leases)
+                        .where(
+                            leases.c.job == job,
+                            leases.c.run_id == holder.run_id,
+                            leases.c.expires_at == holder.expires_at,
+                        )
+                        .values(**values)
+                    ).rowcount
+                    if swapped:
+                        return None
+            except sa.exc.IntegrityError:
+                pass  # another run inserted the lease first: read it again
+        raise DatabaseError(f"could not take the overlap lease of job {job}: too much contention")
+
+    def move_lease(self, job: str, from_run_id: int, to_run_id: int) -> None:
+        """Hand the lease to the next attempt of the same fire."""
+        with self.begin() as conn:
+            conn.execute(
+                sa.update(leases)
+                .where(leases.c.job == job, leases.c.run_id == from_run_id)
+                .values(run_id=to_run_id)
+            )
+
+    def release_lease(self, job: str, run_id: int) -> None:
+        with self.begin() as conn:
+            conn.execute(sa.delete(leases).where(leases.c.job == job, leases.c.run_id == run_id))
+
+    # --- per-job state ------------------------------------------------------------------------
+    def state_get(self, job: str, key: str, default: Any = None, conn: sa.Connection | None = None) -> Any:
+        query = sa.select(job_state.c.value).where(job_state.c.job == job, job_state.c.key == key)
+        if conn is not None:
+            row = conn.execute(query).first()
+        else:
+            with self.begin() as own:
+                row = own.execute(query).first()
+        return default if row is None else row[0]
+
+    def state_set(self, job: str, key: str, value: Any, conn: sa.Connection | None = None) -> None:
+        if conn is None:
+            with self.begin() as own:
+                return self.state_set(job, key, value, own)
+        where = (job_state.c.job == job) & (job_state.c.key == key)
+        now = utcnow()
+        if conn.execute(sa.update(job_state).where(where).values(value=value, updated_at=now)).rowcount == 0:
+            conn.execute(sa.insert(job_state).values(job=job, key=key, value=value, updated_at=now))
+        return None
+
+    def state_delete(self, job: str, key: str, conn: sa.Connection | None = None) -> None:
+        statement = sa.delete(job_state).where(job_state.c.job == job, job_state.c.key == key)
+        if conn is not None:
+            conn.execute(statement)
+        else:
+            with self.begin() as own:
+                own.execute(statement)
+
+    def state_items(self, job: str) -> dict[str, Any]:
+        with self.begin() as conn:
+            rows = conn.execute(sa.select(job_state.c.key, job_state.c.value).where(job_state.c.job == job))
+            return {key: value for key, value in rows}
+
+    def after_fork(self) -> None:
+        """In a forked child: never reuse the parent's pooled connections."""
+        self.engine.dispose(close=False)
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
