@@ -314,10 +314,10 @@ def _run_job(app: App, job: str, args: list[str]) -> int:
     command = _job_command(spec)
     try:
         options = command.main(args=args, prog_name=f"runner run {job}", standalone_mode=False)
-    except click.exceptions.Exit as done:  # --help
+    except click.exceptions.Exit as done:
         return done.exit_code
-    if options is None:
-        return 0
+    if not isinstance(options, dict):  # --help was printed
+        return options or 0
     from runner.params import bind, parse_assignments
 
     layers = [(config_origin(settings, job), spec.config_params), ("-p", parse_assignments(options.pop("param")))]
@@ -380,7 +380,9 @@ def _job_command(spec: Any) -> click.Command:
         return {k: (("true" if v else "false") if isinstance(v, bool) and k != "as_json" else v)
                 for k, v in values.items()}
 
-    doc = (spec.func.__doc__ or "").strip()
+    from runner.params import strip_param_docs
+
+    doc = strip_param_docs(spec.func.__doc__ or "")
     return click.Command(
         name=spec.name,
         params=options,

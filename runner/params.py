@@ -84,6 +84,16 @@ def docstring_params(doc: str) -> dict[str, str]:
     return found
 
 
+def strip_param_docs(doc: str) -> str:
+    """The docstring without its parameter section (shown per option instead)."""
+    import inspect as _inspect
+
+    text = _inspect.cleandoc(doc)
+    text = re.sub(r"^(?:Args|Arguments|Parameters|Params):\s*\n(?:[ \t]+.*\n?|\s*\n)*", "", text, flags=re.M)
+    text = re.sub(r"^:param .*$\n?", "", text, flags=re.M)
+    return text.strip()
+
+
 def summary_line(doc: str | None) -> str:
     for line in (doc or "").strip().splitlines():
         if line.strip():
