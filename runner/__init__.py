@@ -21,7 +21,6 @@ def main(argv: list[str] | None = None) -> None:
     """Run the job of the module executed with `python -m` (`python -m jobs.hello --count 2`),
     through the same execution path and history as `runner run`."""
     import __main__
-
     from runner.cli import run_module
 
     spec = getattr(__main__, "__spec__", None)

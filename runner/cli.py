@@ -16,7 +16,16 @@ import click
 from runner import __version__
 from runner.errors import EXIT_USAGE, RunnerError
 
-STATUS_CHOICES = ("queued", "running", "succeeded", "failed", "timed_out", "killed", "lost", "skipped")
+STATUS_CHOICES = (
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "timed_out",
+    "killed",
+    "lost",
+    "skipped",
+)
 
 
 class App:
@@ -97,8 +106,13 @@ def list_jobs(app: App, as_json: bool) -> None:
         for spec in sorted(catalog.jobs.values(), key=lambda s: s.name)
     ]
     rows += [
-        {"name": name, "status": "broken", "function": "", "configured": name in app.settings.jobs,
-         "description": reason}
+        {
+            "name": name,
+            "status": "broken",
+            "function": "",
+            "configured": name in app.settings.jobs,
+            "description": reason,
+        }
         for name, reason in sorted(catalog.broken.items())
     ]
     if as_json:
@@ -131,11 +145,16 @@ def show(app: App, job: str, as_json: bool) -> None:
         default = None if param.default is REQUIRED else param.default
         if default is not None and is_secret(param.name):
             default = SECRET_MASK
-        params.append({
-            "name": param.name, "type": param.type_name, "required": param.required,
-            "default": default if default is None else str(default),
-            "configured": configured, "help": param.help,
-        })
+        params.append(
+            {
+                "name": param.name,
+                "type": param.type_name,
+                "required": param.required,
+                "default": default if default is None else str(default),
+                "configured": configured,
+                "help": param.help,
+            }
+        )
     settings = {
         "function": spec.target,
         "timeout": format_duration(spec.timeout_s) if spec.timeout_s else None,
@@ -144,8 +163,15 @@ def show(app: App, job: str, as_json: bool) -> None:
         "overlap": spec.overlap,
     }
     if as_json:
-        _print_json({"name": spec.name, "description": spec.description, "settings": settings,
-                     "section": section, "parameters": params})
+        _print_json(
+            {
+                "name": spec.name,
+                "description": spec.description,
+                "settings": settings,
+                "section": section,
+                "parameters": params,
+            }
+        )
         return
     click.echo(f"{spec.name}: {spec.description}" if spec.description else spec.name)
     click.echo()
@@ -157,8 +183,16 @@ def show(app: App, job: str, as_json: bool) -> None:
     click.echo()
     _print_table(
         ["PARAMETER", "TYPE", "DEFAULT", "CONFIGURED", "DESCRIPTION"],
-        [[p["name"], p["type"], "(required)" if p["required"] else _text(p["default"]),
-          _text(p["configured"]), p["help"]] for p in params],
+        [
+            [
+                p["name"],
+                p["type"],
+                "(required)" if p["required"] else _text(p["default"]),
+                _text(p["configured"]),
+                p["help"],
+            ]
+            for p in params
+        ],
         empty="(this job takes no parameters)",
     )
 
@@ -177,9 +211,19 @@ def history(app: App, job: str | None, status: str | None, limit: int, as_json: 
         return
     _print_table(
         ["RUN", "JOB", "STATUS", "TRIGGER", "STARTED", "DURATION", "TRY", "ERROR"],
-        [[r.id, r.job, r.status, r.trigger + (" (late)" if r.late else ""),
-          _local(r.started_at or r.queued_at), _seconds(r.duration_s), r.attempt, r.error or ""]
-         for r in records],
+        [
+            [
+                r.id,
+                r.job,
+                r.status,
+                r.trigger + (" (late)" if r.late else ""),
+                _local(r.started_at or r.queued_at),
+                _seconds(r.duration_s),
+                r.attempt,
+                r.error or "",
+            ]
+            for r in records
+        ],
         empty="no runs yet: try `runner run hello`",
     )
 
@@ -194,9 +238,11 @@ def logs(app: App, run_id: int, follow: bool) -> None:
     record = store.get_run(run_id)
     if record is None:
         raise RunnerError(f"no run {run_id}; see `runner history` for run ids")
-    if not record.log_path:
+    from runner.execution import run_log_path
+
+    path = Path(record.log_path or run_log_path(app.settings.runner, record.job, run_id))
+    if not path.exists() and record.started_at is None:
         raise RunnerError(f"run {run_id} ({record.status}) has no log: it never started")
-    path = Path(record.log_path)
     offset = 0
     while True:
         try:
@@ -231,14 +277,23 @@ def check(app: App, as_json: bool) -> int:
     problems += [reason for name, reason in catalog.broken.items() if reason not in problems]
     try:
         revision = app.store.schema_revision()
-        database = ("ok" if revision == SCHEMA_REVISION else
-                    f"at revision {revision or 'none'}; `runner db upgrade` (or any run) brings it to {SCHEMA_REVISION}")
+        database = (
+            "ok"
+            if revision == SCHEMA_REVISION
+            else f"at revision {revision or 'none'}; `runner db upgrade` (or any run) brings it to {SCHEMA_REVISION}"
+        )
     except RunnerError as exc:
         database = str(exc)
         problems.append(database)
     if as_json:
-        _print_json({"config": str(settings.path), "jobs": sorted(catalog.jobs), "database": database,
-                     "problems": problems})
+        _print_json(
+            {
+                "config": str(settings.path),
+                "jobs": sorted(catalog.jobs),
+                "database": database,
+                "problems": problems,
+            }
+        )
     else:
         click.echo(f"config    {settings.path}")
         click.echo(f"jobs      {len(catalog.jobs)} ok: {', '.join(sorted(catalog.jobs)) or '-'}")
@@ -320,7 +375,10 @@ def _run_job(app: App, job: str, args: list[str]) -> int:
         return options or 0
     from runner.params import bind, parse_assignments
 
-    layers = [(config_origin(settings, job), spec.config_params), ("-p", parse_assignments(options.pop("param")))]
+    layers = [
+        (config_origin(settings, job), spec.config_params),
+        ("-p", parse_assignments(options.pop("param"))),
+    ]
     as_json = options.pop("as_json")
     for name, value in options.items():
         if value is not None:
@@ -334,18 +392,31 @@ def _run_job(app: App, job: str, args: list[str]) -> int:
     fire = Fire(kind="manual", key=f"manual:{uuid.uuid4().hex}")
     outcome = execute(spec, params, fire, settings=settings.runner, store=app.store, live=live)
     if as_json:
-        _print_json({
-            "run_id": outcome.run_id, "first_run_id": outcome.first_run_id, "attempts": outcome.attempts,
-            "status": outcome.status.value, "exit_code": outcome.exit_code, "signal": outcome.signal,
-            "error": outcome.error, "result": outcome.result, "duration_s": round(outcome.duration_s, 3),
-            "log_path": str(outcome.log_path) if outcome.log_path else None,
-        })
+        _print_json(
+            {
+                "run_id": outcome.run_id,
+                "first_run_id": outcome.first_run_id,
+                "attempts": outcome.attempts,
+                "status": outcome.status.value,
+                "exit_code": outcome.exit_code,
+                "signal": outcome.signal,
+                "error": outcome.error,
+                "result": outcome.result,
+                "duration_s": round(outcome.duration_s, 3),
+                "log_path": str(outcome.log_path) if outcome.log_path else None,
+            }
+        )
     else:
         if outcome.result is not None:
-            click.echo(outcome.result if isinstance(outcome.result, str) else json.dumps(outcome.result, indent=2))
+            click.echo(
+                outcome.result if isinstance(outcome.result, str) else json.dumps(outcome.result, indent=2)
+            )
         if outcome.status.value != "succeeded":
-            click.echo(f"runner: run {outcome.run_id} of {job} {outcome.status.value}: {outcome.error}; "
-                       f"see `runner logs {outcome.run_id}`", err=True)
+            click.echo(
+                f"runner: run {outcome.run_id} of {job} {outcome.status.value}: {outcome.error}; "
+                f"see `runner logs {outcome.run_id}`",
+                err=True,
+            )
         elif live:
             click.echo(f"runner: run {outcome.run_id} succeeded in {outcome.duration_s:.2f}s", err=True)
     return outcome.cli_exit_code
@@ -357,8 +428,12 @@ def _job_command(spec: Any) -> click.Command:
 
     reserved = {"param", "as_json", "json", "help"}
     options: list[click.Parameter] = [
-        click.Option(["-p", "--param"], multiple=True, metavar="KEY=VALUE",
-                     help="Set a parameter (repeatable)."),
+        click.Option(
+            ["-p", "--param"],
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="Set a parameter (repeatable).",
+        ),
         click.Option(["--json", "as_json"], is_flag=True, help="Print the outcome as JSON."),
     ]
     for param in spec.params:
@@ -371,14 +446,22 @@ def _job_command(spec: Any) -> click.Command:
             default += f", configured: {configured!r}"
         text = f"[{param.type_name}; {default}] {param.help}".strip()
         if param.annotation is bool:
-            options.append(click.Option([f"{flag}/--no-{flag[2:]}", param.name], default=None,
-                                        help=text, flag_value=True))
+            options.append(
+                click.Option(
+                    [f"{flag}/--no-{flag[2:]}", param.name],
+                    default=None,
+                    help=text,
+                    flag_value=True,
+                )
+            )
         else:
             options.append(click.Option([flag, param.name], metavar=param.type_name.upper(), help=text))
 
     def callback(**values: Any) -> dict[str, Any]:
-        return {k: (("true" if v else "false") if isinstance(v, bool) and k != "as_json" else v)
-                for k, v in values.items()}
+        return {
+            k: (("true" if v else "false") if isinstance(v, bool) and k != "as_json" else v)
+            for k, v in values.items()
+        }
 
     from runner.params import strip_param_docs
 

@@ -183,9 +183,7 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
     sections = _interpolate(parser, path)
     for name in sections:
         if name != "runner" and not name.startswith(JOB_PREFIX):
-            raise ConfigError(
-                "unknown section; expected [runner] or [job:NAME]", path=path, section=name
-            )
+            raise ConfigError("unknown section; expected [runner] or [job:NAME]", path=path, section=name)
     base = path.parent
     runner = _runner_settings(sections.get("runner", {}), path, base)
     jobs = {}
@@ -217,7 +215,9 @@ def _interpolate(parser: configparser.ConfigParser, path: Path) -> dict[str, dic
                 if name not in os.environ:
                     raise ConfigError(
                         f"environment variable {name} is not set; export it or change the value",
-                        path=path, section=section, key=key,
+                        path=path,
+                        section=section,
+                        key=key,
                     )
                 return os.environ[name]
             ref_section, _, ref_key = ref.rpartition(":")
@@ -226,7 +226,9 @@ def _interpolate(parser: configparser.ConfigParser, path: Path) -> dict[str, dic
             if ref_section not in raw or ref_key not in raw[ref_section]:
                 raise ConfigError(
                     f"${{{ref}}} refers to a key that does not exist",
-                    path=path, section=section, key=key,
+                    path=path,
+                    section=section,
+                    key=key,
                 )
             return resolve(ref_section, ref_key, depth + 1)
 
@@ -253,7 +255,11 @@ def _runner_settings(values: Mapping[str, str], path: Path, base: Path) -> Runne
             return parse_duration(values[key])
         except ValueError:
             raise ConfigError(
-                "expected a duration like 90s, 15m, 2h", path=path, section="runner", key=key, value=values[key]
+                "expected a duration like 90s, 15m, 2h",
+                path=path,
+                section="runner",
+                key=key,
+                value=values[key],
             ) from None
 
     var_dir = get_path("var_dir", (base / "var").resolve())
@@ -265,13 +271,18 @@ def _runner_settings(values: Mapping[str, str], path: Path, base: Path) -> Runne
     max_workers = _int(values, "max_workers", 4, path, "runner", minimum=1)
     packages = tuple(values.get("job_packages", "jobs").replace(",", " ").split())
     if not packages:
-        raise ConfigError("expected at least one package name", path=path, section="runner", key="job_packages")
+        raise ConfigError(
+            "expected at least one package name", path=path, section="runner", key="job_packages"
+        )
     heartbeat = get_duration("heartbeat", 5.0)
     stale_after = get_duration("stale_after", max(30.0, heartbeat * 4))
     if stale_after <= heartbeat:
         raise ConfigError(
             f"must be longer than heartbeat ({format_duration(heartbeat)})",
-            path=path, section="runner", key="stale_after", value=values.get("stale_after"),
+            path=path,
+            section="runner",
+            key="stale_after",
+            value=values.get("stale_after"),
         )
     return RunnerSettings(
         database=database,
@@ -294,7 +305,11 @@ def _job_settings(name: str, section: str, values: Mapping[str, str], path: Path
             return parse_duration(values[key])
         except ValueError:
             raise ConfigError(
-                "expected a duration like 90s, 15m, 2h", path=path, section=section, key=key, value=values[key]
+                "expected a duration like 90s, 15m, 2h",
+                path=path,
+                section=section,
+                key=key,
+                value=values[key],
             ) from None
 
     overlap = values.get("overlap")
@@ -303,7 +318,10 @@ def _job_settings(name: str, section: str, values: Mapping[str, str], path: Path
         if overlap not in OVERLAP_POLICIES:
             raise ConfigError(
                 f"unknown overlap policy; expected one of: {', '.join(OVERLAP_POLICIES)}",
-                path=path, section=section, key="overlap", value=values["overlap"],
+                path=path,
+                section=section,
+                key="overlap",
+                value=values["overlap"],
             )
     uses = values.get("uses")
     if uses is not None and not re.fullmatch(r"[\w.]+(:\w+)?", uses.strip()):
@@ -347,7 +365,10 @@ def _check_timezone(name: str, path: Path, section: str) -> None:
     except (ZoneInfoNotFoundError, ValueError):
         raise ConfigError(
             "unknown timezone; expected an IANA name like Europe/Berlin or UTC",
-            path=path, section=section, key="timezone", value=name,
+            path=path,
+            section=section,
+            key="timezone",
+            value=name,
         ) from None
 
 

@@ -88,7 +88,12 @@ def build_spec(settings: Settings, name: str, func: Callable[..., Any]) -> JobSp
         raise ConfigError(f"@job default is not a duration: {exc}", path=spec_where(func)) from None
     if section:
         try:
-            bind(name, spec.params, [(config_origin(settings, name), section.params)], require_all=False)
+            bind(
+                name,
+                spec.params,
+                [(config_origin(settings, name), section.params)],
+                require_all=False,
+            )
         except ParamError as exc:
             raise ConfigError(str(exc)) from None
     return spec
@@ -175,7 +180,8 @@ def discover(settings: Settings) -> Catalog:
             else:
                 raise ConfigError(
                     "no job function of this name; add `uses = package.module:function`",
-                    path=settings.path, section=JOB_PREFIX + name,
+                    path=settings.path,
+                    section=JOB_PREFIX + name,
                 )
             catalog.jobs[name] = build_spec(settings, name, func)
         except ConfigError as exc:

@@ -71,52 +71,88 @@ def execute(
     settings: RunnerSettings,
     store: Store,
     live: bool = False,
+    reap: bool = True,
 ) -> Outcome:
-    """Run one fire of a job to its end. Raises AlreadyRan or OverlapSkipped (exit 3) if not started."""
+    """Run one fire of a job to its end. Raises AlreadyRan or OverlapSkipped (exit 3) if not started.
+
+    Before the job body starts there is one transaction (claim the fire, take the lease, mark the
+    run running); after it ends, one more (record the outcome, release the lease).
+    """
     store.ensure_schema()
-    store.reap_lost(settings.stale_after_s)
+    if reap:
+        store.reap_lost(settings.stale_after_s)
+    lease = spec.overlap != "allow"
     stored_params = json.loads(json.dumps(dict(params), default=str))
-    paths = [str(p) for p in fire.paths] or None
-    run_id = store.claim(
-        job=spec.name, fire_key=fire.key, trigger=fire.kind, params=stored_params, paths=paths,
-        scheduled_at=fire.scheduled_at, late=fire.late,
+    claim = dict(
+        job=spec.name,
+        fire_key=fire.key,
+        trigger=fire.kind,
+        params=stored_params,
+        paths=[str(p) for p in fire.paths] or None,
+        scheduled_at=fire.scheduled_at,
+        late=fire.late,
     )
+    run_id, holder = store.claim(**claim, lease_ttl_s=settings.stale_after_s if lease else None)
     first_run_id = run_id
     with _StopSignals() as stops:
-        lease = spec.overlap != "allow"
-        if lease:
-            _take_lease(spec, run_id, settings, store, stops)
-        try:
-            attempt = 1
-            while True:
-                outcome = _attempt(spec, params, fire, run_id, first_run_id, attempt, settings, store, live, stops)
-                if (
-                    outcome.status is RunStatus.SUCCEEDED
-                    or outcome.stop_signal
-                    or attempt > spec.retries
-                ):
-                    return outcome
-                attempt += 1
-                next_id = store.claim(
-                    job=spec.name, fire_key=fire.key, trigger=fire.kind, attempt=attempt,
-                    first_run_id=first_run_id, params=stored_params, paths=paths,
-                    scheduled_at=fire.scheduled_at, late=fire.late,
-                )
-                if lease:
-                    store.move_lease(spec.name, run_id, next_id)
-                run_id = next_id
-                delay = retry_delay(spec.retry_backoff_s, attempt - 1)
-                _say(live, f"run {outcome.run_id} {outcome.status}: {outcome.error}; "
-                           f"retry {attempt - 1}/{spec.retries} as run {run_id} in {delay:.1f}s")
-                if not _wait(delay, stops, lambda: store.heartbeat(run_id, spec.name if lease else None,
-                                                                  settings.stale_after_s), settings.heartbeat_s):
-                    store.update_run(run_id, status=RunStatus.KILLED.value, ended_at=utcnow(),
-                                     error=f"stopped by {_signame(stops.received)} before the retry started")
-                    return Outcome(run_id, first_run_id, attempt, RunStatus.KILLED, None, None,
-                                   "stopped before the retry started", None, None, 0.0, stops.received)
-        finally:
+        if holder is not None:
+            _wait_for_lease(spec, run_id, holder, settings, store, stops)
+        attempt = 1
+        while True:
+            final = attempt > spec.retries
+            outcome = _attempt(
+                spec,
+                params,
+                fire,
+                run_id,
+                first_run_id,
+                attempt,
+                settings,
+                store,
+                live,
+                stops,
+                release_lease=lease and final,
+            )
+            if outcome.status is RunStatus.SUCCEEDED or outcome.stop_signal or final:
+                if lease and not final:
+                    store.release_lease(spec.name, run_id)
+                return outcome
+            attempt += 1
+            next_id, _ = store.claim(
+                **claim, attempt=attempt, first_run_id=first_run_id, status=RunStatus.QUEUED
+            )
             if lease:
-                store.release_lease(spec.name, run_id)
+                store.move_lease(spec.name, run_id, next_id)
+            run_id = next_id
+            delay = retry_delay(spec.retry_backoff_s, attempt - 1)
+            _say(
+                live,
+                f"run {outcome.run_id} {outcome.status}: {outcome.error}; "
+                f"retry {attempt - 1}/{spec.retries} as run {run_id} in {delay:.1f}s",
+            )
+            beat = lambda: store.heartbeat(run_id, spec.name if lease else None, settings.stale_after_s)  # noqa: E731
+            if not _wait(delay, stops, beat, settings.heartbeat_s):
+                error = f"stopped by {_signame(stops.received)} before the retry started"
+                store.finish(
+                    run_id,
+                    release_lease_of=spec.name if lease else None,
+                    status=RunStatus.KILLED.value,
+                    ended_at=utcnow(),
+                    error=error,
+                )
+                return Outcome(
+                    run_id,
+                    first_run_id,
+                    attempt,
+                    RunStatus.KILLED,
+                    None,
+                    None,
+                    error,
+                    None,
+                    None,
+                    0.0,
+                    stops.received,
+                )
 
 
 def retry_delay(backoff_s: float, retry_number: int) -> float:
@@ -125,24 +161,41 @@ def retry_delay(backoff_s: float, retry_number: int) -> float:
     return delay / 2 + random.uniform(0, delay / 2)
 
 
-def _take_lease(spec: JobSpec, run_id: int, settings: RunnerSettings, store: Store, stops: _StopSignals) -> None:
-    holder = store.acquire_lease(spec.name, run_id, settings.stale_after_s)
-    if holder is None:
-        return
+def _wait_for_lease(
+    spec: JobSpec,
+    run_id: int,
+    holder: Any,
+    settings: RunnerSettings,
+    store: Store,
+    stops: _StopSignals,
+) -> None:
+    """overlap = skip: record the run skipped and raise; overlap = queue: wait for the lease."""
     if spec.overlap == "skip":
         since = holder.started_at or holder.queued_at
-        message = (
+        store.finish(
+            run_id,
+            status=RunStatus.SKIPPED.value,
+            ended_at=utcnow(),
+            error=f"overlap: run {holder.id} was still running",
+        )
+        raise OverlapSkipped(
             f"job {spec.name} is still running as run {holder.id} (pid {holder.pid} on {holder.host}, "
             f"since {since.astimezone():%Y-%m-%d %H:%M:%S}); not started (overlap = skip)"
         )
-        store.update_run(run_id, status=RunStatus.SKIPPED.value, ended_at=utcnow(),
-                         error=f"overlap: run {holder.id} was still running")
-        raise OverlapSkipped(message)
-    log.info("run %s: waiting for run %s of job %s to finish (overlap = queue)", run_id, holder.id, spec.name)
+    log.info(
+        "run %s: waiting for run %s of job %s to finish (overlap = queue)",
+        run_id,
+        holder.id,
+        spec.name,
+    )
     while holder is not None:
         if not _wait(QUEUE_POLL_S, stops, lambda: store.heartbeat(run_id, None, 0), settings.heartbeat_s):
-            store.update_run(run_id, status=RunStatus.KILLED.value, ended_at=utcnow(),
-                             error=f"stopped by {_signame(stops.received)} while queued")
+            store.finish(
+                run_id,
+                status=RunStatus.KILLED.value,
+                ended_at=utcnow(),
+                error=f"stopped by {_signame(stops.received)} while queued",
+            )
             raise OverlapSkipped(f"job {spec.name}: stopped while waiting for run {holder.id}")
         store.reap_lost(settings.stale_after_s)
         holder = store.acquire_lease(spec.name, run_id, settings.stale_after_s)
@@ -172,20 +225,26 @@ def _attempt(
     store: Store,
     live: bool,
     stops: _StopSignals,
+    *,
+    release_lease: bool,
 ) -> Outcome:
-    log_path = settings.log_dir / spec.name / f"{run_id}.log"
+    log_path = run_log_path(settings, spec.name, run_id)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = utcnow()
-    store.update_run(run_id, status=RunStatus.RUNNING.value, started_at=started, heartbeat_at=started,
-                     log_path=str(log_path), pid=os.getpid())
-    _append(log_path, f"run {run_id} of job {spec.name} started: attempt {attempt}, "
-                      f"trigger {fire.kind}, fire {fire.key}, params {dict(params)!r}")
+    if attempt > 1:  # the first attempt's row was marked running when it was claimed
+        store.update_run(run_id, status=RunStatus.RUNNING.value, started_at=started, heartbeat_at=started)
+    _append(
+        log_path,
+        f"run {run_id} of job {spec.name} started: attempt {attempt}, "
+        f"trigger {fire.kind}, fire {fire.key}, params {dict(params)!r}",
+    )
     child = _Child.spawn(spec, params, fire, run_id, attempt, store, log_path, live)
     child.supervise(
         timeout_s=spec.timeout_s,
         grace_s=settings.kill_grace_s,
-        heartbeat=lambda: store.heartbeat(run_id, spec.name if spec.overlap != "allow" else None,
-                                          settings.stale_after_s),
+        heartbeat=lambda: store.heartbeat(
+            run_id, spec.name if spec.overlap != "allow" else None, settings.stale_after_s
+        ),
         heartbeat_s=settings.heartbeat_s,
         stops=stops,
         tail=sys.stderr if live else None,
@@ -193,11 +252,39 @@ def _attempt(
     status, exit_code, sig, error = child.verdict(spec.timeout_s)
     ended = utcnow()
     duration = (ended - started).total_seconds()
-    store.update_run(run_id, status=status.value, ended_at=ended, heartbeat_at=ended, exit_code=exit_code,
-                     signal=sig, error=error, result=child.result)
-    _append(log_path, f"run {run_id} {status.value} in {duration:.2f}s" + (f": {error}" if error else ""))
-    return Outcome(run_id, first_run_id, attempt, status, exit_code, sig, error, child.result, log_path,
-                   duration, stops.received if status is RunStatus.KILLED else None)
+    store.finish(
+        run_id,
+        release_lease_of=spec.name if release_lease else None,
+        status=status.value,
+        ended_at=ended,
+        heartbeat_at=ended,
+        exit_code=exit_code,
+        signal=sig,
+        error=error,
+        result=child.result,
+        log_path=str(log_path),
+    )
+    _append(
+        log_path,
+        f"run {run_id} {status.value} in {duration:.2f}s" + (f": {error}" if error else ""),
+    )
+    return Outcome(
+        run_id,
+        first_run_id,
+        attempt,
+        status,
+        exit_code,
+        sig,
+        error,
+        child.result,
+        log_path,
+        duration,
+        stops.received if status is RunStatus.KILLED else None,
+    )
+
+
+def run_log_path(settings: RunnerSettings, job: str, run_id: int) -> Path:
+    return settings.log_dir / job / f"{run_id}.log"
 
 
 def _append(path: Path, line: str) -> None:
@@ -289,8 +376,15 @@ class _Child:
 
     @classmethod
     def spawn(
-        cls, spec: JobSpec, params: Mapping[str, Any], fire: Fire, run_id: int, attempt: int,
-        store: Store, log_path: Path, live: bool,
+        cls,
+        spec: JobSpec,
+        params: Mapping[str, Any],
+        fire: Fire,
+        run_id: int,
+        attempt: int,
+        store: Store,
+        log_path: Path,
+        live: bool,
     ) -> _Child:
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         read_fd, write_fd = os.pipe()
@@ -302,7 +396,9 @@ class _Child:
             code = CHILD_SETUP_FAILED
             try:
                 os.close(read_fd)
-                code = _child_main(spec, params, fire, run_id, attempt, store, log_fd, write_fd, supervisor, live)
+                code = _child_main(
+                    spec, params, fire, run_id, attempt, store, log_fd, write_fd, supervisor, live
+                )
             finally:
                 os._exit(code)
         os.close(write_fd)
@@ -414,9 +510,19 @@ class _Child:
         code = os.waitstatus_to_exitcode(status)
         exit_code, sig = (code, None) if code >= 0 else (None, -code)
         if self.stopped_by:
-            return RunStatus.KILLED, exit_code, sig, f"stopped by {_signame(self.stopped_by)} to the supervisor"
+            return (
+                RunStatus.KILLED,
+                exit_code,
+                sig,
+                f"stopped by {_signame(self.stopped_by)} to the supervisor",
+            )
         if self.timed_out:
-            return RunStatus.TIMED_OUT, exit_code, sig, f"timed out after {format_duration(timeout_s or 0)}"
+            return (
+                RunStatus.TIMED_OUT,
+                exit_code,
+                sig,
+                f"timed out after {format_duration(timeout_s or 0)}",
+            )
         if sig is not None:
             return RunStatus.FAILED, None, sig, _describe_signal(sig)
         if exit_code == 0:
@@ -459,8 +565,16 @@ def _tail(path: Path, offset: int, stream: Any) -> int:
 
 
 def _child_main(
-    spec: JobSpec, params: Mapping[str, Any], fire: Fire, run_id: int, attempt: int, store: Store,
-    log_fd: int, result_fd: int, supervisor: int, live: bool,
+    spec: JobSpec,
+    params: Mapping[str, Any],
+    fire: Fire,
+    run_id: int,
+    attempt: int,
+    store: Store,
+    log_fd: int,
+    result_fd: int,
+    supervisor: int,
+    live: bool,
 ) -> int:
     os.setpgid(0, 0)
     _die_with_supervisor(supervisor)
@@ -478,8 +592,16 @@ def _child_main(
             stream.reconfigure(line_buffering=True)
     store.after_fork()
     logger = _child_logging(run_id, spec.name)
-    ctx = JobContext(run_id=run_id, job=spec.name, attempt=attempt, fire=fire, params=params,
-                     store=store, log=logger, tty=tty)
+    ctx = JobContext(
+        run_id=run_id,
+        job=spec.name,
+        attempt=attempt,
+        fire=fire,
+        params=params,
+        store=store,
+        log=logger,
+        tty=tty,
+    )
     kwargs = dict(params)
     if spec.takes_ctx:
         kwargs["ctx"] = ctx
@@ -554,4 +676,3 @@ def _write_all(fd: int, data: bytes) -> None:
     while view:
         written = os.write(fd, view)
         view = view[written:]
-

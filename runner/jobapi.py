@@ -83,7 +83,9 @@ class JobSpec:
     base_dir: Path | None = None
 
     @classmethod
-    def build(cls, name: str, func: Callable[..., Any], settings: Any = None, base_dir: Path | None = None) -> JobSpec:
+    def build(
+        cls, name: str, func: Callable[..., Any], settings: Any = None, base_dir: Path | None = None
+    ) -> JobSpec:
         """Combine the decorator's defaults with the job's INI section (`JobSettings` or None)."""
         from runner.config import parse_duration
 
@@ -95,7 +97,9 @@ class JobSpec:
                 return value
             return parse_duration(value)
 
-        timeout = settings.timeout_s if settings and settings.timeout_s is not None else seconds(defaults.timeout)
+        timeout = (
+            settings.timeout_s if settings and settings.timeout_s is not None else seconds(defaults.timeout)
+        )
         retries = settings.retries if settings and settings.retries is not None else defaults.retries
         backoff = (
             settings.retry_backoff_s

@@ -70,8 +70,11 @@ def docstring_params(doc: str) -> dict[str, str]:
     found: dict[str, str] = {}
     for match in re.finditer(r":param\s+(?:\w+\s+)?(\w+):\s*(.+)", doc):
         found[match.group(1)] = match.group(2).strip()
-    section = re.search(r"^\s*(?:Args|Arguments|Parameters|Params):\s*$(.*?)(?:^\s*\w[\w ]*:\s*$|\Z)",
-                        doc, re.M | re.S)
+    section = re.search(
+        r"^\s*(?:Args|Arguments|Parameters|Params):\s*$(.*?)(?:^\s*\w[\w ]*:\s*$|\Z)",
+        doc,
+        re.M | re.S,
+    )
     if section:
         current = None
         for line in section.group(1).splitlines():

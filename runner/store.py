@@ -31,6 +31,10 @@ class DatabaseError(RunnerError):
     """The configured database cannot be reached or used."""
 
 
+class _LeaseRace(Exception):
+    """Another run changed the lease between our read and our write; the transaction is retried."""
+
+
 @dataclass(frozen=True, slots=True)
 class RunRecord:
     id: int
@@ -192,25 +196,63 @@ class Store:
         trigger: str,
         attempt: int = 1,
         first_run_id: int | None = None,
-        status: RunStatus = RunStatus.QUEUED,
         params: Any = None,
         paths: Any = None,
         scheduled_at: datetime | None = None,
         late: bool = False,
-    ) -> int:
-        """Insert the run row; the unique (job, fire_key) of first attempts makes a fire run once."""
+        lease_ttl_s: float | None = None,
+        status: RunStatus = RunStatus.RUNNING,
+        error: str | None = None,
+    ) -> tuple[int, RunRecord | None]:
+        """Insert the run row and, with `lease_ttl_s`, take the job's overlap lease, in one transaction.
+
+        The unique (job, fire_key) of first attempts makes each fire run once: a second claim raises
+        AlreadyRan. Returns (run id, None) when the run may start, or (run id, holder) when another
+        run holds the lease; the row is then 'queued' and the caller skips or waits.
+        """
+        now = utcnow()
         values = dict(
-            job=job, fire_key=fire_key, trigger=trigger, attempt=attempt, first_run_id=first_run_id,
-            status=str(status), late=late, scheduled_at=scheduled_at, queued_at=utcnow(),
-            heartbeat_at=utcnow(), host=HOSTNAME, pid=os.getpid(), params=params, paths=paths,
+            job=job,
+            fire_key=fire_key,
+            trigger=trigger,
+            attempt=attempt,
+            first_run_id=first_run_id,
+            status=str(status),
+            late=late,
+            scheduled_at=scheduled_at,
+            queued_at=now,
+            heartbeat_at=now,
+            started_at=now if status is RunStatus.RUNNING else None,
+            ended_at=None if status.active else now,
+            error=error,
+            host=HOSTNAME,
+            pid=os.getpid(),
+            params=params,
+            paths=paths,
         )
-        try:
-            with self.begin() as conn:
-                return conn.execute(sa.insert(runs).values(**values).returning(runs.c.id)).scalar_one()
-        except sa.exc.IntegrityError:
-            holder = self.find_fire(job, fire_key)
-            what = f"run {holder.id} ({holder.status})" if holder else "another run"
-            raise AlreadyRan(f"job {job}: fire {fire_key} already ran as {what}; not started") from None
+        for _ in range(5):
+            try:
+                with self.begin() as conn:
+                    run_id = conn.execute(sa.insert(runs).values(**values).returning(runs.c.id)).scalar_one()
+                    holder = None
+                    if lease_ttl_s is not None:
+                        holder = self._take_lease(conn, job, run_id, lease_ttl_s, now)
+                        if holder is not None:
+                            conn.execute(
+                                sa.update(runs)
+                                .where(runs.c.id == run_id)
+                                .values(status=RunStatus.QUEUED.value, started_at=None)
+                            )
+                    return run_id, holder
+            except _LeaseRace:
+                continue
+            except sa.exc.IntegrityError:
+                existing = self.find_fire(job, fire_key)
+                if existing is None:
+                    continue  # the lease insert raced with another claim: try again
+                what = f"run {existing.id} ({existing.status})" if existing else "another run"
+                raise AlreadyRan(f"job {job}: fire {fire_key} already ran as {what}; not started") from None
+        raise DatabaseError(f"could not take the overlap lease of job {job}: too much contention")
 
     def find_fire(self, job: str, fire_key: str) -> RunRecord | None:
         with self.begin() as conn:
@@ -239,9 +281,7 @@ class Store:
             row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
         return _record(row) if row else None
 
-    def history(
-        self, job: str | None = None, status: str | None = None, limit: int = 20
-    ) -> list[RunRecord]:
+    def history(self, job: str | None = None, status: str | None = None, limit: int = 20) -> list[RunRecord]:
         query = sa.select(runs).order_by(runs.c.id.desc()).limit(limit)
         if job:
             query = query.where(runs.c.job == job)
@@ -263,7 +303,9 @@ class Store:
             lost = []
             for run_id, host, pid, heartbeat_at in active:
                 if heartbeat_at is not None and heartbeat_at < stale_before:
-                    reason = f"supervisor stopped reporting (last heartbeat {heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)"
+                    reason = (
+                        f"supervisor stopped reporting (last heartbeat {heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)"
+                    )
                 elif host == HOSTNAME and not pid_alive(pid):
                     reason = f"supervisor (pid {pid} on {host}) is gone"
                 else:
@@ -280,40 +322,54 @@ class Store:
 
     # --- overlap leases -----------------------------------------------------------------------
     def acquire_lease(self, job: str, run_id: int, ttl_s: float) -> RunRecord | None:
-        """Take the job's lease for run_id; returns None on success, else the run holding it.
-
-        Every write is a compare-and-swap (insert of a new key, or update of the exact lease row
-        we read), so two hosts racing on PostgreSQL cannot both win.
-        """
+        """Take the job's lease for run_id; returns None on success, else the run holding it."""
         for _ in range(5):
-            now = utcnow()
-            values = dict(job=job, run_id=run_id, host=HOSTNAME, pid=os.getpid(),
-                          expires_at=now + timedelta(seconds=ttl_s))
             try:
                 with self.begin() as conn:
-                    holder = conn.execute(sa.select(leases).where(leases.c.job == job)).first()
+                    holder = self._take_lease(conn, job, run_id, ttl_s, utcnow())
                     if holder is None:
-                        conn.execute(sa.insert(leases).values(**values))
-                        return None
-                    held_by = conn.execute(
-                        sa.select(runs).where(runs.c.id == holder.run_id)
-                    ).first()
-                    if holder.expires_at >= now and held_by and held_by.status in ACTIVE_STATUSES:
-                        return _record(held_by)
-                    swapped = conn.execute(
-                        sa.update(leases)
-                        .where(
-                            leases.c.job == job,
-                            leases.c.run_id == holder.run_id,
-                            leases.c.expires_at == holder.expires_at,
+                        conn.execute(
+                            sa.update(runs)
+                            .where(runs.c.id == run_id)
+                            .values(status=RunStatus.RUNNING.value, started_at=utcnow())
                         )
-                        .values(**values)
-                    ).rowcount
-                    if swapped:
-                        return None
-            except sa.exc.IntegrityError:
-                pass  # another run inserted the lease first: read it again
+                    return holder
+            except (_LeaseRace, sa.exc.IntegrityError):
+                pass  # another run took the lease first: read it again
         raise DatabaseError(f"could not take the overlap lease of job {job}: too much contention")
+
+    @staticmethod
+    def _take_lease(
+        conn: sa.Connection, job: str, run_id: int, ttl_s: float, now: datetime
+    ) -> RunRecord | None:
+        """Every write is a compare-and-swap (insert of a new key, or update of the exact lease
+        row we read), so two hosts racing on PostgreSQL cannot both win."""
+        values = dict(
+            job=job,
+            run_id=run_id,
+            host=HOSTNAME,
+            pid=os.getpid(),
+            expires_at=now + timedelta(seconds=ttl_s),
+        )
+        holder = conn.execute(sa.select(leases).where(leases.c.job == job)).first()
+        if holder is None:
+            conn.execute(sa.insert(leases).values(**values))
+            return None
+        held_by = conn.execute(sa.select(runs).where(runs.c.id == holder.run_id)).first()
+        if holder.expires_at >= now and held_by and held_by.status in ACTIVE_STATUSES:
+            return _record(held_by)
+        swapped = conn.execute(
+            sa.update(leases)
+            .where(
+                leases.c.job == job,
+                leases.c.run_id == holder.run_id,
+                leases.c.expires_at == holder.expires_at,
+            )
+            .values(**values)
+        ).rowcount
+        if not swapped:
+            raise _LeaseRace
+        return None
 
     def move_lease(self, job: str, from_run_id: int, to_run_id: int) -> None:
         """Hand the lease to the next attempt of the same fire."""
@@ -327,6 +383,15 @@ class Store:
     def release_lease(self, job: str, run_id: int) -> None:
         with self.begin() as conn:
             conn.execute(sa.delete(leases).where(leases.c.job == job, leases.c.run_id == run_id))
+
+    def finish(self, run_id: int, *, release_lease_of: str | None = None, **values: Any) -> None:
+        """Record how a run ended (and give up the job's lease) in one transaction."""
+        with self.begin() as conn:
+            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
+            if release_lease_of:
+                conn.execute(
+                    sa.delete(leases).where(leases.c.job == release_lease_of, leases.c.run_id == run_id)
+                )
 
     # --- per-job state ------------------------------------------------------------------------
     def state_get(self, job: str, key: str, default: Any = None, conn: sa.Connection | None = None) -> Any:
