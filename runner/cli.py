@@ -257,9 +257,8 @@ def logs(app: App, run_id: int, follow: bool) -> None:
         if not follow:
             return
         record = store.get_run(run_id)
-        if record is None or record.status not in ("queued", "running"):
-            if record is not None and offset >= path.stat().st_size:
-                return
+        if record is None or (record.status not in ("queued", "running") and offset >= path.stat().st_size):
+            return
         time.sleep(0.5)
 
 

@@ -17,6 +17,7 @@ import time
 import traceback
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -130,7 +131,7 @@ def execute(
                 f"run {outcome.run_id} {outcome.status}: {outcome.error}; "
                 f"retry {attempt - 1}/{spec.retries} as run {run_id} in {delay:.1f}s",
             )
-            beat = lambda: store.heartbeat(run_id, spec.name if lease else None, settings.stale_after_s)  # noqa: E731
+            beat = partial(store.heartbeat, run_id, spec.name if lease else None, settings.stale_after_s)
             if not _wait(delay, stops, beat, settings.heartbeat_s):
                 error = f"stopped by {_signame(stops.received)} before the retry started"
                 store.finish(
