@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import random
 import sys
 import time
 import uuid
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -379,16 +381,17 @@ def _run_job(app: App, job: str, args: list[str]) -> int:
         ("-p", parse_assignments(options.pop("param"))),
     ]
     as_json = options.pop("as_json")
+    fire = _fire_of(settings, job, options.pop("from_cron"), options.pop("fire_at"), options.pop("late"))
     for name, value in options.items():
         if value is not None:
             layers.append((f"--{name.replace('_', '-')}", {name: value}))
     params = bind(job, spec.params, layers, base_dir=settings.path.parent)
 
-    from runner.context import Fire
     from runner.execution import execute
 
     live = sys.stderr.isatty() and not as_json
-    fire = Fire(kind="manual", key=f"manual:{uuid.uuid4().hex}")
+    if fire.kind == "cron" and not fire.late and settings.jobs[job].jitter_s:
+        time.sleep(random.uniform(0, settings.jobs[job].jitter_s))
     outcome = execute(spec, params, fire, settings=settings.runner, store=app.store, live=live)
     if as_json:
         _print_json(
@@ -421,11 +424,52 @@ def _run_job(app: App, job: str, args: list[str]) -> int:
     return outcome.cli_exit_code
 
 
+CRON_LOOKBACK_S = 600.0  # how long after its minute a crontab line may start and still find it
+CRON_LATE_S = 60.0
+
+
+def _fire_of(settings: Any, job: str, from_cron: bool, fire_at: str | None, late: bool) -> Any:
+    """The Fire of this run: manual (a fresh key), a crontab line's minute, or an explicit instant."""
+    from datetime import UTC, datetime
+
+    from runner.context import Fire
+    from runner.models import utcnow
+    from runner.triggers import CronSchedule, fire_key
+
+    if fire_at:
+        try:
+            at = datetime.fromisoformat(fire_at.replace("Z", "+00:00"))
+        except ValueError:
+            raise RunnerError(
+                f"--fire-at {fire_at!r}: expected an ISO instant like 2026-12-01T07:00:00Z"
+            ) from None
+        at = at.replace(tzinfo=UTC) if at.tzinfo is None else at.astimezone(UTC)
+        return Fire("cron" if from_cron else "schedule", fire_key(at), at, late=late)
+    if from_cron:
+        from runner.catchup import latest_fire
+
+        section = settings.jobs.get(job)
+        crons = tuple(s for s in (section.schedules if section else ()) if isinstance(s, CronSchedule))
+        if not crons:
+            raise RunnerError(
+                f"job {job} has no cron schedule; --from-cron is for lines that `runner crontab install` wrote"
+            )
+        now = utcnow()
+        at = latest_fire(crons, now, CRON_LOOKBACK_S)
+        if at is None:
+            raise RunnerError(
+                f"job {job}: no cron fire in the last {CRON_LOOKBACK_S:.0f}s; "
+                "is the crontab out of date? run `runner crontab install`"
+            )
+        return Fire("cron", fire_key(at), at, late=late or (now - at).total_seconds() > CRON_LATE_S)
+    return Fire(kind="manual", key=f"manual:{uuid.uuid4().hex}")
+
+
 def _job_command(spec: Any) -> click.Command:
     """A click command whose options are the job's parameters (all parsed as text, converted later)."""
     from runner.params import REQUIRED
 
-    reserved = {"param", "as_json", "json", "help"}
+    reserved = {"param", "as_json", "json", "help", "from_cron", "fire_at", "late"}
     options: list[click.Parameter] = [
         click.Option(
             ["-p", "--param"],
@@ -434,6 +478,10 @@ def _job_command(spec: Any) -> click.Command:
             help="Set a parameter (repeatable).",
         ),
         click.Option(["--json", "as_json"], is_flag=True, help="Print the outcome as JSON."),
+        # For crontab lines and `runner catchup`: which scheduled fire this run is.
+        click.Option(["--from-cron", "from_cron"], is_flag=True, hidden=True),
+        click.Option(["--fire-at", "fire_at"], hidden=True),
+        click.Option(["--late", "late"], is_flag=True, hidden=True),
     ]
     for param in spec.params:
         if param.name in reserved:
@@ -458,7 +506,7 @@ def _job_command(spec: Any) -> click.Command:
 
     def callback(**values: Any) -> dict[str, Any]:
         return {
-            k: (("true" if v else "false") if isinstance(v, bool) and k != "as_json" else v)
+            k: (("true" if v else "false") if isinstance(v, bool) and k not in reserved else v)
             for k, v in values.items()
         }
 
@@ -473,6 +521,314 @@ def _job_command(spec: Any) -> click.Command:
         context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
         epilog=f"Runs {spec.target} supervised, recorded in `runner history`.",
     )
+
+
+# --- scheduling ---------------------------------------------------------------------------------
+
+
+@cli.command("next")
+@click.argument("job", required=False)
+@click.option("--count", type=click.IntRange(1, 1000), default=5, show_default=True, help="Fires per job.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_app
+def next_fires(app: App, job: str | None, count: int, as_json: bool) -> None:
+    """Show the upcoming fires of scheduled jobs, in local time and UTC, with DST moves flagged."""
+    from itertools import islice
+
+    from runner.models import utcnow
+    from runner.triggers import fire_key, zone
+
+    settings = app.settings
+    names = [job] if job else sorted(n for n, j in settings.jobs.items() if j.scheduled)
+    if job and (job not in settings.jobs or not settings.jobs[job].scheduled):
+        raise RunnerError(f"job {job} has no schedule; add `schedule = ...` to its [job:{job}] section")
+    now = utcnow()
+    result = []
+    for name in names:
+        section = settings.jobs[name]
+        tz = zone(section.timezone)
+        fires = sorted(
+            {f.at: f for s in section.schedules for f in islice(s.fires_after(now), count)}.values(),
+            key=lambda f: f.at,
+        )[:count]
+        result.append(
+            {
+                "job": name,
+                "timezone": section.timezone,
+                "schedules": [{"schedule": str(s), "description": s.describe()} for s in section.schedules],
+                "fires": [
+                    {
+                        "local": f.at.astimezone(tz).isoformat(),
+                        "shown": f"{f.at.astimezone(tz):%a %Y-%m-%d %H:%M:%S %Z}",
+                        "utc": fire_key(f.at),
+                        "dst": f.note,
+                    }
+                    for f in fires
+                ],
+            }
+        )
+    if as_json:
+        _print_json(result)
+        return
+    if not result:
+        click.echo(
+            "no scheduled jobs: add `schedule = cron 0 7 * * mon` (or every 15m) to a [job:NAME] section"
+        )
+    for entry in result:
+        for schedule in entry["schedules"]:
+            click.echo(f"{entry['job']}: {schedule['schedule']}  ({schedule['description']})")
+        _print_table(
+            ["LOCAL", "UTC", "NOTE"],
+            [[f.pop("shown"), f["utc"], f["dst"] or ""] for f in entry["fires"]],
+            empty="  (no more fires)",
+        )
+        click.echo()
+
+
+@cli.command()
+@pass_app
+def daemon(app: App) -> int:
+    """Run the scheduler in the foreground (what the systemd unit starts).
+
+    Fires every scheduled job through the same execution path as `runner run`, at most
+    [runner] max_workers at once; on start it runs fires missed while it was down (within each
+    job's catchup window), marked late. SIGHUP reloads the config (an invalid one is logged and the
+    old schedules kept); SIGTERM lets running jobs finish for shutdown_grace, then kills them.
+    """
+    from runner.daemon import run_daemon
+
+    return run_daemon(app.config)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_app
+def status(app: App, as_json: bool) -> None:
+    """Show live daemons, runs in progress, next fires, missed fires and recent failures."""
+    from runner.catchup import find_missed, next_fire
+    from runner.models import utcnow
+    from runner.triggers import fire_key
+
+    settings = app.settings
+    store = app.reaped_store()
+    now = utcnow()
+    alive = store.daemons(settings.runner.stale_after_s)
+    running = store.active_runs()
+    last = store.last_scheduled()
+    upcoming, missed = [], []
+    for name, job in sorted(settings.jobs.items()):
+        if not job.scheduled:
+            continue
+        at = next_fire(job.schedules, now)
+        upcoming.append({"job": name, "next_fire": fire_key(at) if at else None})
+        # A fire is missed once it is a heartbeat-and-a-bit old and nobody has claimed it.
+        settled = now - timedelta(seconds=settings.runner.heartbeat_s + 60)
+        gap = find_missed(job, last.get(name), settled)
+        if gap:
+            missed.append({"job": name, "latest": fire_key(gap.latest), "count": gap.count})
+    problems = store.problems(10)
+    if as_json:
+        _print_json(
+            {
+                "daemons": [
+                    {**d, "heartbeat_age_s": (now - d["heartbeat_at"]).total_seconds()} for d in alive
+                ],
+                "running": [r.to_json() for r in running],
+                "next": upcoming,
+                "missed": missed,
+                "problems": [r.to_json() for r in problems],
+            }
+        )
+        return
+    click.echo("DAEMONS")
+    _print_table(
+        ["ID", "HOST", "PID", "STARTED", "HEARTBEAT"],
+        [
+            [
+                d["id"],
+                d["host"],
+                d["pid"],
+                _local(d["started_at"]),
+                f"{(now - d['heartbeat_at']).total_seconds():.0f}s ago",
+            ]
+            for d in alive
+        ],
+        empty="  none alive (start one with `runner daemon`, or install crontab lines)",
+    )
+    click.echo("\nRUNNING")
+    _print_table(
+        ["RUN", "JOB", "TRIGGER", "STARTED", "HOST", "PID"],
+        [[r.id, r.job, r.trigger, _local(r.started_at), r.host, r.pid] for r in running],
+        empty="  nothing running",
+    )
+    click.echo("\nNEXT FIRES")
+    _print_table(
+        ["JOB", "NEXT (LOCAL)"],
+        [
+            [
+                u["job"],
+                _local(datetime.fromisoformat(u["next_fire"].replace("Z", "+00:00")))
+                if u["next_fire"]
+                else "-",
+            ]
+            for u in upcoming
+        ],
+        empty="  no scheduled jobs",
+    )
+    if missed:
+        click.echo("\nMISSED (no scheduler ran these fires)")
+        _print_table(
+            ["JOB", "LATEST MISSED", "COUNT"],
+            [
+                [m["job"], _local(datetime.fromisoformat(m["latest"].replace("Z", "+00:00"))), m["count"]]
+                for m in missed
+            ],
+            empty="",
+        )
+    click.echo("\nRECENT PROBLEMS")
+    _print_table(
+        ["RUN", "JOB", "STATUS", "WHEN", "ERROR"],
+        [[r.id, r.job, r.status, _local(r.ended_at or r.queued_at), r.error or ""] for r in problems],
+        empty="  none",
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_app
+def catchup(app: App, as_json: bool) -> int:
+    """Run, once each, the cron fires missed while this machine was down (crontab's @reboot line).
+
+    For every cron-scheduled job, the newest fire since its last recorded run that is still within
+    the job's catchup window runs once, marked late; older misses are recorded as skipped.
+    """
+    import subprocess
+
+    from runner.catchup import find_missed
+    from runner.execution import record_missed
+    from runner.models import utcnow
+    from runner.systemd import runner_executable
+    from runner.triggers import CronSchedule, fire_key
+
+    settings = app.settings
+    store = app.reaped_store()
+    now = utcnow()
+    last = store.last_scheduled()
+    rows, children = [], []
+    for name, job in sorted(settings.jobs.items()):
+        crons = tuple(s for s in job.schedules if isinstance(s, CronSchedule))
+        missed = find_missed(job, last.get(name), now) if crons else None
+        if missed is None:
+            continue
+        from runner.context import Fire
+
+        fire = Fire("cron", fire_key(missed.latest), missed.latest, late=True)
+        if not missed.runnable:
+            record_missed(store, name, fire, missed.reason(job.catchup_s))
+            rows.append({"job": name, "fire": fire.key, "action": "recorded as missed"})
+            continue
+        command = [
+            runner_executable(),
+            "--config",
+            str(settings.path),
+            "run",
+            name,
+            "--from-cron",
+            "--fire-at",
+            fire.key,
+            "--late",
+        ]
+        children.append((name, fire.key, subprocess.Popen(command)))
+    worst = 0
+    for name, key, child in children:
+        code = child.wait()
+        worst = max(worst, 1 if code not in (0, 3) else 0)
+        rows.append({"job": name, "fire": key, "action": f"ran late, exit {code}"})
+    if as_json:
+        _print_json(rows)
+    else:
+        _print_table(
+            ["JOB", "FIRE (UTC)", "ACTION"],
+            [[r["job"], r["fire"], r["action"]] for r in rows],
+            empty="nothing missed",
+        )
+    return worst
+
+
+@cli.group()
+def crontab() -> None:
+    """Fire scheduled jobs from the user's crontab instead of the daemon."""
+
+
+@crontab.command("show")
+@click.option("--placeholders", is_flag=True, help="Print /path/to/... instead of this machine's paths.")
+@pass_app
+def crontab_show(app: App, placeholders: bool) -> None:
+    """Print the crontab lines for every cron-scheduled job (nothing is changed)."""
+    from runner.crontab import render_block
+
+    block = render_block(app.settings, placeholders=placeholders)
+    click.echo(block.text, nl=False)
+    for note in block.notes:
+        click.echo(f"runner: {note}", err=True)
+
+
+@crontab.command("install")
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write an /etc/cron.d file (with a user field) instead of the user's crontab. "
+    "Debian's cron ignores names with dots: use e.g. /etc/cron.d/runner.",
+)
+@click.option("--user", help="The user field for --file (default: you).")
+@pass_app
+def crontab_install(app: App, file: Path | None, user: str | None) -> None:
+    """Merge our lines into your crontab, inside a managed block; other lines are kept as they are.
+
+    Idempotent: installing twice changes nothing. The previous crontab is saved under var_dir.
+    """
+    from runner import crontab as cron
+
+    if file:
+        block = cron.write_cron_d(app.settings, file, user)
+        click.echo(f"wrote {file}")
+    else:
+        changed, saved, block = cron.install(app.settings)
+        click.echo(
+            f"crontab updated (previous one saved as {saved})" if changed else "crontab already up to date"
+        )
+    for note in block.notes:
+        click.echo(f"runner: {note}", err=True)
+
+
+@crontab.command("remove")
+@pass_app
+def crontab_remove(app: App) -> None:
+    """Remove our managed block from your crontab; nothing else is touched."""
+    from runner import crontab as cron
+
+    changed, saved = cron.remove(app.settings)
+    click.echo(
+        f"removed our block (previous crontab saved as {saved})" if changed else "no block of ours to remove"
+    )
+
+
+@cli.command("systemd-unit")
+@click.option(
+    "--user", "user_unit", is_flag=True, help="A user unit (systemctl --user) instead of a system one."
+)
+@click.option("--run-as", help="User= line of a system unit (default: the current user unless root).")
+@pass_app
+def systemd_unit(app: App, user_unit: bool, run_as: str | None) -> None:
+    """Print a systemd unit that runs `runner daemon` for this config (see README for installing it)."""
+    import getpass
+
+    from runner.systemd import render_unit
+
+    if run_as is None and not user_unit and os.geteuid() != 0:
+        run_as = getpass.getuser()
+    click.echo(render_unit(app.settings, user_unit=user_unit, user=run_as), nl=False)
 
 
 # --- output helpers -----------------------------------------------------------------------------

@@ -10,8 +10,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
+from typing import TYPE_CHECKING
 
 from runner.errors import ConfigError
+
+if TYPE_CHECKING:
+    from runner.triggers import Schedule
 
 DEFAULT_CONFIG = Path("config/runner.ini")
 CONFIG_ENV = "RUNNER_CONFIG"
@@ -28,6 +32,9 @@ RUNNER_KEYS = {
     "heartbeat": "how often a running job's supervisor reports it is alive",
     "stale_after": "how old a heartbeat may get before the run counts as lost",
     "kill_grace": "how long a job may take to stop after SIGTERM before SIGKILL",
+    "jitter": "default random delay added to each scheduled fire",
+    "catchup": "default for how late a missed fire may still run (0 = never)",
+    "shutdown_grace": "how long the daemon lets running jobs finish when it stops",
 }
 JOB_KEYS = {
     "uses": "package.module:function that implements the job",
@@ -36,7 +43,12 @@ JOB_KEYS = {
     "retry_backoff": "wait before the first retry; doubles each time, with jitter",
     "overlap": "what a fire does while the previous run still runs: skip, queue or allow",
     "description": "one line shown by `runner list`",
+    "schedule": "when it fires: 'cron M H DoM Mon DoW', 'every 15m' or 'at 2026-12-01 09:00', one a line",
+    "timezone": "IANA timezone its schedule is evaluated in (default: [runner] timezone)",
+    "jitter": "random delay added to each scheduled fire",
+    "catchup": "how late a missed fire may still run (0 = never)",
 }
+DEFAULT_CATCHUP_S = 3600.0
 SECRET_PATTERNS = ("*password*", "*passwd*", "*token*", "*secret*", "*_key", "key")
 SECRET_MASK = "***"
 
@@ -114,6 +126,9 @@ class RunnerSettings:
     heartbeat_s: float
     stale_after_s: float
     kill_grace_s: float
+    jitter_s: float = 0.0
+    catchup_s: float = DEFAULT_CATCHUP_S
+    shutdown_grace_s: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +143,14 @@ class JobSettings:
     overlap: str | None = None
     description: str | None = None
     params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    schedules: tuple[Schedule, ...] = ()
+    timezone: str = "UTC"
+    jitter_s: float = 0.0
+    catchup_s: float = DEFAULT_CATCHUP_S
+
+    @property
+    def scheduled(self) -> bool:
+        return bool(self.schedules)
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,7 +217,7 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
                 raise ConfigError(
                     "job names use letters, digits, '_', '-' and '.'", path=path, section=section
                 )
-            jobs[name] = _job_settings(name, section, values, path)
+            jobs[name] = _job_settings(name, section, values, path, runner)
     frozen = {k: MappingProxyType(dict(v)) for k, v in sections.items()}
     return Settings(path, runner, MappingProxyType(jobs), MappingProxyType(frozen))
 
@@ -294,10 +317,15 @@ def _runner_settings(values: Mapping[str, str], path: Path, base: Path) -> Runne
         heartbeat_s=heartbeat or 5.0,
         stale_after_s=stale_after,
         kill_grace_s=get_duration("kill_grace", 10.0),
+        jitter_s=get_duration("jitter", 0.0),
+        catchup_s=get_duration("catchup", DEFAULT_CATCHUP_S),
+        shutdown_grace_s=get_duration("shutdown_grace", 30.0),
     )
 
 
-def _job_settings(name: str, section: str, values: Mapping[str, str], path: Path) -> JobSettings:
+def _job_settings(
+    name: str, section: str, values: Mapping[str, str], path: Path, runner: RunnerSettings
+) -> JobSettings:
     def duration(key: str) -> float | None:
         if key not in values:
             return None
@@ -332,7 +360,26 @@ def _job_settings(name: str, section: str, values: Mapping[str, str], path: Path
     if timeout == 0:
         timeout = None
     params = {k: v for k, v in values.items() if k not in JOB_KEYS}
+    timezone = values.get("timezone", "").strip() or runner.timezone
+    _check_timezone(timezone, path, section)
+    schedules: tuple[Schedule, ...] = ()
+    if values.get("schedule", "").strip():
+        from runner.triggers import parse_schedule
+
+        lines = [line.strip() for line in values["schedule"].splitlines() if line.strip()]
+        parsed = []
+        for line in lines:
+            try:
+                parsed.append(parse_schedule(line, timezone))
+            except ValueError as exc:
+                raise ConfigError(f"{exc}", path=path, section=section, key="schedule", value=line) from None
+        schedules = tuple(parsed)
+    jitter, catchup = duration("jitter"), duration("catchup")
     return JobSettings(
+        schedules=schedules,
+        timezone=timezone,
+        jitter_s=runner.jitter_s if jitter is None else jitter,
+        catchup_s=runner.catchup_s if catchup is None else catchup,
         name=name,
         uses=uses.strip() if uses else None,
         timeout_s=timeout,

@@ -26,7 +26,7 @@ from runner.errors import OverlapSkipped
 from runner.models import RunStatus, utcnow
 
 if TYPE_CHECKING:
-    from runner.config import RunnerSettings
+    from runner.config import RunnerSettings, Settings
     from runner.jobapi import JobSpec
     from runner.store import Store
 
@@ -154,6 +154,36 @@ def execute(
                     0.0,
                     stops.received,
                 )
+
+
+def execute_configured(
+    settings: Settings, store: Store, job: str, fire: Fire, *, live: bool = False, reap: bool = True
+) -> Outcome:
+    """A scheduled, cron or file fire: the job's parameters come from its INI section alone."""
+    from runner.discovery import config_origin, find_job
+    from runner.params import bind
+
+    spec = find_job(settings, job)
+    params = bind(
+        job, spec.params, [(config_origin(settings, job), spec.config_params)], base_dir=settings.path.parent
+    )
+    return execute(spec, params, fire, settings=settings.runner, store=store, live=live, reap=reap)
+
+
+def record_missed(store: Store, job: str, fire: Fire, error: str) -> None:
+    """A fire nobody will run: record it (skipped) so history and `runner status` show it."""
+    from runner.errors import AlreadyRan
+
+    with contextlib.suppress(AlreadyRan):  # somebody ran it after all
+        store.claim(
+            job=job,
+            fire_key=fire.key,
+            trigger=fire.kind,
+            scheduled_at=fire.scheduled_at,
+            late=True,
+            status=RunStatus.SKIPPED,
+            error=error,
+        )
 
 
 def retry_delay(backoff_s: float, retry_number: int) -> float:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-SCHEMA_REVISION = "0001"  # the newest Alembic revision; tests keep the two equal
+SCHEMA_REVISION = "0002"  # the newest Alembic revision; tests keep the two equal
 
 
 class RunStatus(enum.StrEnum):
@@ -113,4 +113,16 @@ leases = sa.Table(
     sa.Column("host", sa.String(255), nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("expires_at", UTCDateTime, nullable=False),
+)
+
+daemons = sa.Table(
+    "daemons",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("host", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("config_path", sa.Text, nullable=False),
+    sa.Column("started_at", UTCDateTime, nullable=False),
+    sa.Column("heartbeat_at", UTCDateTime, nullable=False),
+    sa.Column("stopped_at", UTCDateTime, nullable=True),
 )

@@ -16,6 +16,7 @@ from runner.models import (
     ACTIVE_STATUSES,
     SCHEMA_REVISION,
     RunStatus,
+    daemons,
     job_state,
     leases,
     runs,
@@ -320,6 +321,59 @@ class Store:
                     conn.execute(sa.delete(leases).where(leases.c.run_id == run_id))
         return lost
 
+    def last_scheduled(self) -> dict[str, datetime]:
+        """Per job, the newest scheduled instant any run (or recorded miss) was for."""
+        query = (
+            sa.select(runs.c.job, sa.func.max(runs.c.scheduled_at))
+            .where(runs.c.scheduled_at.is_not(None))
+            .group_by(runs.c.job)
+        )
+        with self.begin() as conn:
+            return {job: _as_utc(at) for job, at in conn.execute(query) if at is not None}
+
+    def active_runs(self) -> list[RunRecord]:
+        with self.begin() as conn:
+            rows = conn.execute(sa.select(runs).where(runs.c.status.in_(ACTIVE_STATUSES)).order_by(runs.c.id))
+            return [_record(row) for row in rows]
+
+    def problems(self, limit: int = 10) -> list[RunRecord]:
+        """The newest runs that did not succeed (including recorded missed fires)."""
+        bad = ("failed", "timed_out", "killed", "lost", "skipped")
+        query = sa.select(runs).where(runs.c.status.in_(bad)).order_by(runs.c.id.desc()).limit(limit)
+        with self.begin() as conn:
+            return [_record(row) for row in conn.execute(query)]
+
+    # --- daemons ------------------------------------------------------------------------------
+    def register_daemon(self, config_path: str) -> int:
+        now = utcnow()
+        with self.begin() as conn:
+            return conn.execute(
+                sa.insert(daemons)
+                .values(
+                    host=HOSTNAME, pid=os.getpid(), config_path=config_path, started_at=now, heartbeat_at=now
+                )
+                .returning(daemons.c.id)
+            ).scalar_one()
+
+    def daemon_heartbeat(self, daemon_id: int, *, stopped: bool = False) -> None:
+        now = utcnow()
+        values: dict[str, Any] = {"heartbeat_at": now}
+        if stopped:
+            values["stopped_at"] = now
+        with self.begin() as conn:
+            conn.execute(sa.update(daemons).where(daemons.c.id == daemon_id).values(**values))
+
+    def daemons(self, alive_within_s: float) -> list[dict[str, Any]]:
+        """Daemons that have not stopped and reported within the window, newest first."""
+        since = utcnow() - timedelta(seconds=alive_within_s)
+        query = (
+            sa.select(daemons)
+            .where(daemons.c.stopped_at.is_(None), daemons.c.heartbeat_at >= since)
+            .order_by(daemons.c.id.desc())
+        )
+        with self.begin() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]
+
     # --- overlap leases -----------------------------------------------------------------------
     def acquire_lease(self, job: str, run_id: int, ttl_s: float) -> RunRecord | None:
         """Take the job's lease for run_id; returns None on success, else the run holding it."""
@@ -429,6 +483,12 @@ class Store:
     def after_fork(self) -> None:
         """In a forked child: never reuse the parent's pooled connections."""
         self.engine.dispose(close=False)
+
+
+def _as_utc(value: datetime) -> datetime:
+    from datetime import UTC
+
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 def pid_alive(pid: int) -> bool:

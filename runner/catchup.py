@@ -1,0 +1,62 @@
+"""Missed fires: which scheduled fires nobody ran (machine or daemon down) and which may still run."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from itertools import islice
+
+from runner.config import JobSettings, format_duration
+from runner.triggers import Schedule
+
+MAX_COUNTED_MISSES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Missed:
+    job: str
+    latest: datetime  # UTC: the newest fire nobody ran; a catch-up runs this one, once
+    count: int  # how many fires were missed in all (capped at MAX_COUNTED_MISSES)
+    runnable: bool  # still within the job's catchup window
+
+    def reason(self, catchup_s: float) -> str:
+        more = f" and {self.count - 1} earlier" if self.count > 1 else ""
+        when = self.latest.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+        if self.runnable:
+            return f"missed the fire of {when}{more} while no scheduler ran; running it late"
+        window = format_duration(catchup_s) if catchup_s else "0 (never)"
+        return f"missed the fire of {when}{more} while no scheduler ran; outside catchup = {window}"
+
+
+def next_fire(schedules: tuple[Schedule, ...], after: datetime) -> datetime | None:
+    times = [t for s in schedules if (t := s.next_after(after)) is not None]
+    return min(times) if times else None
+
+
+def fires_between(schedules: tuple[Schedule, ...], after: datetime, until: datetime) -> list[datetime]:
+    """Every fire in (after, until], in order, de-duplicated across schedules (capped)."""
+    found: set[datetime] = set()
+    for schedule in schedules:
+        for fire in islice(schedule.fires_after(after), MAX_COUNTED_MISSES):
+            if fire.at > until:
+                break
+            found.add(fire.at)
+    return sorted(found)
+
+
+def latest_fire(schedules: tuple[Schedule, ...], now: datetime, window_s: float) -> datetime | None:
+    """The newest fire at or before `now`, looking back at most `window_s` (a cron line's own fire)."""
+    fires = fires_between(schedules, now - timedelta(seconds=window_s), now)
+    return fires[-1] if fires else None
+
+
+def find_missed(job: JobSettings, last_recorded: datetime | None, now: datetime) -> Missed | None:
+    """The fires of `job` after its last recorded fire that nobody ran, coalesced into one."""
+    if not job.schedules or last_recorded is None:
+        return None
+    fires = fires_between(job.schedules, last_recorded, now)
+    if not fires:
+        return None
+    latest = fires[-1]
+    runnable = job.catchup_s > 0 and (now - latest).total_seconds() <= job.catchup_s
+    return Missed(job.name, latest, len(fires), runnable)

@@ -1,0 +1,530 @@
+"""`runner daemon`: APScheduler 3 fires the INI's schedules; every fire goes through the one
+execution path, in a supervisor forked by a single-threaded fork server."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import random
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from runner.config import Settings, load_settings
+from runner.context import Fire
+from runner.errors import EXIT_NOT_STARTED, EXIT_USAGE, RunnerError
+from runner.models import Trigger, utcnow
+from runner.triggers import fire_key
+
+log = logging.getLogger("runner.daemon")
+
+FORKSERVER_STOP_ESCALATE_S = 0.5
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+PR_SET_PDEATHSIG = 1
+
+
+# --- the fork server ------------------------------------------------------------------------------
+
+
+class ForkServer:
+    """A single-threaded child, forked before the daemon starts any thread, with `runner` and the
+    job modules imported. It forks one supervisor per fire (fork is only safe from a process
+    with one thread) and reports each supervisor's exit code back over a socket."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.pid = 0
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._pending: dict[int, Future[int]] = {}
+        self._next_id = 0
+        self._reader: threading.Thread | None = None
+
+    def start(self) -> None:
+        parent_sock, child_sock = socket.socketpair()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                parent_sock.close()
+                code = _serve(self.config_path, child_sock)
+            except BaseException:
+                logging.getLogger("runner.forkserver").exception("fork server crashed")
+            finally:
+                os._exit(code)
+        child_sock.close()
+        self.pid = pid
+        self._sock = parent_sock
+
+    def start_reader(self) -> None:
+        """The thread that resolves futures from the server's replies (after start, in the daemon)."""
+        self._reader = threading.Thread(target=self._read_replies, name="forkserver-replies", daemon=True)
+        self._reader.start()
+
+    def submit(self, request: dict[str, Any]) -> Future[int]:
+        future: Future[int] = Future()
+        with self._lock:
+            self._next_id += 1
+            request = {**request, "id": self._next_id}
+            self._pending[self._next_id] = future
+            self._send(request)
+        return future
+
+    def command(self, cmd: str) -> None:
+        with self._lock:
+            self._send({"cmd": cmd})
+
+    def _send(self, message: dict[str, Any]) -> None:
+        assert self._sock is not None
+        self._sock.sendall(json.dumps(message).encode() + b"\n")
+
+    def _read_replies(self) -> None:
+        assert self._sock is not None
+        buffer = b""
+        while True:
+            try:
+                chunk = self._sock.recv(65536)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            buffer += chunk
+            while b"\n" in buffer:
+                line, buffer = buffer.split(b"\n", 1)
+                reply = json.loads(line)
+                with self._lock:
+                    future = self._pending.pop(reply["id"], None)
+                if future is not None:
+                    future.set_result(reply["code"])
+        with self._lock:  # the server is gone: nothing pending will ever finish
+            for future in self._pending.values():
+                future.set_result(-1)
+            self._pending.clear()
+
+    def stop(self, timeout_s: float) -> None:
+        """Ask the server to stop every running supervisor (their jobs become 'killed') and exit."""
+        with contextlib.suppress(OSError):
+            self.command("stop")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            pid, _ = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+
+def _serve(config_path: Path, sock: socket.socket) -> int:
+    """The fork server's loop: requests in, one forked supervisor each, exit codes out."""
+    from runner.discovery import discover
+    from runner.store import Store
+
+    daemon_pid = os.getppid()
+    _parent_death_signal(signal.SIGTERM)
+    settings = load_settings(config_path)
+    discover(settings)  # import every job module once, so each fork starts warm
+    store = Store(settings.runner.database)
+    store.engine.dispose()
+
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    stop_requested = False
+
+    def on_term(_signum: int, _frame: Any) -> None:
+        nonlocal stop_requested
+        stop_requested = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the daemon, which decides
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+
+    children: dict[int, int] = {}  # supervisor pid -> request id
+    selector = selectors.DefaultSelector()
+    selector.register(sock, selectors.EVENT_READ)
+    selector.register(wake_r, selectors.EVENT_READ)
+    buffer = b""
+    stopping_since: float | None = None
+    escalated = False
+    while True:
+        for key, _ in selector.select(timeout=0.2 if stopping_since else 1.0):
+            if key.fileobj is sock:
+                chunk = sock.recv(65536)
+                if not chunk:  # the daemon is gone
+                    stop_requested = True
+                buffer += chunk
+            else:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(wake_r, 4096)
+        while b"\n" in buffer:
+            line, buffer = buffer.split(b"\n", 1)
+            message = json.loads(line)
+            if message.get("cmd") == "stop":
+                stop_requested = True
+            elif message.get("cmd") == "reload":
+                with contextlib.suppress(RunnerError):
+                    settings = load_settings(config_path)
+                    discover(settings)
+            elif not stop_requested:
+                pid = _fork_supervisor(settings, store, message, sock, selector)
+                children[pid] = message["id"]
+        _reap(children, sock)
+        if os.getppid() != daemon_pid:
+            stop_requested = True
+        if stop_requested and stopping_since is None:
+            stopping_since = time.monotonic()
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        if (
+            stopping_since
+            and not escalated
+            and time.monotonic() - stopping_since > FORKSERVER_STOP_ESCALATE_S
+        ):
+            escalated = True  # a second SIGTERM makes each supervisor SIGKILL its job at once
+            for pid in children:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGTERM)
+        if stopping_since and not children:
+            return 0
+
+
+def _fork_supervisor(
+    settings: Settings, store: Any, request: dict[str, Any], sock: socket.socket, selector: Any
+) -> int:
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 70
+    try:
+        selector.close()
+        sock.close()
+        signal.set_wakeup_fd(-1)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        store.after_fork()
+        code = _supervise_fire(settings, store, request)
+    except BaseException:
+        logging.getLogger("runner.supervisor").exception("supervisor crashed")
+    finally:
+        os._exit(code)
+
+
+def _supervise_fire(settings: Settings, store: Any, request: dict[str, Any]) -> int:
+    from runner.execution import execute_configured
+
+    fire = Fire(
+        kind=request["trigger"],
+        key=request["key"],
+        scheduled_at=datetime.fromisoformat(request["scheduled_at"]) if request.get("scheduled_at") else None,
+        late=request.get("late", False),
+        paths=tuple(Path(p) for p in request.get("paths") or ()),
+    )
+    try:
+        outcome = execute_configured(settings, store, request["job"], fire, reap=False)
+    except RunnerError as exc:
+        log.info("job=%s fire=%s not run: %s", request["job"], fire.key, exc)
+        return exc.exit_code
+    late = " (late)" if fire.late else ""
+    message = f"run={outcome.run_id} job={request['job']} fire={fire.key}{late} {outcome.status.value} in {outcome.duration_s:.2f}s"
+    if outcome.error:
+        message += f": {outcome.error}"
+    (log.info if outcome.status.value == "succeeded" else log.warning)(message)
+    return outcome.cli_exit_code
+
+
+def _reap(children: dict[int, int], sock: socket.socket) -> None:
+    while children:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        request_id = children.pop(pid, None)
+        if request_id is not None:
+            reply = {"id": request_id, "code": os.waitstatus_to_exitcode(status)}
+            with contextlib.suppress(OSError):
+                sock.sendall(json.dumps(reply).encode() + b"\n")
+
+
+def _parent_death_signal(signum: int) -> None:
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+
+
+# --- the daemon -------------------------------------------------------------------------------------
+
+
+class Daemon:
+    """Schedules every job of the config with APScheduler and dispatches fires to the fork server."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.settings = load_settings(config_path)
+        self.stop_signal: int | None = None
+        self.reload_requested = False
+        self._wake = threading.Event()
+        self._stopping = False
+        self._pool: ThreadPoolExecutor | None = None
+        self.server = ForkServer(config_path)
+        self.scheduler: Any = None
+        self.daemon_id: int | None = None
+
+    # -- life cycle --
+    def run(self) -> int:
+        from runner.discovery import discover
+        from runner.store import Store
+        from runner.systemd import notify, watchdog_interval_s
+
+        catalog = discover(self.settings)
+        for name, reason in catalog.broken.items():
+            log.error("job %s is broken and will not fire: %s", name, reason)
+        self.store = Store(self.settings.runner.database)
+        self.store.ensure_schema()
+        self.store.engine.dispose()
+        self.server.start()  # fork before any thread exists
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_reload)
+        self.server.start_reader()
+        self._pool = ThreadPoolExecutor(self.settings.runner.max_workers, thread_name_prefix="fire")
+        self.daemon_id = self.store.register_daemon(str(self.config_path))
+        self._catch_up()
+        self._start_scheduler()
+        notify("READY=1\nSTATUS=scheduling " + ", ".join(self._scheduled_names()))
+        log.info(
+            "daemon %s ready: pid %s, jobs: %s",
+            self.daemon_id,
+            os.getpid(),
+            ", ".join(self._scheduled_names()) or "none",
+        )
+        beat_s = self.settings.runner.heartbeat_s
+        watchdog_s = watchdog_interval_s()
+        if watchdog_s:
+            beat_s = min(beat_s, watchdog_s)
+        while self.stop_signal is None:
+            self._wake.wait(beat_s)
+            self._wake.clear()
+            if self.reload_requested:
+                self.reload_requested = False
+                self._reload()
+            self._heartbeat()
+            if watchdog_s:
+                notify("WATCHDOG=1")
+        notify("STOPPING=1")
+        return self._shutdown()
+
+    def _on_stop(self, signum: int, _frame: Any) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = signum
+        self._wake.set()
+
+    def _on_reload(self, _signum: int, _frame: Any) -> None:
+        self.reload_requested = True
+        self._wake.set()
+
+    def _heartbeat(self) -> None:
+        try:
+            self.store.daemon_heartbeat(self.daemon_id)
+            lost = self.store.reap_lost(self.settings.runner.stale_after_s)
+            if lost:
+                log.warning("marked lost (their supervisor is gone): runs %s", ", ".join(map(str, lost)))
+        except Exception as exc:  # the database may be restarting: keep scheduling
+            log.warning("heartbeat failed: %s", exc)
+
+    def _shutdown(self) -> int:
+        grace = self.settings.runner.shutdown_grace_s
+        log.info(
+            "stopping: no new fires; waiting up to %.0fs for %d running job(s)", grace, self.server.in_flight
+        )
+        self._stopping = True
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        reserve = min(2.0, grace / 4)
+        deadline = time.monotonic() + max(0.0, grace - reserve)
+        while self.server.in_flight and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self.server.in_flight:
+            log.warning("shutdown_grace is over: killing %d running job(s)", self.server.in_flight)
+        self.server.stop(timeout_s=reserve + self.settings.runner.kill_grace_s + 5)
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(Exception):
+            self.store.daemon_heartbeat(self.daemon_id, stopped=True)
+        log.info("daemon %s stopped", self.daemon_id)
+        return 0
+
+    def _reload(self) -> None:
+        from runner.discovery import discover
+        from runner.systemd import notify
+
+        notify("RELOADING=1")
+        try:
+            settings = load_settings(self.config_path)
+            catalog = discover(settings)
+            if catalog.errors:
+                raise RunnerError(catalog.errors[0])
+        except RunnerError as exc:
+            log.error("reload failed, keeping the previous schedules: %s", exc)
+            notify("READY=1")
+            return
+        self.settings = settings
+        self.server.command("reload")
+        for job in self.scheduler.get_jobs():
+            job.remove()
+        self._add_jobs()
+        log.info("reloaded %s: jobs %s", self.config_path, ", ".join(self._scheduled_names()) or "none")
+        notify("READY=1")
+
+    # -- scheduling --
+    def _scheduled_names(self) -> list[str]:
+        return sorted(name for name, job in self.settings.jobs.items() if job.scheduled)
+
+    def _start_scheduler(self) -> None:
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        self.scheduler = BackgroundScheduler(
+            timezone=UTC,
+            executors={"default": _DispatchExecutor(self)},
+            job_defaults={"coalesce": True, "max_instances": 1_000_000, "misfire_grace_time": None},
+        )
+        self._add_jobs()
+        self.scheduler.start()
+
+    def _add_jobs(self) -> None:
+        for name in self._scheduled_names():
+            job = self.settings.jobs[name]
+            self.scheduler.add_job(
+                _noop, trigger=_ScheduleTrigger(job.schedules), id=name, name=name, replace_existing=True
+            )
+
+    def _catch_up(self) -> None:
+        """Fires missed while no daemon ran: the newest one of each job runs once, marked late,
+        if it is within the job's catchup window; otherwise the miss is recorded."""
+        from runner.catchup import find_missed
+        from runner.execution import record_missed
+
+        now = utcnow()
+        last = self.store.last_scheduled()
+        for name in self._scheduled_names():
+            job = self.settings.jobs[name]
+            missed = find_missed(job, last.get(name), now)
+            if missed is None:
+                continue
+            fire = Fire(Trigger.SCHEDULE.value, fire_key(missed.latest), missed.latest, late=True)
+            if missed.runnable:
+                log.warning("job=%s %s", name, missed.reason(job.catchup_s))
+                self.dispatch(name, fire, jitter_s=0.0)
+            else:
+                log.warning("job=%s %s", name, missed.reason(job.catchup_s))
+                record_missed(self.store, name, fire, missed.reason(job.catchup_s))
+
+    def dispatch(self, name: str, fire: Fire, *, jitter_s: float | None = None) -> Future[Any] | None:
+        if self._stopping or self._pool is None:
+            return None
+        return self._pool.submit(self._fire, name, fire, jitter_s)
+
+    def _fire(self, name: str, fire: Fire, jitter_s: float | None) -> int:
+        from runner.execution import record_missed
+
+        job = self.settings.jobs.get(name)
+        if job is None or self._stopping:
+            return EXIT_USAGE
+        delay = random.uniform(0, job.jitter_s if jitter_s is None else jitter_s)
+        if delay:
+            time.sleep(delay)
+        late_s = (utcnow() - fire.scheduled_at).total_seconds() if fire.scheduled_at else 0.0
+        if not fire.late and job.catchup_s and late_s > job.catchup_s + delay:
+            record_missed(self.store, name, fire, f"waited {late_s:.0f}s for a free worker: beyond catchup")
+            return EXIT_NOT_STARTED
+        request = {
+            "job": name,
+            "trigger": fire.kind,
+            "key": fire.key,
+            "scheduled_at": fire.scheduled_at.isoformat() if fire.scheduled_at else None,
+            "late": fire.late,
+            "paths": [str(p) for p in fire.paths],
+        }
+        return self.server.submit(request).result()
+
+
+def _noop() -> None:
+    """APScheduler needs a callable; our executor never calls it."""
+
+
+def _executor_base() -> type:
+    from apscheduler.executors.base import BaseExecutor
+
+    return BaseExecutor
+
+
+class _DispatchExecutor(_executor_base()):  # type: ignore[misc]
+    """Hands APScheduler's due fires (with their scheduled times) to the daemon's bounded pool."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        super().__init__()
+        self.daemon = daemon
+
+    def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
+        scheduled = run_times[-1].astimezone(UTC)  # coalesced: the newest of the due times
+        fire = Fire(Trigger.SCHEDULE.value, fire_key(scheduled), scheduled)
+        future = self.daemon.dispatch(job.id, fire)
+        if future is None:
+            self._run_job_success(job.id, [])
+            return
+        future.add_done_callback(lambda _f: self._run_job_success(job.id, []))
+
+
+def _trigger_base() -> type:
+    from apscheduler.triggers.base import BaseTrigger
+
+    return BaseTrigger
+
+
+class _ScheduleTrigger(_trigger_base()):  # type: ignore[misc]
+    """Our schedules (DST-correct, see runner.triggers) as an APScheduler 3 trigger."""
+
+    __slots__ = ("schedules",)
+
+    def __init__(self, schedules: tuple[Any, ...]) -> None:
+        self.schedules = schedules
+
+    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        from runner.catchup import next_fire
+
+        after = previous_fire_time or (now - timedelta(microseconds=1))
+        return next_fire(self.schedules, after)
+
+    def __str__(self) -> str:
+        return "; ".join(str(s) for s in self.schedules)
+
+
+def run_daemon(config: str | None) -> int:
+    from runner.config import find_config
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    return Daemon(find_config(config)).run()
