@@ -203,6 +203,12 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
         raise ConfigError(f"not a valid INI file: {first_line}", path=path) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"cannot read: {exc}", path=path) from None
+    for section in parser.sections():
+        for key in parser.options(section):
+            if key.startswith("["):
+                raise ConfigError(
+                    f"malformed section header {key!r}; expected [runner] or [job:NAME]", path=path
+                )
     sections = _interpolate(parser, path)
     for name in sections:
         if name != "runner" and not name.startswith(JOB_PREFIX):
