@@ -43,7 +43,7 @@ def render_block(settings: Settings, *, user: str | None = None, placeholders: b
     )
     lines = [
         BEGIN.format(config=config),
-        "# Managed by `runner crontab install`; edit config/runner.ini instead, then install again.",
+        "# Managed by `runner crontab install`; edit that config file instead, then install again.",
     ]
     notes = []
     for name in sorted(settings.jobs):
