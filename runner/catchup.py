@@ -16,7 +16,7 @@ MAX_COUNTED_MISSES = 10_000
 class Missed:
     job: str
     latest: datetime  # UTC: the newest fire nobody ran; a catch-up runs this one, once
-    count: int  # how many fires were missed in all (capped at MAX_COUNTED_MISSES)
+    count: int  # how many fires were missed in all (counting stops at MAX_COUNTED_MISSES)
     runnable: bool  # still within the job's catchup window
 
     def reason(self, catchup_s: float) -> str:
@@ -58,5 +58,10 @@ def find_missed(job: JobSettings, last_recorded: datetime | None, now: datetime)
     if not fires:
         return None
     latest = fires[-1]
+    if len(fires) >= MAX_COUNTED_MISSES:  # counting stopped early: find the newest one from now back
+        window_s = 3600.0
+        while (found := latest_fire(job.schedules, now, window_s)) is None:
+            window_s *= 24
+        latest = max(latest, found)
     runnable = job.catchup_s > 0 and (now - latest).total_seconds() <= job.catchup_s
     return Missed(job.name, latest, len(fires), runnable)

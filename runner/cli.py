@@ -738,7 +738,7 @@ def catchup(app: App, as_json: bool) -> int:
             fire.key,
             "--late",
         ]
-        children.append((name, fire.key, subprocess.Popen(command)))
+        children.append((name, fire.key, subprocess.Popen(command, stdout=subprocess.DEVNULL)))
     worst = 0
     for name, key, child in children:
         code = child.wait()

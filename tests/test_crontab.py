@@ -1,0 +1,220 @@
+"""Crontab lines: the managed block, a real Debian cron daemon firing them, cron.d files, systemd."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import RUNNER_BIN, Project, wait_until
+
+REPO = Path(__file__).resolve().parent.parent
+FOREIGN_BEFORE = '# a colleague\'s line, kept byte for byte\nMAILTO=""\n17 3 * * * /bin/true  # nightly %s\n'
+FOREIGN_AFTER = "\n*/5 * * * * /bin/echo  'spaces   kept' > /dev/null\n"
+CRON_WAIT_S = 130.0
+
+
+def _cron_running() -> bool:
+    return subprocess.run(["pgrep", "-x", "cron"], capture_output=True).returncode == 0
+
+
+@pytest.fixture(scope="session")
+def cron_daemon() -> None:
+    """Debian's cron, installed and started by the test set-up when this machine allows it."""
+    if not shutil.which("cron") or not shutil.which("crontab"):
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            pytest.skip("cron is not installed and cannot be (needs root and apt-get)")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "cron"]
+        if subprocess.run(install, capture_output=True, env=env, timeout=600).returncode != 0:
+            subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=600)
+            done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=600)
+            if done.returncode != 0:
+                pytest.skip(f"could not install cron: {done.stderr.strip()[-300:]}")
+    if not _cron_running():
+        if os.geteuid() != 0:
+            pytest.skip("cron is installed but not running, and starting it needs root")
+        subprocess.run(["cron"], check=True)
+        wait_until(_cron_running, "cron to start")
+
+
+@pytest.fixture
+def user_crontab(cron_daemon: None) -> Iterator[str]:
+    """The user's crontab holding foreign lines for the test; the original is restored afterwards."""
+    before = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
+    original = before.stdout if before.returncode == 0 else None
+    foreign = FOREIGN_BEFORE + FOREIGN_AFTER
+    subprocess.run(["crontab", "-"], input=foreign, text=True, check=True)
+    yield foreign
+    if original is None:
+        subprocess.run(["crontab", "-r"], capture_output=True)
+    else:
+        subprocess.run(["crontab", "-"], input=original, text=True, check=True)
+
+
+def crontab_text() -> str:
+    return subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=True).stdout
+
+
+def configure_minutely(project: Project) -> None:
+    # The shipped jobs package: a crontab line runs with cron's bare environment (no PYTHONPATH).
+    project.configure(
+        """
+        [job:hello]
+        schedule = cron * * * * *
+        name = cron
+        """,
+        job_packages="jobs",
+    )
+
+
+def test_real_cron_fires_the_installed_line_once_per_minute(sqlite_project: Project, user_crontab: str):
+    project = sqlite_project
+    configure_minutely(project)
+    installed = project.runner("crontab", "install")
+    assert installed.returncode == 0, installed
+    table = crontab_text()
+    assert table.startswith(FOREIGN_BEFORE), table
+    assert FOREIGN_AFTER.strip() in table
+    assert table.count("# BEGIN runner ") == 1
+
+    again = project.runner("crontab", "install")
+    assert again.returncode == 0 and "already up to date" in again.stdout, again
+    assert crontab_text() == table
+
+    rows = wait_until(
+        lambda: [r for r in project.history("hello") if r["trigger"] == "cron"],
+        "cron to fire the installed line",
+        timeout_s=CRON_WAIT_S,
+    )
+    run = rows[0]
+    assert run["status"] == "succeeded", run
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:00Z", run["fire_key"]), run
+
+    # The same line, run by hand for the minute cron already served, does not run again.
+    line = next(x for x in table.splitlines() if x.startswith("* * * * * "))
+    command = line.removeprefix("* * * * * ").split(" >>", 1)[0]
+    by_hand = subprocess.run(
+        ["sh", "-c", f"{command} --fire-at {run['fire_key']}"], capture_output=True, text=True, timeout=60
+    )
+    assert by_hand.returncode == 3, by_hand
+    assert "already ran" in by_hand.stderr
+
+    removed = project.runner("crontab", "remove")
+    assert removed.returncode == 0, removed
+    assert crontab_text() == user_crontab
+    backups = list((project.var_dir / "crontab-backups").iterdir())
+    assert any(b.read_text() == user_crontab for b in backups)
+
+
+def test_install_replaces_its_own_block_in_place(sqlite_project: Project, user_crontab: str):
+    project = sqlite_project
+    configure_minutely(project)
+    assert project.runner("crontab", "install").returncode == 0
+    project.configure(
+        """
+        [job:hello]
+        schedule = cron 5 4 * * sun
+        """,
+        job_packages="jobs",
+    )
+    assert project.runner("crontab", "install").returncode == 0
+    table = crontab_text()
+    assert table.count("# BEGIN runner ") == 1
+    assert "\n5 4 * * sun " in table and "\n* * * * * env" not in table
+    assert table.startswith(FOREIGN_BEFORE) and table.rstrip().endswith("# END runner")
+
+
+def test_lines_escape_percent_and_refuse_a_foreign_timezone(sqlite_project: Project):
+    project = sqlite_project
+    project.configure(
+        """
+        [job:hello]
+        schedule = cron 0 7 * * mon
+        """,
+        job_packages="jobs",
+        log_dir="logs%Y",
+    )
+    shown = project.runner("crontab", "show")
+    assert shown.returncode == 0, shown
+    assert "logs\\%Y/cron/hello.log" in shown.stdout
+    assert "@reboot " in shown.stdout and " catchup " in shown.stdout
+    project.configure(
+        """
+        [job:hello]
+        schedule = cron 0 7 * * mon
+        timezone = Pacific/Chatham
+        """,
+        job_packages="jobs",
+    )
+    refused = project.runner("crontab", "show")
+    assert refused.returncode == 2, refused
+    assert "runner daemon" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_cron_d_file_has_a_user_field(sqlite_project: Project, tmp_path: Path):
+    project = sqlite_project
+    configure_minutely(project)
+    target = tmp_path / "runner"
+    done = project.runner("crontab", "install", "--file", str(target), "--user", "deploy")
+    assert done.returncode == 0, done
+    lines = [x for x in target.read_text().splitlines() if x and not x.startswith("#")]
+    assert any(x.startswith("* * * * * deploy env PATH=") for x in lines), lines
+    assert any(x.startswith("@reboot deploy ") for x in lines), lines
+
+
+def test_crontab_example_matches_the_shipped_config():
+    done = subprocess.run(
+        [
+            str(RUNNER_BIN),
+            "--config",
+            str(REPO / "config" / "runner.ini"),
+            "crontab",
+            "show",
+            "--placeholders",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout == (REPO / "crontab.example").read_text()
+
+
+def test_catchup_runs_the_missed_cron_fire_late(sqlite_project: Project):
+    project = sqlite_project
+    project.configure(
+        """
+        [job:hello]
+        schedule = cron * * * * *
+        catchup = 1h
+        """,
+        job_packages="jobs",
+    )
+    first = project.runner("run", "hello", "--from-cron", "--fire-at", "2020-01-01T00:00:00Z")
+    assert first.returncode == 0, first
+    # Everything since 2020 was missed; the newest minute is within the window and runs once.
+    done = project.runner("catchup", "--json")
+    assert done.returncode == 0, done
+    assert [row["action"] for row in done.json()] == ["ran late, exit 0"]
+    late = [r for r in project.history("hello") if r["late"]]
+    assert len(late) == 1 and late[0]["trigger"] == "cron", late
+    assert project.runner("catchup", "--json").json() == []
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_systemd_unit_verifies_cleanly(sqlite_project: Project, tmp_path: Path):
+    project = sqlite_project
+    configure_minutely(project)
+    for flags in ([], ["--user"]):
+        done = project.runner("systemd-unit", *flags)
+        assert done.returncode == 0, done
+        assert "Type=notify" in done.stdout and "ProtectSystem=strict" in done.stdout
+        unit = tmp_path / "runner-test.service"
+        unit.write_text(done.stdout)
+        verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+        assert verify.stderr == "", verify.stderr

@@ -1,0 +1,212 @@
+"""`runner daemon`: fires through the one execution path, catch-up, reload, shutdown, status."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+
+from conftest import Project, assert_processes_gone, read_pid, wait_until
+
+
+def configure_tick(project: Project, schedule: str, *, out: Path, extra: str = "", **runner: str) -> None:
+    project.configure(
+        f"""
+        [job:tick]
+        uses = jobs_fixture.ticks:tick
+        schedule = {schedule}
+        out = {out}
+        {extra}
+        """,
+        timezone="UTC",
+        **runner,
+    )
+
+
+def stop(project: Project, daemon) -> None:
+    daemon.send_signal(signal.SIGTERM)
+    done = project.finish(daemon)
+    assert done.returncode == 0, done
+
+
+def test_every_second_for_ten_seconds_gives_distinct_fires(project: Project):
+    out = project.root / "ticks.txt"
+    configure_tick(project, "every 1s", out=out)
+    daemon = project.start("daemon")
+    wait_until(out.exists, "the first fire")
+    first = time.monotonic()
+    time.sleep(10 - (time.monotonic() - first) + 0.5)
+    stop(project, daemon)
+    rows = [r for r in project.history("tick") if r["trigger"] == "schedule"]
+    keys = [r["fire_key"] for r in rows]
+    assert 9 <= len(rows) <= 12, keys
+    assert len(set(keys)) == len(keys)
+    assert all(r["status"] == "succeeded" for r in rows), rows
+    # each fire key is a whole second: the scheduled instant, not the time the run happened to start
+    assert all(k.endswith("Z") and len(k) == 20 for k in keys), keys
+    served = out.read_text().split()
+    assert set(served[0::3]) == set(keys)
+
+
+def test_sigterm_lets_the_job_finish_within_grace_then_kills_it(sqlite_project: Project):
+    project = sqlite_project
+    pid_dir = project.root / "pids"
+    project.configure(
+        f"""
+        [job:slow]
+        uses = jobs_fixture.sleeper:sleeper
+        schedule = every 1s
+        pid_dir = {pid_dir}
+        seconds = 120
+        """,
+        shutdown_grace="3s",
+    )
+    daemon = project.start("daemon")
+    pids = {"job": read_pid(pid_dir / "job.pid"), "grandchild": read_pid(pid_dir / "grandchild.pid")}
+    started = time.monotonic()
+    daemon.send_signal(signal.SIGTERM)
+    done = project.finish(daemon)
+    elapsed = time.monotonic() - started
+    assert done.returncode == 0, done
+    assert elapsed < 3 + 2, f"daemon took {elapsed:.1f}s to stop with shutdown_grace = 3s"
+    assert_processes_gone(pids)
+    statuses = {r["status"] for r in project.history("slow")}
+    assert "killed" in statuses, project.history("slow")
+    assert "running" not in statuses
+
+
+def test_status_shows_a_live_daemon_and_forgets_a_stopped_one(sqlite_project: Project):
+    project = sqlite_project
+    out = project.root / "ticks.txt"
+    configure_tick(
+        project, "every 1h start 2020-01-01 00:00", out=out, extra="seconds = 2", shutdown_grace="10s"
+    )
+    daemon = project.start("daemon")
+    done = project.runner("run", "tick")  # a manual run holds nothing up; the daemon is idle
+    assert done.returncode == 0, done
+    wait_until(lambda: project.runner("status", "--json").json()["daemons"], "the daemon's heartbeat row")
+    stop(project, daemon)
+    assert project.runner("status", "--json").json()["daemons"] == []
+
+
+def test_sighup_with_a_broken_config_keeps_the_old_schedule(sqlite_project: Project):
+    project = sqlite_project
+    out = project.root / "ticks.txt"
+    configure_tick(project, "every 1s", out=out)
+    daemon = project.start("daemon")
+    wait_until(out.exists, "the first fire")
+    project.write_config(project.config_path.read_text() + "\n[job:broken\nschedule = every 1s\n")
+    daemon.send_signal(signal.SIGHUP)
+    time.sleep(0.5)
+    before = len(out.read_text().splitlines())
+    time.sleep(3)
+    after = len(out.read_text().splitlines())
+    stop(project, daemon)
+    assert after >= before + 2, "the old schedule stopped firing after a bad reload"
+
+
+def test_sighup_with_a_good_config_applies_the_new_schedule(sqlite_project: Project):
+    project = sqlite_project
+    out = project.root / "ticks.txt"
+    other = project.root / "other.txt"
+    configure_tick(project, "every 1h start 2020-01-01 00:00", out=out)
+    daemon = project.start("daemon")
+    wait_until(lambda: project.runner("status", "--json").json()["daemons"], "the daemon to be up")
+    configure_tick(project, "every 1s", out=other)
+    daemon.send_signal(signal.SIGHUP)
+    wait_until(other.exists, "a fire of the reloaded schedule")
+    stop(project, daemon)
+
+
+def test_catch_up_runs_one_late_fire_within_the_window(project: Project):
+    out = project.root / "ticks.txt"
+    configure_tick(project, "every 2s", out=out, extra="catchup = 1h")
+    daemon = project.start("daemon")
+    wait_until(out.exists, "the first fire")
+    stop(project, daemon)
+    time.sleep(4.5)  # two scheduled fires pass while no daemon runs
+    daemon = project.start("daemon")
+    wait_until(lambda: any(r["late"] for r in project.history("tick")), "the late catch-up run")
+    stop(project, daemon)
+    late = [r for r in project.history("tick") if r["late"]]
+    assert len(late) == 1, late
+    assert late[0]["status"] == "succeeded"
+    assert late[0]["trigger"] == "schedule"
+
+
+def test_catch_up_zero_runs_nothing_and_status_reports_the_miss(sqlite_project: Project):
+    project = sqlite_project
+    out = project.root / "ticks.txt"
+    configure_tick(project, "every 2s", out=out, extra="catchup = 0")
+    daemon = project.start("daemon")
+    wait_until(out.exists, "the first fire")
+    stop(project, daemon)
+    served_before = len(out.read_text().splitlines())
+    time.sleep(4.5)
+    daemon = project.start("daemon")
+    wait_until(lambda: any(r["status"] == "skipped" for r in project.history("tick")), "the recorded miss")
+    stop(project, daemon)
+    rows = project.history("tick")
+    missed = [r for r in rows if r["status"] == "skipped"]
+    assert missed and "missed" in missed[0]["error"], rows
+    assert not any(r["late"] and r["status"] == "succeeded" for r in rows)
+    # no late run served a missed fire
+    served = out.read_text().splitlines()
+    assert all(line.endswith("False") for line in served[served_before:]), served
+    status = project.runner("status")
+    assert status.returncode == 0, status
+    assert "missed the fire" in status.stdout, status
+    assert any("missed" in (p["error"] or "") for p in project.runner("status", "--json").json()["problems"])
+
+
+def test_daemon_and_crontab_line_share_fire_keys(sqlite_project: Project):
+    """A fire the daemon ran is not run again by a crontab line for the same minute (exit 3)."""
+    project = sqlite_project
+    out = project.root / "ticks.txt"
+    configure_tick(project, "cron * * * * *", out=out)
+    key = "2026-01-05T07:00:00Z"
+    first = project.runner("run", "tick", "--from-cron", "--fire-at", key)
+    assert first.returncode == 0, first
+    again = project.runner("run", "tick", "--from-cron", "--fire-at", key)
+    assert again.returncode == 3, again
+    assert "already ran" in again.stderr
+
+
+def test_next_shows_moved_dst_fires(sqlite_project: Project):
+    project = sqlite_project
+    project.configure(
+        """
+        [job:berlin]
+        uses = jobs_fixture.echo:echo
+        schedule = at 2036-03-30 02:30
+        timezone = Europe/Berlin
+        """
+    )
+    done = project.runner("next", "berlin", "--json")
+    assert done.returncode == 0, done
+    fire = done.json()[0]["fires"][0]
+    assert fire["utc"] == "2036-03-30T01:00:00Z"
+    assert "does not exist" in fire["dst"]
+    table = project.runner("next", "berlin")
+    assert "03:00:00 CEST" in table.stdout and "does not exist" in table.stdout, table
+
+
+def test_status_lists_running_runs(sqlite_project: Project):
+    project = sqlite_project
+    pid_dir = project.root / "pids"
+    project.configure(
+        f"""
+        [job:slow]
+        uses = jobs_fixture.sleeper:sleeper
+        pid_dir = {pid_dir}
+        seconds = 60
+        """
+    )
+    run = project.start("run", "slow")
+    read_pid(pid_dir / "job.pid")
+    status = project.runner("status", "--json").json()
+    assert [r["job"] for r in status["running"]] == ["slow"]
+    run.send_signal(signal.SIGTERM)
+    done = project.finish(run)
+    assert done.returncode == 128 + signal.SIGTERM, done
+    assert project.only_run("slow")["status"] == "killed"
