@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from itertools import islice
+from itertools import islice, pairwise
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -66,12 +66,12 @@ def test_new_york_dates():
 def test_wildcard_hour_jobs_keep_firing_by_elapsed_time(tz, start, end):
     hourly = parse_schedule("cron 0 * * * *", tz)
     fires = fires_between((hourly,), utc(start), utc(end))
-    gaps = {(b - a).total_seconds() for a, b in zip(fires, fires[1:], strict=False)}
+    gaps = {(b - a).total_seconds() for a, b in pairwise(fires)}
     assert gaps == {3600.0}
     assert len(fires) == 6
     quarter = parse_schedule("*/15 * * * *", tz)
     fires = fires_between((quarter,), utc(start), utc(end))
-    assert {(b - a).total_seconds() for a, b in zip(fires, fires[1:], strict=False)} == {900.0}
+    assert {(b - a).total_seconds() for a, b in pairwise(fires)} == {900.0}
     assert len(fires) == 24
 
 
