@@ -69,7 +69,8 @@ def zone(name: str) -> tzinfo:
 
 def fire_key(scheduled: datetime) -> str:
     """The idempotency key of a scheduled fire: its instant in UTC."""
-    return scheduled.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    moment = scheduled.astimezone(UTC)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if moment.microsecond else "%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True, slots=True)
