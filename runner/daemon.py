@@ -4,14 +4,10 @@ execution path, in a supervisor forked by a single-threaded fork server."""
 from __future__ import annotations
 
 import contextlib
-import gc
-import json
 import logging
 import os
 import random
-import selectors
 import signal
-import socket
 import sys
 import threading
 import time
@@ -20,9 +16,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from runner.config import Settings, load_settings
+from runner.config import load_settings
 from runner.context import Fire
 from runner.errors import EXIT_NOT_STARTED, EXIT_USAGE, RunnerError
+from runner.forkserver import ForkServer
 from runner.models import Trigger, utcnow
 from runner.triggers import fire_key
 
@@ -31,253 +28,6 @@ log = logging.getLogger("runner.daemon")
 FORKSERVER_STOP_ESCALATE_S = 0.5
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 PR_SET_PDEATHSIG = 1
-
-
-# --- the fork server ------------------------------------------------------------------------------
-
-
-class ForkServer:
-    """A single-threaded child, forked before the daemon starts any thread, with `runner` and the
-    job modules imported. It forks one supervisor per fire (fork is only safe from a process
-    with one thread) and reports each supervisor's exit code back over a socket."""
-
-    def __init__(self, config_path: Path) -> None:
-        self.config_path = config_path
-        self.pid = 0
-        self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
-        self._pending: dict[int, Future[int]] = {}
-        self._next_id = 0
-        self._reader: threading.Thread | None = None
-
-    def start(self) -> None:
-        parent_sock, child_sock = socket.socketpair()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            code = 70
-            try:
-                parent_sock.close()
-                code = _serve(self.config_path, child_sock)
-            except BaseException:
-                logging.getLogger("runner.forkserver").exception("fork server crashed")
-            finally:
-                os._exit(code)
-        child_sock.close()
-        self.pid = pid
-        self._sock = parent_sock
-
-    def start_reader(self) -> None:
-        """The thread that resolves futures from the server's replies (after start, in the daemon)."""
-        self._reader = threading.Thread(target=self._read_replies, name="forkserver-replies", daemon=True)
-        self._reader.start()
-
-    def submit(self, request: dict[str, Any]) -> Future[int]:
-        future: Future[int] = Future()
-        with self._lock:
-            self._next_id += 1
-            request = {**request, "id": self._next_id}
-            self._pending[self._next_id] = future
-            self._send(request)
-        return future
-
-    def command(self, cmd: str) -> None:
-        with self._lock:
-            self._send({"cmd": cmd})
-
-    def _send(self, message: dict[str, Any]) -> None:
-        assert self._sock is not None
-        self._sock.sendall(json.dumps(message).encode() + b"\n")
-
-    def _read_replies(self) -> None:
-        assert self._sock is not None
-        buffer = b""
-        while True:
-            try:
-                chunk = self._sock.recv(65536)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
-            buffer += chunk
-            while b"\n" in buffer:
-                line, buffer = buffer.split(b"\n", 1)
-                reply = json.loads(line)
-                with self._lock:
-                    future = self._pending.pop(reply["id"], None)
-                if future is not None:
-                    future.set_result(reply["code"])
-        with self._lock:  # the server is gone: nothing pending will ever finish
-            for future in self._pending.values():
-                future.set_result(-1)
-            self._pending.clear()
-
-    def stop(self, timeout_s: float) -> None:
-        """Ask the server to stop every running supervisor (their jobs become 'killed') and exit."""
-        with contextlib.suppress(OSError):
-            self.command("stop")
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            pid, _ = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                return
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
-
-    @property
-    def in_flight(self) -> int:
-        with self._lock:
-            return len(self._pending)
-
-
-def _serve(config_path: Path, sock: socket.socket) -> int:
-    """The fork server's loop: requests in, one forked supervisor each, exit codes out."""
-    from runner.discovery import discover
-    from runner.store import Store
-
-    daemon_pid = os.getppid()
-    _parent_death_signal(signal.SIGTERM)
-    settings = load_settings(config_path)
-    discover(settings)  # import every job module once, so each fork starts warm
-    store = Store(settings.runner.database)
-    store.warm_up()
-    import ctypes  # noqa: F401  (the job children's parent-death signal needs it)
-
-    gc.freeze()  # keep the collector from touching (and so copying) the pages forks share
-
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    stop_requested = False
-
-    def on_term(_signum: int, _frame: Any) -> None:
-        nonlocal stop_requested
-        stop_requested = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the daemon, which decides
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-
-    children: dict[int, int] = {}  # supervisor pid -> request id
-    selector = selectors.DefaultSelector()
-    selector.register(sock, selectors.EVENT_READ)
-    selector.register(wake_r, selectors.EVENT_READ)
-    buffer = b""
-    stopping_since: float | None = None
-    escalated = False
-    while True:
-        for key, _ in selector.select(timeout=0.2 if stopping_since else 1.0):
-            if key.fileobj is sock:
-                chunk = sock.recv(65536)
-                if not chunk:  # the daemon is gone
-                    stop_requested = True
-                buffer += chunk
-            else:
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_r, 4096)
-        while b"\n" in buffer:
-            line, buffer = buffer.split(b"\n", 1)
-            message = json.loads(line)
-            if message.get("cmd") == "stop":
-                stop_requested = True
-            elif message.get("cmd") == "reload":
-                with contextlib.suppress(RunnerError):
-                    settings = load_settings(config_path)
-                    discover(settings)
-                    gc.freeze()
-            elif not stop_requested:
-                pid = _fork_supervisor(settings, store, message, sock, selector)
-                children[pid] = message["id"]
-        _reap(children, sock)
-        if os.getppid() != daemon_pid:
-            stop_requested = True
-        if stop_requested and stopping_since is None:
-            stopping_since = time.monotonic()
-            for pid in children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-        if (
-            stopping_since
-            and not escalated
-            and time.monotonic() - stopping_since > FORKSERVER_STOP_ESCALATE_S
-        ):
-            escalated = True  # a second SIGTERM makes each supervisor SIGKILL its job at once
-            for pid in children:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGTERM)
-        if stopping_since and not children:
-            return 0
-
-
-def _fork_supervisor(
-    settings: Settings, store: Any, request: dict[str, Any], sock: socket.socket, selector: Any
-) -> int:
-    pid = os.fork()
-    if pid:
-        return pid
-    code = 70
-    try:
-        selector.close()
-        sock.close()
-        signal.set_wakeup_fd(-1)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(signum, signal.SIG_DFL)
-        store.after_fork()
-        code = _supervise_fire(settings, store, request)
-    except BaseException:
-        logging.getLogger("runner.supervisor").exception("supervisor crashed")
-    finally:
-        os._exit(code)
-
-
-def _supervise_fire(settings: Settings, store: Any, request: dict[str, Any]) -> int:
-    from runner.execution import execute_configured
-
-    fire = Fire(
-        kind=request["trigger"],
-        key=request["key"],
-        scheduled_at=datetime.fromisoformat(request["scheduled_at"]) if request.get("scheduled_at") else None,
-        late=request.get("late", False),
-        paths=tuple(Path(p) for p in request.get("paths") or ()),
-    )
-    try:
-        outcome = execute_configured(settings, store, request["job"], fire, reap=False)
-    except RunnerError as exc:
-        log.info("job=%s fire=%s not run: %s", request["job"], fire.key, exc)
-        return exc.exit_code
-    late = " (late)" if fire.late else ""
-    message = f"run={outcome.run_id} job={request['job']} fire={fire.key}{late} {outcome.status.value} in {outcome.duration_s:.2f}s"
-    if outcome.error:
-        message += f": {outcome.error}"
-    (log.info if outcome.status.value == "succeeded" else log.warning)(message)
-    return outcome.cli_exit_code
-
-
-def _reap(children: dict[int, int], sock: socket.socket) -> None:
-    while children:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        request_id = children.pop(pid, None)
-        if request_id is not None:
-            reply = {"id": request_id, "code": os.waitstatus_to_exitcode(status)}
-            with contextlib.suppress(OSError):
-                sock.sendall(json.dumps(reply).encode() + b"\n")
-
-
-def _parent_death_signal(signum: int) -> None:
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
 
 
 # --- the daemon -------------------------------------------------------------------------------------
@@ -310,11 +60,10 @@ class Daemon:
         self.store = Store(self.settings.runner.database)
         self.store.ensure_schema()
         self.store.engine.dispose()
-        self.server.start()  # fork before any thread exists
+        self.server.start()  # forks before any thread exists, then starts its reply reader
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
-        self.server.start_reader()
         self._pool = ThreadPoolExecutor(self.settings.runner.max_workers, thread_name_prefix="fire")
         self.daemon_id = self.store.register_daemon(str(self.config_path))
         self._catch_up()

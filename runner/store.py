@@ -34,6 +34,17 @@ class DatabaseError(RunnerError):
     """The configured database cannot be reached or used."""
 
 
+# The hot path (a claim before every run, a finish after it) reuses these statements: building a
+# statement anew costs more than running it on SQLite.
+_INSERT_RUN = sa.insert(runs).returning(runs.c.id)
+_UPDATE_RUN = sa.update(runs).where(runs.c.id == sa.bindparam("b_run_id"))
+_SELECT_LEASE = sa.select(leases).where(leases.c.job == sa.bindparam("b_job"))
+_INSERT_LEASE = sa.insert(leases)
+_RELEASE_LEASE = sa.delete(leases).where(
+    leases.c.job == sa.bindparam("b_job"), leases.c.run_id == sa.bindparam("b_run_id")
+)
+
+
 class _LeaseRace(Exception):
     """Another run changed the lease between our read and our write; the transaction is retried."""
 
@@ -139,6 +150,7 @@ class Store:
         self.engine = create_engine(self.url)
         self._schema_checked = False
         self._rollback_only = False
+        self._pid = os.getpid()
 
     # --- schema -------------------------------------------------------------------------------
     def schema_revision(self) -> str | None:
@@ -156,6 +168,7 @@ class Store:
 
     def ensure_schema(self) -> None:
         """Create or upgrade the schema when it is not at our revision (cheap when it is)."""
+        self._check_fork()
         if self._schema_checked:
             return
         if self.schema_revision() != SCHEMA_REVISION:
@@ -257,15 +270,14 @@ class Store:
         for _ in range(5):
             try:
                 with self.begin() as conn:
-                    run_id = conn.execute(sa.insert(runs).values(**values).returning(runs.c.id)).scalar_one()
+                    run_id = conn.execute(_INSERT_RUN, values).scalar_one()
                     holder = None
                     if lease_ttl_s is not None:
                         holder = self._take_lease(conn, job, run_id, lease_ttl_s, now)
                         if holder is not None:
                             conn.execute(
-                                sa.update(runs)
-                                .where(runs.c.id == run_id)
-                                .values(status=RunStatus.QUEUED.value, started_at=None)
+                                _UPDATE_RUN,
+                                {"b_run_id": run_id, "status": RunStatus.QUEUED.value, "started_at": None},
                             )
                     return run_id, holder
             except _LeaseRace:
@@ -428,9 +440,9 @@ class Store:
             pid=os.getpid(),
             expires_at=now + timedelta(seconds=ttl_s),
         )
-        holder = conn.execute(sa.select(leases).where(leases.c.job == job)).first()
+        holder = conn.execute(_SELECT_LEASE, {"b_job": job}).first()
         if holder is None:
-            conn.execute(sa.insert(leases).values(**values))
+            conn.execute(_INSERT_LEASE, values)
             return None
         held_by = conn.execute(sa.select(runs).where(runs.c.id == holder.run_id)).first()
         if holder.expires_at >= now and held_by and held_by.status in ACTIVE_STATUSES:
@@ -464,11 +476,9 @@ class Store:
     def finish(self, run_id: int, *, release_lease_of: str | None = None, **values: Any) -> None:
         """Record how a run ended (and give up the job's lease) in one transaction."""
         with self.begin() as conn:
-            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
+            conn.execute(_UPDATE_RUN, {"b_run_id": run_id, **values})
             if release_lease_of:
-                conn.execute(
-                    sa.delete(leases).where(leases.c.job == release_lease_of, leases.c.run_id == run_id)
-                )
+                conn.execute(_RELEASE_LEASE, {"b_job": release_lease_of, "b_run_id": run_id})
 
     # --- per-job state ------------------------------------------------------------------------
     def state_get(self, job: str, key: str, default: Any = None, conn: sa.Connection | None = None) -> Any:
@@ -504,8 +514,13 @@ class Store:
             return {key: value for key, value in rows}
 
     def after_fork(self) -> None:
-        """In a forked child: never reuse the parent's pooled connections."""
-        self.engine.dispose(close=False)
+        """In a forked child: never reuse the parent's pooled connections (done on first use)."""
+        self._pid = -1
+
+    def _check_fork(self) -> None:
+        if self._pid != os.getpid():
+            self.engine.dispose(close=False)
+            self._pid = os.getpid()
 
 
 def _as_utc(value: datetime) -> datetime:

@@ -1,0 +1,394 @@
+"""The fork server and its supervisor workers: where the daemon's fires are run.
+
+The daemon forks the fork server before it starts any thread. The fork server (single-threaded,
+with `runner` and every job module imported) forks `max_workers` long-lived supervisor workers.
+Each worker takes one fire at a time and runs it through the one execution path, which forks the
+job's child from the worker (also single-threaded). Workers live on between fires, so a fire
+costs one fork and two short transactions, not a fresh process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import json
+import logging
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from runner.config import Settings, load_settings
+from runner.context import Fire
+from runner.errors import RunnerError
+
+log = logging.getLogger("runner.daemon")
+
+STOP_ESCALATE_S = 0.5  # after the first SIGTERM to busy workers, a second one kills their jobs
+PR_SET_PDEATHSIG = 1
+GONE = -1  # the exit code reported for a fire whose worker or server vanished
+
+
+def parent_death_signal(signum: int) -> None:
+    """Ask the kernel to send `signum` to this process when its parent dies."""
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
+
+
+def _send(sock: socket.socket, message: dict[str, Any]) -> None:
+    sock.sendall(json.dumps(message).encode() + b"\n")
+
+
+class _Lines:
+    """Newline-delimited JSON messages from a stream socket."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buffer = b""
+        self.closed = False
+
+    def read(self) -> list[dict[str, Any]]:
+        try:
+            chunk = self.sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return []
+        except OSError:
+            chunk = b""
+        if not chunk:
+            self.closed = True
+        self.buffer += chunk
+        messages = []
+        while b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            messages.append(json.loads(line))
+        return messages
+
+
+# --- the daemon's side ----------------------------------------------------------------------------
+
+
+class ForkServer:
+    """The daemon's handle on the fork server: submit fires, get their exit codes as futures."""
+
+    def __init__(self, config_path: Path) -> None:
+        self.config_path = config_path
+        self.pid = 0
+        self._sock: socket.socket | None = None
+        self._lock = threading.Lock()
+        self._pending: dict[int, Future[int]] = {}
+        self._next_id = 0
+
+    def start(self) -> None:
+        """Fork the server. Call before the daemon starts any thread."""
+        parent_sock, child_sock = socket.socketpair()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                parent_sock.close()
+                code = _Server(self.config_path, child_sock).serve()
+            except BaseException:
+                logging.getLogger("runner.forkserver").exception("fork server crashed")
+            finally:
+                os._exit(code)
+        child_sock.close()
+        self.pid = pid
+        self._sock = parent_sock
+        threading.Thread(target=self._read_replies, name="forkserver-replies", daemon=True).start()
+
+    def submit(self, request: dict[str, Any]) -> Future[int]:
+        future: Future[int] = Future()
+        with self._lock:
+            self._next_id += 1
+            self._pending[self._next_id] = future
+            try:
+                _send(self._sock, {**request, "id": self._next_id})
+            except OSError:
+                self._pending.pop(self._next_id)
+                future.set_result(GONE)
+        return future
+
+    def command(self, cmd: str) -> None:
+        with self._lock, contextlib.suppress(OSError):
+            _send(self._sock, {"cmd": cmd})
+
+    def _read_replies(self) -> None:
+        lines = _Lines(self._sock)
+        while not lines.closed:
+            for reply in lines.read():
+                with self._lock:
+                    future = self._pending.pop(reply["id"], None)
+                if future is not None:
+                    future.set_result(reply["code"])
+        with self._lock:  # the server is gone: nothing pending will finish
+            for future in self._pending.values():
+                future.set_result(GONE)
+            self._pending.clear()
+
+    @property
+    def in_flight(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+    def stop(self, timeout_s: float) -> None:
+        """Stop every worker (a running job becomes 'killed'), then the server; wait for it."""
+        self.command("stop")
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if os.waitpid(self.pid, os.WNOHANG)[0]:
+                return
+            time.sleep(0.05)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        os.waitpid(self.pid, 0)
+
+
+# --- the server -----------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Worker:
+    pid: int
+    sock: socket.socket
+    lines: _Lines
+    busy: int | None = None  # the request id it is running
+    retiring: bool = False  # finish the current fire, then exit (after a reload)
+    queue: deque[dict[str, Any]] = field(default_factory=deque)
+
+
+class _Server:
+    def __init__(self, config_path: Path, sock: socket.socket) -> None:
+        self.config_path = config_path
+        self.sock = sock
+        self.daemon_pid = os.getppid()
+        self.workers: dict[int, _Worker] = {}
+        self.queue: deque[dict[str, Any]] = deque()
+        self.stopping_since: float | None = None
+        self.escalated = False
+        self.selector = selectors.DefaultSelector()
+
+    def serve(self) -> int:
+        from runner.store import Store
+
+        parent_death_signal(signal.SIGTERM)
+        self._load()
+        self.store = Store(self.settings.runner.database)
+        self.store.warm_up()
+        wake_r, wake_w = os.pipe()
+        os.set_blocking(wake_r, False)
+        os.set_blocking(wake_w, False)
+        signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+        signal.signal(signal.SIGTERM, lambda *_: self._stop())
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the daemon, which decides
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        self.wake_r = wake_r
+        self.selector.register(self.sock, selectors.EVENT_READ)
+        self.selector.register(wake_r, selectors.EVENT_READ)
+        daemon_lines = _Lines(self.sock)
+        self._spawn_workers()
+        while True:
+            for key, _ in self.selector.select(timeout=0.2 if self.stopping_since else 1.0):
+                if key.fileobj is self.sock:
+                    for message in daemon_lines.read():
+                        self._on_daemon(message)
+                    if daemon_lines.closed:
+                        self.selector.unregister(self.sock)
+                        self._stop()
+                elif key.fileobj == wake_r:
+                    with contextlib.suppress(BlockingIOError):
+                        os.read(wake_r, 4096)
+                else:
+                    self._on_worker(key.data)
+            self._reap()
+            if os.getppid() != self.daemon_pid:
+                self._stop()
+            self._dispatch()
+            if self.stopping_since is not None:
+                if not self.escalated and time.monotonic() - self.stopping_since > STOP_ESCALATE_S:
+                    self.escalated = True
+                    self._signal_workers(busy_only=True)
+                if not self.workers:
+                    return 0
+
+    def _load(self) -> None:
+        from runner.discovery import discover
+
+        self.settings = load_settings(self.config_path)
+        discover(self.settings)  # every job module imported once, before the workers fork
+        import ctypes  # noqa: F401  (job children set their parent-death signal with it)
+
+        gc.freeze()  # keep the collector from touching (and so copying) pages shared with forks
+
+    def _on_daemon(self, message: dict[str, Any]) -> None:
+        cmd = message.get("cmd")
+        if cmd == "stop":
+            self._stop()
+        elif cmd == "reload":
+            try:
+                self._load()
+            except RunnerError as exc:
+                log.error("fork server: reload failed: %s", exc)
+                return
+            for worker in self.workers.values():  # finish what they run, then make way
+                worker.retiring = True
+                with contextlib.suppress(OSError):
+                    _send(worker.sock, {"cmd": "exit"})
+            self._spawn_workers()
+        elif self.stopping_since is None:
+            self.queue.append(message)
+        else:
+            self._reply(message["id"], GONE)
+
+    def _on_worker(self, worker: _Worker) -> None:
+        for reply in worker.lines.read():
+            self._reply(reply["id"], reply["code"])
+            worker.busy = None
+        if worker.lines.closed:
+            self.selector.unregister(worker.sock)
+
+    def _reply(self, request_id: int, code: int) -> None:
+        with contextlib.suppress(OSError):
+            _send(self.sock, {"id": request_id, "code": code})
+
+    def _dispatch(self) -> None:
+        idle = [w for w in self.workers.values() if w.busy is None and not w.retiring and not w.lines.closed]
+        while self.queue and idle:
+            worker = idle.pop()
+            request = self.queue.popleft()
+            try:
+                _send(worker.sock, request)
+                worker.busy = request["id"]
+            except OSError:
+                self.queue.appendleft(request)
+
+    def _spawn_workers(self) -> None:
+        active = sum(1 for w in self.workers.values() if not w.retiring)
+        for _ in range(self.settings.runner.max_workers - active):
+            self._spawn_worker()
+
+    def _spawn_worker(self) -> None:
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:
+            code = 70
+            try:
+                ours.close()
+                self.selector.close()
+                self.sock.close()
+                for worker in self.workers.values():
+                    worker.sock.close()
+                code = _worker_loop(self.settings, self.store, theirs)
+            except BaseException:
+                logging.getLogger("runner.worker").exception("supervisor worker crashed")
+            finally:
+                os._exit(code)
+        theirs.close()
+        worker = _Worker(pid, ours, _Lines(ours))
+        self.workers[pid] = worker
+        self.selector.register(ours, selectors.EVENT_READ, worker)
+
+    def _reap(self) -> None:
+        while self.workers:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            worker = self.workers.pop(pid, None)
+            if worker is None:
+                continue
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(worker.sock)
+            worker.sock.close()
+            if worker.busy is not None:
+                log.error(
+                    "supervisor worker %s died (%s) while running a fire",
+                    pid,
+                    os.waitstatus_to_exitcode(status),
+                )
+                self._reply(worker.busy, GONE)
+            if self.stopping_since is None and not worker.retiring:
+                self._spawn_worker()
+
+    def _stop(self) -> None:
+        if self.stopping_since is not None:
+            return
+        self.stopping_since = time.monotonic()
+        for request in self.queue:
+            self._reply(request["id"], GONE)
+        self.queue.clear()
+        for worker in self.workers.values():  # a busy one reads this once its fire is recorded
+            with contextlib.suppress(OSError):
+                _send(worker.sock, {"cmd": "exit"})
+        self._signal_workers(busy_only=False)
+
+    def _signal_workers(self, *, busy_only: bool) -> None:
+        for worker in self.workers.values():
+            if not busy_only or worker.busy is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(worker.pid, signal.SIGTERM)
+
+
+# --- a worker ---------------------------------------------------------------------------------------
+
+
+def _worker_loop(settings: Settings, store: Any, sock: socket.socket) -> int:
+    """Run fires one at a time until told to exit. SIGTERM while idle ends the worker; while a fire
+    runs, the execution path catches it and stops the job (status 'killed')."""
+    signal.set_wakeup_fd(-1)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    parent_death_signal(signal.SIGTERM)
+    store.after_fork()
+    lines = _Lines(sock)
+    while not lines.closed:
+        for message in lines.read():
+            if message.get("cmd") == "exit":
+                return 0
+            code = run_fire(settings, store, message)
+            _send(sock, {"id": message["id"], "code": code})
+    return 0
+
+
+def run_fire(settings: Settings, store: Any, request: dict[str, Any]) -> int:
+    """One fire from the daemon, through the one execution path; returns `runner run`'s exit code."""
+    from runner.execution import execute_configured
+
+    fire = Fire(
+        kind=request["trigger"],
+        key=request["key"],
+        scheduled_at=datetime.fromisoformat(request["scheduled_at"]) if request.get("scheduled_at") else None,
+        late=request.get("late", False),
+        paths=tuple(Path(p) for p in request.get("paths") or ()),
+    )
+    try:
+        outcome = execute_configured(settings, store, request["job"], fire, reap=False)
+    except RunnerError as exc:
+        log.info("job=%s fire=%s not run: %s", request["job"], fire.key, exc)
+        return exc.exit_code
+    late = " (late)" if fire.late else ""
+    message = (
+        f"run={outcome.run_id} job={request['job']} fire={fire.key}{late} "
+        f"{outcome.status.value} in {outcome.duration_s:.2f}s"
+    )
+    if outcome.error:
+        message += f": {outcome.error}"
+    (log.info if outcome.status.value == "succeeded" else log.warning)(message)
+    return outcome.cli_exit_code
