@@ -103,7 +103,7 @@ def run_runner_side(work: Path, n: int, duration: float, spread: bool) -> dict:
     (jobs / "__init__.py").write_text("")
     (jobs / "noop.py").write_text(NOOP_JOB)
     out = work / "runner-records.txt"
-    t0 = math.ceil(time.time()) + 4.0  # time to start the daemon before the first fire
+    t0 = math.ceil(time.time()) + 10.0  # the daemon starts (imports, forks its workers) before the first fire
     ini = [
         "[runner]",
         "var_dir = var",
@@ -168,6 +168,9 @@ def run_raw_side(work: Path, n: int, duration: float, spread: bool) -> dict:
 
 def summarise(side: str, records: list, expected: set, cpu_s: float, **extra) -> dict:
     lateness_ms = [(entered - scheduled) * 1000 for _, scheduled, entered in records]
+    if os.environ.get("BENCH_DUMP"):
+        with open(os.environ["BENCH_DUMP"] + "." + side.split()[0], "w") as handle:
+            json.dump(sorted(records, key=lambda r: r[1]), handle)
     seen: dict[tuple[str, float], int] = {}
     for name, scheduled, _ in records:
         key = (name, round(scheduled, 3))

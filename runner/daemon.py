@@ -65,6 +65,8 @@ class Daemon:
             signal.signal(signum, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
         self._pool = ThreadPoolExecutor(self.settings.runner.max_workers, thread_name_prefix="fire")
+        for _ in range(self.settings.runner.max_workers):  # start the threads before the first fire
+            self._pool.submit(time.sleep, 0.01)
         self.daemon_id = self.store.register_daemon(str(self.config_path))
         self._catch_up()
         self._start_scheduler()

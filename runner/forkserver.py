@@ -357,6 +357,7 @@ def _worker_loop(settings: Settings, store: Any, sock: socket.socket) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     parent_death_signal(signal.SIGTERM)
     store.after_fork()
+    store.warm_up(keep_connection=True)  # pay the copy-on-write and connect costs now, not on a fire
     lines = _Lines(sock)
     while not lines.closed:
         for message in lines.read():

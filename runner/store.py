@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import threading
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
@@ -151,6 +152,12 @@ class Store:
         self._schema_checked = False
         self._rollback_only = False
         self._pid = os.getpid()
+        database = sa.engine.make_url(self.url).database
+        self._queue = (
+            _WriterQueue(Path(database + "-writers.lock"))
+            if self.url.startswith("sqlite") and database and database != ":memory:"
+            else None
+        )
 
     # --- schema -------------------------------------------------------------------------------
     def schema_revision(self) -> str | None:
@@ -203,11 +210,14 @@ class Store:
         self.ensure_schema()
         if self._rollback_only:
             return _rolled_back(self.engine)
+        if self._queue is not None:
+            return self._queue.begin(self.engine)
         return self.engine.begin()
 
-    def warm_up(self) -> None:
+    def warm_up(self, *, keep_connection: bool = False) -> None:
         """Run the hot path's statements once in transactions that roll back, so SQLAlchemy has
-        compiled them before a fork server forks its supervisors; nothing is written."""
+        compiled them (and a process about to be forked, or just forked, has touched the memory
+        they use) before the first real fire; nothing is written."""
         self.ensure_schema()
         self._rollback_only = True
         try:
@@ -222,7 +232,8 @@ class Store:
             self.state_get("__warm_up__", "key")
         finally:
             self._rollback_only = False
-            self.engine.dispose()
+            if not keep_connection:
+                self.engine.dispose()
 
     # --- runs ---------------------------------------------------------------------------------
     def claim(
@@ -527,6 +538,41 @@ def _as_utc(value: datetime) -> datetime:
     from datetime import UTC
 
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+class _WriterQueue:
+    """Writers to one SQLite file take turns on a lock file before BEGIN IMMEDIATE.
+
+    SQLite's own busy handler polls with sleeps of up to 100 ms, which is what a busy moment's
+    slowest runs wait; flock() wakes the next writer the moment the lock is free. SQLite's locking
+    still guards correctness: a writer that does not queue (a job's own engine) is merely slower.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._fd: int | None = None
+        self._pid = 0
+        self._depth = 0
+        self._thread_lock = threading.RLock()
+
+    @contextlib.contextmanager
+    def begin(self, engine: sa.Engine) -> Iterator[sa.Connection]:
+        import fcntl
+
+        with self._thread_lock:
+            if self._pid != os.getpid():  # a forked child must not share the parent's lock
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                self._pid, self._depth = os.getpid(), 0
+            if self._depth == 0:
+                fcntl.flock(self._fd, fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                with engine.begin() as conn:
+                    yield conn
+            finally:
+                self._depth -= 1
+                if self._depth == 0:
+                    fcntl.flock(self._fd, fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager
