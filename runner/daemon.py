@@ -1,5 +1,5 @@
 """`runner daemon`: APScheduler 3 fires the INI's schedules; every fire goes through the one
-execution path, in a supervisor forked by a single-threaded fork server."""
+execution path, in a supervisor worker of the fork server (see runner.forkserver)."""
 
 from __future__ import annotations
 
