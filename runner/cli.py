@@ -276,6 +276,11 @@ def check(app: App, as_json: bool) -> int:
     catalog = discover(settings)
     problems = list(catalog.errors)
     problems += [reason for name, reason in catalog.broken.items() if reason not in problems]
+    from runner.watch import check_folders
+
+    for name, job in sorted(settings.jobs.items()):
+        if job.watch is not None and (problem := check_folders(job.watch)):
+            problems.append(f"{settings.path}: [job:{name}] watch: {problem}")
     try:
         revision = app.store.schema_revision()
         database = (
@@ -462,7 +467,28 @@ def _fire_of(settings: Any, job: str, from_cron: bool, fire_at: str | None, late
                 "is the crontab out of date? run `runner crontab install`"
             )
         return Fire("cron", fire_key(at), at, late=late or (now - at).total_seconds() > CRON_LATE_S)
-    return Fire(kind="manual", key=f"manual:{uuid.uuid4().hex}")
+    key = f"manual:{uuid.uuid4().hex}"
+    section = settings.jobs.get(job)
+    if section is not None and section.watch is not None:
+        return Fire(kind="manual", key=key, paths=_claim_present_files(settings, job, key, section.watch))
+    return Fire(kind="manual", key=key)
+
+
+def _claim_present_files(settings: Any, job: str, key: str, watch: Any) -> tuple[Path, ...]:
+    """A manual run of a watch job takes every file in its folders that no run has claimed."""
+    from runner.store import Store
+    from runner.watch import check_folders, scan
+
+    problem = check_folders(watch)
+    if problem:
+        raise RunnerError(f"job {job}: {problem}")
+    store = Store(settings.runner.database)
+    store.release_orphan_claims(job)
+    versions = [(v.path, v.size, v.mtime_ns) for v in scan(watch)]
+    claimed: list[str] = []
+    for start in range(0, len(versions), 500):
+        claimed += store.claim_files(job, key, versions[start : start + 500])
+    return tuple(Path(p) for p in claimed)
 
 
 def _job_command(spec: Any) -> click.Command:

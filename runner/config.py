@@ -16,6 +16,7 @@ from runner.errors import ConfigError
 
 if TYPE_CHECKING:
     from runner.triggers import Schedule
+    from runner.watch import WatchSettings
 
 DEFAULT_CONFIG = Path("config/runner.ini")
 CONFIG_ENV = "RUNNER_CONFIG"
@@ -47,8 +48,17 @@ JOB_KEYS = {
     "timezone": "IANA timezone its schedule is evaluated in (default: [runner] timezone)",
     "jitter": "random delay added to each scheduled fire",
     "catchup": "how late a missed fire may still run (0 = never)",
+    "watch": "folder(s) whose new files fire the job, one a line or separated by spaces",
+    "patterns": "file names that fire it (default *)",
+    "ignore": "file names that never fire it (default *.part *.tmp *.crdownload *.swp *~ .*)",
+    "recursive": "watch subfolders too (true/false)",
+    "settle": "how long a file without a close event must stay unchanged to count as complete",
+    "batch": "most files handed to one run",
+    "watch_mode": "events (inotify) or polling (NFS/SMB shares, some containers)",
+    "rescan": "how often the folders are listed in full, to catch anything events missed",
 }
 DEFAULT_CATCHUP_S = 3600.0
+WATCH_MODES = ("events", "polling")
 SECRET_PATTERNS = ("*password*", "*passwd*", "*token*", "*secret*", "*_key", "key")
 SECRET_MASK = "***"
 
@@ -147,6 +157,7 @@ class JobSettings:
     timezone: str = "UTC"
     jitter_s: float = 0.0
     catchup_s: float = DEFAULT_CATCHUP_S
+    watch: WatchSettings | None = None
 
     @property
     def scheduled(self) -> bool:
@@ -381,7 +392,15 @@ def _job_settings(
                 raise ConfigError(f"{exc}", path=path, section=section, key="schedule", value=line) from None
         schedules = tuple(parsed)
     jitter, catchup = duration("jitter"), duration("catchup")
+    watch = _watch_settings(values, path, section, duration) if values.get("watch", "").strip() else None
+    if watch is None:
+        for key in ("patterns", "ignore", "recursive", "settle", "batch", "watch_mode", "rescan"):
+            if key in values:
+                raise ConfigError(
+                    "only means something with `watch = FOLDER`", path=path, section=section, key=key
+                )
     return JobSettings(
+        watch=watch,
         schedules=schedules,
         timezone=timezone,
         jitter_s=runner.jitter_s if jitter is None else jitter,
@@ -394,6 +413,54 @@ def _job_settings(
         overlap=overlap,
         description=values.get("description"),
         params=MappingProxyType(params),
+    )
+
+
+def _watch_settings(values: Mapping[str, str], path: Path, section: str, duration) -> WatchSettings:
+    import shlex
+
+    from runner.watch import DEFAULT_IGNORE, DEFAULT_PATTERNS, WatchSettings
+
+    try:
+        folders = tuple((path.parent / Path(p).expanduser()).resolve() for p in shlex.split(values["watch"]))
+    except ValueError as exc:
+        raise ConfigError(
+            f"cannot read the folder list: {exc}",
+            path=path,
+            section=section,
+            key="watch",
+            value=values["watch"],
+        ) from None
+    mode = values.get("watch_mode", "events").strip().lower()
+    if mode not in WATCH_MODES:
+        raise ConfigError(
+            f"expected one of: {', '.join(WATCH_MODES)}",
+            path=path,
+            section=section,
+            key="watch_mode",
+            value=values["watch_mode"],
+        )
+    recursive_text = values.get("recursive", "false").strip().lower()
+    if recursive_text not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+        raise ConfigError(
+            "expected true or false", path=path, section=section, key="recursive", value=values["recursive"]
+        )
+    settle, rescan = duration("settle"), duration("rescan")
+    if rescan == 0:
+        raise ConfigError(
+            "must be longer than 0s", path=path, section=section, key="rescan", value=values["rescan"]
+        )
+    return WatchSettings(
+        folders=folders,
+        patterns=tuple(values["patterns"].split())
+        if values.get("patterns", "").strip()
+        else DEFAULT_PATTERNS,
+        ignore=tuple(values["ignore"].split()) if "ignore" in values else DEFAULT_IGNORE,
+        recursive=recursive_text in ("true", "yes", "1", "on"),
+        settle_s=2.0 if settle is None else settle,
+        batch=_int(values, "batch", 100, path, section, minimum=1),
+        mode=mode,
+        rescan_s=600.0 if rescan is None else rescan,
     )
 
 

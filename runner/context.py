@@ -18,6 +18,18 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 PROGRESS_LOG_EVERY_S = 10.0
+ACK_FLUSH_S = 0.5  # how often ctx.files() records the files finished so far
+
+
+class _StopRequest:
+    """In a job's process: a SIGTERM that arrives inside ctx.files() waits for the file boundary."""
+
+    deferring = False
+    requested: int | None = None
+    used_files = False
+
+
+STOP = _StopRequest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -104,6 +116,29 @@ class JobContext:
         """One transaction on the run-history database: write your rows and `ctx.state` together."""
         with self._store.begin() as conn:
             yield conn
+
+    def files(self) -> Iterator[Path]:
+        """The files this run was handed (`ctx.fire.paths`), one at a time.
+
+        Each file counts as processed when you ask for the next one (or the loop ends): if the
+        run fails, times out or is stopped half-way, only the files not yet processed are handed
+        out again. A stop request (SIGTERM) waits for the current file to finish.
+        """
+        done: list[str] = []
+        last_flush = time.monotonic()
+        STOP.deferring = STOP.used_files = True
+        try:
+            for path in self.fire.paths:
+                yield path
+                done.append(str(path))
+                if STOP.requested:
+                    raise SystemExit(128 + STOP.requested)
+                if time.monotonic() - last_flush >= ACK_FLUSH_S:
+                    self._store.ack_files(self.job, self.fire.key, done)
+                    done, last_flush = [], time.monotonic()
+        finally:
+            STOP.deferring = False
+            self._store.ack_files(self.job, self.fire.key, done)
 
     def progress(self, items: Iterable[T], total: int | None = None, label: str = "") -> Iterator[T]:
         """Iterate `items` showing progress: a bar on a terminal, a log line every 10 s otherwise."""

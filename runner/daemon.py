@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -46,6 +47,7 @@ class Daemon:
         self._pool: ThreadPoolExecutor | None = None
         self.server = ForkServer(config_path)
         self.scheduler: Any = None
+        self.watches: Any = None
         self.daemon_id: int | None = None
 
     # -- life cycle --
@@ -70,12 +72,16 @@ class Daemon:
         self.daemon_id = self.store.register_daemon(str(self.config_path))
         self._catch_up()
         self._start_scheduler()
-        notify("READY=1\nSTATUS=scheduling " + ", ".join(self._scheduled_names()))
+        self._start_watches()
+        jobs = self._scheduled_names() + [
+            f"{n} (watch)" for n, j in sorted(self.settings.jobs.items()) if j.watch
+        ]
+        notify("READY=1\nSTATUS=firing " + ", ".join(jobs))
         log.info(
             "daemon %s ready: pid %s, jobs: %s",
             self.daemon_id,
             os.getpid(),
-            ", ".join(self._scheduled_names()) or "none",
+            ", ".join(jobs) or "none",
         )
         beat_s = self.settings.runner.heartbeat_s
         watchdog_s = watchdog_interval_s()
@@ -119,6 +125,8 @@ class Daemon:
         self._stopping = True
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
+        if self.watches is not None:
+            self.watches.stop()
         reserve = min(2.0, grace / 4)
         deadline = time.monotonic() + max(0.0, grace - reserve)
         while self.server.in_flight and time.monotonic() < deadline:
@@ -152,6 +160,9 @@ class Daemon:
         for job in self.scheduler.get_jobs():
             job.remove()
         self._add_jobs()
+        if self.watches is not None:
+            self.watches.stop()
+        self._start_watches()
         log.info("reloaded %s: jobs %s", self.config_path, ", ".join(self._scheduled_names()) or "none")
         notify("READY=1")
 
@@ -198,6 +209,32 @@ class Daemon:
                 log.warning("job=%s %s", name, missed.reason(job.catchup_s))
                 record_missed(self.store, name, fire, missed.reason(job.catchup_s))
 
+    # -- file events --
+    def _start_watches(self) -> None:
+        from runner.watch import WatchService
+
+        jobs = [(name, job) for name, job in sorted(self.settings.jobs.items()) if job.watch]
+        self.watches = WatchService(
+            jobs,
+            claim=self._claim_files,
+            dispatch=self._dispatch_files,
+            free_slots=lambda: self.settings.runner.max_workers - self.server.in_flight,
+            release=self.store.release_orphan_claims,
+        )
+        self.watches.start()
+
+    def _claim_files(self, name: str, versions: list[Any]) -> tuple[str, list[str]]:
+        key = f"files:{uuid.uuid4().hex}"
+        return key, self.store.claim_files(name, key, [(v.path, v.size, v.mtime_ns) for v in versions])
+
+    def _dispatch_files(self, name: str, key: str, paths: list[str]) -> None:
+        fire = Fire(Trigger.FILE.value, key, paths=tuple(Path(p) for p in paths))
+        if self._stopping or self._pool is None:
+            self.store.settle_files(name, key, succeeded=False)
+            return
+        future = self.server.submit(_request(name, fire))
+        future.add_done_callback(lambda _f: self.watches and self.watches.wake())
+
     def dispatch(self, name: str, fire: Fire, *, jitter_s: float | None = None) -> Future[Any] | None:
         if self._stopping or self._pool is None:
             return None
@@ -216,15 +253,18 @@ class Daemon:
         if not fire.late and job.catchup_s and late_s > job.catchup_s + delay:
             record_missed(self.store, name, fire, f"waited {late_s:.0f}s for a free worker: beyond catchup")
             return EXIT_NOT_STARTED
-        request = {
-            "job": name,
-            "trigger": fire.kind,
-            "key": fire.key,
-            "scheduled_at": fire.scheduled_at.isoformat() if fire.scheduled_at else None,
-            "late": fire.late,
-            "paths": [str(p) for p in fire.paths],
-        }
-        return self.server.submit(request).result()
+        return self.server.submit(_request(name, fire)).result()
+
+
+def _request(name: str, fire: Fire) -> dict[str, Any]:
+    return {
+        "job": name,
+        "trigger": fire.kind,
+        "key": fire.key,
+        "scheduled_at": fire.scheduled_at.isoformat() if fire.scheduled_at else None,
+        "late": fire.late,
+        "paths": [str(p) for p in fire.paths],
+    }
 
 
 def _noop() -> None:

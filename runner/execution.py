@@ -21,8 +21,8 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.context import Fire, JobContext
-from runner.errors import OverlapSkipped
+from runner.context import STOP, Fire, JobContext
+from runner.errors import OverlapSkipped, RunnerError
 from runner.models import RunStatus, utcnow
 
 if TYPE_CHECKING:
@@ -56,6 +56,7 @@ class Outcome:
     log_path: Path | None
     duration_s: float
     stop_signal: int | None = None  # set when the supervisor itself was told to stop
+    acked_files_only: bool = False  # the job went through ctx.files(): it said which it finished
 
     @property
     def cli_exit_code(self) -> int:
@@ -93,7 +94,32 @@ def execute(
         scheduled_at=fire.scheduled_at,
         late=fire.late,
     )
-    run_id, holder = store.claim(**claim, lease_ttl_s=settings.stale_after_s if lease else None)
+    try:
+        run_id, holder = store.claim(**claim, lease_ttl_s=settings.stale_after_s if lease else None)
+    except RunnerError:
+        if fire.paths:  # not started: its files go back for another run
+            store.settle_files(spec.name, fire.key, succeeded=False)
+        raise
+    outcome = _run_attempts(spec, params, fire, claim, run_id, holder, settings, store, live, lease)
+    if fire.paths:
+        # With ctx.files() the job acknowledged each file it finished; the rest go back.
+        finished = outcome.status is RunStatus.SUCCEEDED and not outcome.acked_files_only
+        store.settle_files(spec.name, fire.key, succeeded=finished)
+    return outcome
+
+
+def _run_attempts(
+    spec: JobSpec,
+    params: Mapping[str, Any],
+    fire: Fire,
+    claim: dict[str, Any],
+    run_id: int,
+    holder: Any,
+    settings: RunnerSettings,
+    store: Store,
+    live: bool,
+    lease: bool,
+) -> Outcome:
     first_run_id = run_id
     with _StopSignals() as stops:
         if holder is not None:
@@ -311,6 +337,7 @@ def _attempt(
         log_path,
         duration,
         stops.received if status is RunStatus.KILLED else None,
+        child.acked_files_only,
     )
 
 
@@ -404,6 +431,7 @@ class _Child:
         self.timed_out = False
         self.stopped_by: int | None = None
         self.result: Any = None
+        self.acked_files_only = False
 
     @classmethod
     def spawn(
@@ -537,6 +565,7 @@ class _Child:
             with contextlib.suppress(ValueError):
                 message = json.loads(self.payload.decode("utf-8", "replace"))
         self.result = message.get("result")
+        self.acked_files_only = bool(message.get("acked_files_only"))
         status = self.wait_status or 0
         code = os.waitstatus_to_exitcode(status)
         exit_code, sig = (code, None) if code >= 0 else (None, -code)
@@ -646,6 +675,7 @@ def _child_main(
     except BaseException as exc:
         traceback.print_exc()
         code, message = 1, {"error": _summary(exc)}
+    message["acked_files_only"] = STOP.used_files
     _write_all(result_fd, json.dumps(message, default=str).encode())
     sys.stdout.flush()
     sys.stderr.flush()
@@ -658,6 +688,9 @@ def _die_with_supervisor(supervisor: int) -> None:
     def on_term(signum: int, _frame: Any) -> None:
         if os.getppid() != supervisor:
             os.killpg(0, signal.SIGKILL)
+        if STOP.deferring:  # inside ctx.files(): stop at the next file boundary
+            STOP.requested = signum
+            return
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-SCHEMA_REVISION = "0002"  # the newest Alembic revision; tests keep the two equal
+SCHEMA_REVISION = "0003"  # the newest Alembic revision; tests keep the two equal
 
 
 class RunStatus(enum.StrEnum):
@@ -125,4 +125,30 @@ daemons = sa.Table(
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("heartbeat_at", UTCDateTime, nullable=False),
     sa.Column("stopped_at", UTCDateTime, nullable=True),
+)
+
+
+class ClaimState(enum.StrEnum):
+    CLAIMED = "claimed"  # handed to the run whose fire key the row holds
+    DONE = "done"  # processed: never handed out again
+    PENDING = "pending"  # its run failed before finishing it: may be claimed again
+    FAILED = "failed"  # failed MAX_FILE_ATTEMPTS times: left alone, reported
+
+
+file_claims = sa.Table(
+    "file_claims",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job", sa.String(200), nullable=False),
+    sa.Column("path", sa.Text, nullable=False),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("fire_key", sa.String(400), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("claimed_at", UTCDateTime, nullable=False),
+    sa.Column("done_at", UTCDateTime, nullable=True),
+    sa.UniqueConstraint("job", "path", "size", "mtime_ns", name="uq_file_claims_version"),
+    sa.Index("ix_file_claims_job_fire_key", "job", "fire_key"),
+    sa.Index("ix_file_claims_state", "state"),
 )

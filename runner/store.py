@@ -18,8 +18,10 @@ from runner.errors import AlreadyRan, RunnerError
 from runner.models import (
     ACTIVE_STATUSES,
     SCHEMA_REVISION,
+    ClaimState,
     RunStatus,
     daemons,
+    file_claims,
     job_state,
     leases,
     runs,
@@ -27,6 +29,8 @@ from runner.models import (
 )
 
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+MAX_FILE_ATTEMPTS = 3  # a file whose runs failed this often is left alone (state 'failed')
+ORPHAN_CLAIM_S = 120.0  # a claim whose run never appeared is released after this long
 SCHEMA_LOCK_ID = 7_270_001  # PostgreSQL advisory lock taken while migrating
 HOSTNAME = socket.gethostname()
 
@@ -389,6 +393,139 @@ class Store:
         with self.begin() as conn:
             return [_record(row) for row in conn.execute(query)]
 
+    # --- file claims -------------------------------------------------------------------------
+    def claim_files(self, job: str, fire_key: str, versions: list[tuple[str, int, int]]) -> list[str]:
+        """Claim each (path, size, mtime_ns) not yet handed out; returns the paths now ours.
+
+        The unique (job, path, size, mtime_ns) makes two daemons, a rescan and a duplicate
+        event agree on one owner per file version; a version whose run failed is 'pending' and
+        may be claimed again, MAX_FILE_ATTEMPTS times in all.
+        """
+        if not versions:
+            return []
+        now = utcnow()
+        rows = [
+            {
+                "job": job,
+                "path": p,
+                "size": size,
+                "mtime_ns": mtime,
+                "fire_key": fire_key,
+                "state": ClaimState.CLAIMED.value,
+                "attempts": 1,
+                "claimed_at": now,
+            }
+            for p, size, mtime in versions
+        ]
+        with self.begin() as conn:
+            insert = _dialect_insert(conn.dialect.name)(file_claims).on_conflict_do_nothing()
+            conn.execute(insert, rows)
+            conn.execute(
+                sa.update(file_claims)
+                .where(
+                    file_claims.c.job == job,
+                    file_claims.c.path == sa.bindparam("b_path"),
+                    file_claims.c.size == sa.bindparam("b_size"),
+                    file_claims.c.mtime_ns == sa.bindparam("b_mtime"),
+                    file_claims.c.state == ClaimState.PENDING.value,
+                )
+                .values(
+                    state=ClaimState.CLAIMED.value,
+                    fire_key=fire_key,
+                    claimed_at=now,
+                    attempts=file_claims.c.attempts + 1,
+                ),
+                [{"b_path": p, "b_size": size, "b_mtime": mtime} for p, size, mtime in versions],
+            )
+            claimed = conn.execute(
+                sa.select(file_claims.c.path).where(
+                    file_claims.c.job == job,
+                    file_claims.c.fire_key == fire_key,
+                    file_claims.c.state == ClaimState.CLAIMED.value,
+                )
+            )
+            return [row[0] for row in claimed]
+
+    def ack_files(self, job: str, fire_key: str, paths: list[str]) -> None:
+        """These files of the run are processed, whatever happens to the rest of it."""
+        if not paths:
+            return
+        with self.begin() as conn:
+            conn.execute(
+                sa.update(file_claims)
+                .where(
+                    file_claims.c.job == job,
+                    file_claims.c.fire_key == fire_key,
+                    file_claims.c.path == sa.bindparam("b_path"),
+                )
+                .values(state=ClaimState.DONE.value, done_at=utcnow()),
+                [{"b_path": p} for p in paths],
+            )
+
+    def settle_files(self, job: str, fire_key: str, succeeded: bool) -> None:
+        """After the run: its files are done, or (not acknowledged, run failed) claimable again."""
+        now = utcnow()
+        mine = (
+            (file_claims.c.job == job)
+            & (file_claims.c.fire_key == fire_key)
+            & (file_claims.c.state == ClaimState.CLAIMED.value)
+        )
+        with self.begin() as conn:
+            if succeeded:
+                conn.execute(
+                    sa.update(file_claims).where(mine).values(state=ClaimState.DONE.value, done_at=now)
+                )
+                return
+            conn.execute(
+                sa.update(file_claims)
+                .where(mine)
+                .values(
+                    state=sa.case(
+                        (file_claims.c.attempts >= MAX_FILE_ATTEMPTS, ClaimState.FAILED.value),
+                        else_=ClaimState.PENDING.value,
+                    )
+                )
+            )
+
+    def release_orphan_claims(self, job: str) -> int:
+        """Claims left behind by a run that ended badly without settling them (its supervisor was
+        killed), or whose run never started: make them claimable again."""
+        now = utcnow()
+        with self.begin() as conn:
+            open_claims = conn.execute(
+                sa.select(file_claims.c.fire_key, sa.func.min(file_claims.c.claimed_at))
+                .where(file_claims.c.job == job, file_claims.c.state == ClaimState.CLAIMED.value)
+                .group_by(file_claims.c.fire_key)
+            ).all()
+        released = 0
+        for fire_key, claimed_at in open_claims:
+            with self.begin() as conn:
+                run = conn.execute(
+                    sa.select(runs.c.status)
+                    .where(runs.c.job == job, runs.c.fire_key == fire_key)
+                    .order_by(runs.c.attempt.desc())
+                    .limit(1)
+                ).first()
+            if run is None:
+                if (now - _as_utc(claimed_at)).total_seconds() < ORPHAN_CLAIM_S:
+                    continue
+            elif run.status in ACTIVE_STATUSES:
+                continue
+            self.settle_files(
+                job, fire_key, succeeded=run is not None and run.status == RunStatus.SUCCEEDED.value
+            )
+            released += 1
+        return released
+
+    def file_states(self, job: str) -> dict[str, int]:
+        with self.begin() as conn:
+            rows = conn.execute(
+                sa.select(file_claims.c.state, sa.func.count())
+                .where(file_claims.c.job == job)
+                .group_by(file_claims.c.state)
+            )
+            return {state: count for state, count in rows}
+
     # --- daemons ------------------------------------------------------------------------------
     def register_daemon(self, config_path: str) -> int:
         now = utcnow()
@@ -532,6 +669,14 @@ class Store:
         if self._pid != os.getpid():
             self.engine.dispose(close=False)
             self._pid = os.getpid()
+
+
+def _dialect_insert(dialect: str) -> Any:
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    return insert
 
 
 def _as_utc(value: datetime) -> datetime:

@@ -1,0 +1,383 @@
+"""File events: a folder's complete file versions, each handed to the job once (watchdog glue).
+
+A file is ready when it was closed after writing (inotify close-write) or moved into the folder;
+where no close event comes (polling mode, files found by a rescan, some writers) when its size and
+mtime have not changed for `settle` and nobody holds it open. Temporary names (`*.part`, `*.tmp`,
+dot files) are ignored, so a writer that renames into place fires once, under the final name.
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+log = logging.getLogger("runner.watch")
+
+DEFAULT_PATTERNS = ("*",)
+DEFAULT_IGNORE = ("*.part", "*.tmp", "*.crdownload", "*.swp", "*~", ".*")
+OPEN_STALE_S = 600.0  # an 'open' whose close we never saw stops blocking after this long
+WATCH_LIMIT_HELP = (
+    "the inotify watch limit is reached; raise it with "
+    "`sudo sysctl fs.inotify.max_user_watches=524288` (and in /etc/sysctl.d/ to keep it), "
+    "or set watch_mode = polling for this job"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    folders: tuple[Path, ...]
+    patterns: tuple[str, ...] = DEFAULT_PATTERNS
+    ignore: tuple[str, ...] = DEFAULT_IGNORE
+    recursive: bool = False
+    settle_s: float = 2.0
+    batch: int = 100
+    mode: str = "events"  # events | polling
+    rescan_s: float = 600.0
+
+    def wants(self, path: str) -> bool:
+        name = os.path.basename(path)
+        if any(fnmatch.fnmatch(name, pattern) for pattern in self.ignore):
+            return False
+        lowered = name.lower()
+        return any(fnmatch.fnmatch(lowered, pattern.lower()) for pattern in self.patterns)
+
+
+@dataclass(frozen=True, slots=True)
+class FileVersion:
+    path: str
+    size: int
+    mtime_ns: int
+
+
+def version_of(path: str) -> FileVersion | None:
+    """The file's identity now (a symlink is described, not followed), or None if it is gone."""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not (os.path.stat.S_ISREG(st.st_mode) or os.path.stat.S_ISLNK(st.st_mode)):
+        return None
+    return FileVersion(path, st.st_size, st.st_mtime_ns)
+
+
+def scan(settings: WatchSettings) -> Iterator[FileVersion]:
+    """Every wanted file in the watched folders now."""
+    for folder in settings.folders:
+        yield from _scan_folder(str(folder), settings)
+
+
+def _scan_folder(folder: str, settings: WatchSettings) -> Iterator[FileVersion]:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError as exc:
+        log.warning("cannot list %s: %s", folder, exc)
+        return
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            if settings.recursive and not any(fnmatch.fnmatch(entry.name, p) for p in settings.ignore):
+                yield from _scan_folder(entry.path, settings)
+            continue
+        if settings.wants(entry.path):
+            version = version_of(entry.path)
+            if version is not None:
+                yield version
+
+
+def check_folders(settings: WatchSettings) -> str | None:
+    """A one-line problem with the watched folders, or None."""
+    for folder in settings.folders:
+        if not folder.is_dir():
+            return f"{folder} is not a folder (create it, or fix `watch`)"
+        if not os.access(folder, os.R_OK | os.X_OK):
+            return f"{folder} is not readable by this user"
+    return None
+
+
+@dataclass(slots=True)
+class _Candidate:
+    size: int
+    mtime_ns: int
+    since: float  # when size/mtime last changed
+    closed: bool = False  # closed after writing, or moved in: complete
+    written: bool = False
+    opens: int = 0
+    opened_at: float = 0.0
+
+
+@dataclass
+class Tracker:
+    """The files of one watch job that are not yet handed out, and when each becomes ready."""
+
+    settings: WatchSettings
+    pending: dict[str, _Candidate] = field(default_factory=dict)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def event(self, kind: str, path: str, dest: str | None = None) -> None:
+        now = time.monotonic()
+        with self.lock:
+            if kind == "moved":
+                self.pending.pop(path, None)
+                if dest and self.settings.wants(dest):
+                    self._touch(dest, now, closed=True)
+                return
+            if not self.settings.wants(path):
+                return
+            if kind == "deleted":
+                self.pending.pop(path, None)
+            elif kind in ("created", "modified"):
+                self._touch(path, now, written=True)
+            elif kind == "opened":
+                candidate = self.pending.get(path) or self._touch(path, now)
+                if candidate:
+                    candidate.opens += 1
+                    candidate.opened_at = now
+            elif kind == "closed":
+                candidate = self._touch(path, now, closed=True)
+                if candidate:
+                    candidate.opens = max(0, candidate.opens - 1)
+            elif kind == "closed_no_write":
+                candidate = self.pending.get(path)
+                if candidate:
+                    candidate.opens = max(0, candidate.opens - 1)
+                    if not candidate.written and not candidate.closed and candidate.opens == 0:
+                        del self.pending[path]  # somebody (our job) only read it
+
+    def _touch(
+        self, path: str, now: float, *, closed: bool = False, written: bool = False
+    ) -> _Candidate | None:
+        version = version_of(path)
+        if version is None:
+            self.pending.pop(path, None)
+            return None
+        candidate = self.pending.get(path)
+        if candidate is None or (candidate.size, candidate.mtime_ns) != (version.size, version.mtime_ns):
+            old = candidate
+            candidate = _Candidate(version.size, version.mtime_ns, now)
+            if old is not None:
+                candidate.opens, candidate.opened_at, candidate.written = (
+                    old.opens,
+                    old.opened_at,
+                    old.written,
+                )
+            self.pending[path] = candidate
+        candidate.closed = candidate.closed or closed
+        candidate.written = candidate.written or written
+        return candidate
+
+    def add_found(self, versions: list[FileVersion]) -> None:
+        """Files a rescan listed: unseen ones become candidates that must settle."""
+        now = time.monotonic()
+        with self.lock:
+            for version in versions:
+                candidate = self.pending.get(version.path)
+                if candidate is None:
+                    self.pending[version.path] = _Candidate(version.size, version.mtime_ns, now)
+
+    def reset_opens(self) -> None:
+        """After lost events (queue overflow) open counts cannot be trusted."""
+        with self.lock:
+            for candidate in self.pending.values():
+                candidate.opens = 0
+
+    def ready(self, now: float) -> tuple[list[FileVersion], float | None]:
+        """(the files ready now, in arrival order; seconds until the next one may be)."""
+        settle = self.settings.settle_s
+        ready, wait = [], None
+        with self.lock:
+            for path, candidate in list(self.pending.items()):
+                blocked = candidate.opens > 0 and now - candidate.opened_at < OPEN_STALE_S
+                if blocked:
+                    continue
+                # closed after writing (or moved in) is complete now; otherwise it must settle
+                due = candidate.since if candidate.closed else candidate.since + settle
+                if due > now:
+                    wait = due - now if wait is None else min(wait, due - now)
+                    continue
+                version = version_of(path)
+                if version is None:
+                    del self.pending[path]
+                elif (version.size, version.mtime_ns) != (candidate.size, candidate.mtime_ns):
+                    self.pending[path] = _Candidate(version.size, version.mtime_ns, now, written=True)
+                    wait = settle if wait is None else min(wait, settle)
+                else:
+                    ready.append(version)
+        return ready, wait
+
+    def forget(self, versions: list[FileVersion]) -> None:
+        with self.lock:
+            for version in versions:
+                candidate = self.pending.get(version.path)
+                if candidate and (candidate.size, candidate.mtime_ns) == (version.size, version.mtime_ns):
+                    del self.pending[version.path]
+
+
+class OverflowSignal(logging.Handler):
+    """watchdog logs an inotify queue overflow but tells no handler; we listen to its log."""
+
+    def __init__(self, on_overflow: Callable[[], None]) -> None:
+        super().__init__(logging.WARNING)
+        self.on_overflow = on_overflow
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.on_overflow()
+
+
+def start_observer(settings: WatchSettings, tracker: Tracker, wake: Callable[[], None]):
+    """A running watchdog observer feeding `tracker`; raises RuntimeError with a clear line on failure."""
+    from watchdog.events import FileSystemEventHandler
+
+    class Handler(FileSystemEventHandler):
+        def on_any_event(self, event) -> None:  # type: ignore[no-untyped-def]
+            if event.is_directory:
+                return
+            src = os.fsdecode(event.src_path)
+            dest = os.fsdecode(event.dest_path) if event.event_type == "moved" else None
+            tracker.event(event.event_type, src, dest)
+            wake()
+
+    if settings.mode == "polling":
+        from watchdog.observers.polling import PollingObserver
+
+        observer = PollingObserver(timeout=max(0.2, min(1.0, settings.settle_s / 2 or 0.5)))
+    else:
+        from watchdog.observers import Observer
+
+        observer = Observer()
+    handler = Handler()
+    try:
+        for folder in settings.folders:
+            observer.schedule(handler, str(folder), recursive=settings.recursive)
+        observer.start()
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC or "watch limit" in str(exc):
+            raise RuntimeError(WATCH_LIMIT_HELP) from None
+        raise RuntimeError(f"cannot watch {', '.join(map(str, settings.folders))}: {exc}") from None
+    return observer
+
+
+@dataclass
+class _Watched:
+    name: str
+    settings: WatchSettings
+    tracker: Tracker
+    observer: object | None = None
+    next_rescan: float = 0.0
+    problem: str | None = None
+
+
+class WatchService:
+    """Turns the watched folders' events into claimed batches of files and hands them on.
+
+    `claim(job, versions)` returns (fire key, claimed paths) after claiming in the database;
+    `dispatch(job, fire_key, paths)` starts the run; `free_slots()` says how many more runs may
+    start now (ready files wait, and form bigger batches, while the workers are busy);
+    `release(job)` frees the claims of runs that died without settling them.
+    """
+
+    RETRY_FOLDER_S = 30.0
+
+    def __init__(self, jobs, claim, dispatch, free_slots, release) -> None:  # type: ignore[no-untyped-def]
+        self.watched = [_Watched(name, job.watch, Tracker(job.watch)) for name, job in jobs]
+        self.claim, self.dispatch, self.free_slots, self.release = claim, dispatch, free_slots, release
+        self.wake_event = threading.Event()
+        self.stopping = False
+        self.overflowed = False
+        self.thread: threading.Thread | None = None
+        self.overflow_handler = OverflowSignal(self._on_overflow)
+
+    def _on_overflow(self) -> None:
+        self.overflowed = True
+        self.wake_event.set()
+
+    def wake(self) -> None:
+        self.wake_event.set()
+
+    def start(self) -> None:
+        if not self.watched:
+            return
+        logging.getLogger("watchdog").addHandler(self.overflow_handler)
+        self.thread = threading.Thread(target=self._loop, name="watch", daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.stopping = True
+        self.wake_event.set()
+        for watched in self.watched:
+            if watched.observer is not None:
+                watched.observer.stop()  # type: ignore[attr-defined]
+        if self.thread is not None:
+            self.thread.join(timeout=5)
+        logging.getLogger("watchdog").removeHandler(self.overflow_handler)
+
+    def _ensure_observer(self, watched: _Watched, now: float) -> bool:
+        if watched.observer is not None:
+            return True
+        if watched.problem and now < watched.next_rescan:
+            return False
+        problem = check_folders(watched.settings)
+        if problem is None:
+            try:
+                watched.observer = start_observer(watched.settings, watched.tracker, self.wake)
+            except RuntimeError as exc:
+                problem = str(exc)
+        if problem:
+            if problem != watched.problem:
+                log.error(
+                    "job=%s cannot watch: %s; retrying every %.0fs",
+                    watched.name,
+                    problem,
+                    self.RETRY_FOLDER_S,
+                )
+            watched.problem, watched.next_rescan = problem, now + self.RETRY_FOLDER_S
+            return False
+        if watched.problem:
+            log.info("job=%s watching %s again", watched.name, ", ".join(map(str, watched.settings.folders)))
+        watched.problem, watched.next_rescan = None, 0.0
+        return True
+
+    def _loop(self) -> None:
+        while not self.stopping:
+            now = time.monotonic()
+            overflowed, self.overflowed = self.overflowed, False
+            if overflowed:
+                log.warning("inotify queue overflowed: events were lost; listing the watched folders again")
+            wait: float = 1.0
+            for watched in self.watched:
+                if not self._ensure_observer(watched, now):
+                    continue
+                if overflowed:
+                    watched.tracker.reset_opens()
+                if overflowed or now >= watched.next_rescan:
+                    try:
+                        self.release(watched.name)
+                    except Exception as exc:
+                        log.warning("job=%s releasing stale claims failed: %s", watched.name, exc)
+                    watched.tracker.add_found(list(scan(watched.settings)))
+                    watched.next_rescan = now + watched.settings.rescan_s
+                wait = min(wait, self._hand_out(watched, now) or 1.0)
+            self.wake_event.wait(max(0.0, wait))
+            self.wake_event.clear()
+
+    def _hand_out(self, watched: _Watched, now: float) -> float | None:
+        ready, wait = watched.tracker.ready(now)
+        while ready:
+            if self.free_slots() <= 0:
+                return 0.05  # look again soon: a run will finish
+            chunk, ready = ready[: watched.settings.batch], ready[watched.settings.batch :]
+            try:
+                fire_key, paths = self.claim(watched.name, chunk)
+            except Exception as exc:  # the database may be restarting: keep the files pending
+                log.warning("job=%s claiming %d files failed: %s", watched.name, len(chunk), exc)
+                return 1.0
+            watched.tracker.forget(chunk)
+            if paths:
+                self.dispatch(watched.name, fire_key, paths)
+        return wait
