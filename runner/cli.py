@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import random
@@ -435,9 +436,16 @@ CRON_LATE_S = 60.0
 
 def _fire_of(settings: Any, job: str, from_cron: bool, fire_at: str | None, late: bool) -> Any:
     """The Fire of this run: manual (a fresh key), a crontab line's minute, or an explicit instant."""
+    from runner.context import Fire
+
+    if not fire_at and not from_cron:  # the common manual case: import nothing more
+        key = f"manual:{uuid.uuid4().hex}"
+        section = settings.jobs.get(job)
+        if section is not None and section.watch is not None:
+            return Fire(kind="manual", key=key, paths=_claim_present_files(settings, job, key, section.watch))
+        return Fire(kind="manual", key=key)
     from datetime import UTC, datetime
 
-    from runner.context import Fire
     from runner.models import utcnow
     from runner.triggers import CronSchedule, fire_key
 
@@ -466,12 +474,7 @@ def _fire_of(settings: Any, job: str, from_cron: bool, fire_at: str | None, late
                 f"job {job}: no cron fire in the last {CRON_LOOKBACK_S:.0f}s; "
                 "is the crontab out of date? run `runner crontab install`"
             )
-        return Fire("cron", fire_key(at), at, late=late or (now - at).total_seconds() > CRON_LATE_S)
-    key = f"manual:{uuid.uuid4().hex}"
-    section = settings.jobs.get(job)
-    if section is not None and section.watch is not None:
-        return Fire(kind="manual", key=key, paths=_claim_present_files(settings, job, key, section.watch))
-    return Fire(kind="manual", key=key)
+    return Fire("cron", fire_key(at), at, late=late or (now - at).total_seconds() > CRON_LATE_S)
 
 
 def _claim_present_files(settings: Any, job: str, key: str, watch: Any) -> tuple[Path, ...]:
@@ -912,4 +915,10 @@ def _finish(call: Any) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
-    _finish(lambda: cli.main(args=argv, prog_name="runner", standalone_mode=False))
+    # A crontab line pays start-up on every fire: no collections while we import and set up
+    # (execution re-enables them before the job starts), and none of everything at exit.
+    gc.disable()
+    try:
+        _finish(lambda: cli.main(args=argv, prog_name="runner", standalone_mode=False))
+    finally:
+        gc.freeze()

@@ -4,6 +4,7 @@ execution path, in a supervisor worker of the fork server (see runner.forkserver
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import random
@@ -321,6 +322,7 @@ class _ScheduleTrigger(_trigger_base()):  # type: ignore[misc]
 def run_daemon(config: str | None) -> int:
     from runner.config import find_config
 
+    gc.enable()  # `runner` starts with collections off for quick one-shot commands
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
     return Daemon(find_config(config)).run()

@@ -5,6 +5,7 @@ all start jobs through `execute()` and nothing else does."""
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import os
@@ -83,6 +84,9 @@ def execute(
     store.ensure_schema()
     if reap:
         store.reap_lost(settings.stale_after_s)
+    if not gc.isenabled():  # the CLI starts with collections off; the job gets them back
+        gc.freeze()
+        gc.enable()
     lease = spec.overlap != "allow"
     stored_params = json.loads(json.dumps(dict(params), default=str))
     claim = dict(
