@@ -357,10 +357,18 @@ def run_module(module: str, argv: list[str] | None) -> None:
 
     args = list(sys.argv[1:] if argv is None else argv)
     config = None
-    if "--config" in args:
-        at = args.index("--config")
-        config = args[at + 1] if at + 1 < len(args) else None
-        del args[at : at + 2]
+    for at, arg in enumerate(args):
+        if arg == "--config":
+            if at + 1 >= len(args):
+                click.echo("runner: --config needs a PATH", err=True)
+                sys.exit(EXIT_USAGE)
+            config = args[at + 1]
+            del args[at : at + 2]
+            break
+        if arg.startswith("--config="):
+            config = arg.split("=", 1)[1]
+            del args[at]
+            break
 
     def go() -> int:
         return _run_job(App(config), main_module_job(module), args)
@@ -496,6 +504,7 @@ def _claim_present_files(settings: Any, job: str, key: str, watch: Any) -> tuple
 
 def _job_command(spec: Any) -> click.Command:
     """A click command whose options are the job's parameters (all parsed as text, converted later)."""
+    from runner.config import SECRET_MASK, is_secret
     from runner.params import REQUIRED
 
     reserved = {"param", "as_json", "json", "help", "from_cron", "fire_at", "late"}
@@ -516,10 +525,15 @@ def _job_command(spec: Any) -> click.Command:
         if param.name in reserved:
             continue
         flag = "--" + param.name.replace("_", "-")
-        default = "required" if param.default is REQUIRED else f"default: {param.default!r}"
+        default = (
+            "required"
+            if param.default is REQUIRED
+            else f"default: {SECRET_MASK if is_secret(param.name) else repr(param.default)}"
+        )
         configured = spec.config_params.get(param.name)
         if configured is not None:
-            default += f", configured: {configured!r}"
+            shown = SECRET_MASK if is_secret(param.name) else repr(configured)
+            default += f", configured: {shown}"
         text = f"[{param.type_name}; {default}] {param.help}".strip()
         if param.annotation is bool:
             options.append(
@@ -905,8 +919,12 @@ def _finish(call: Any) -> None:
     except click.exceptions.Abort:
         click.echo("runner: aborted", err=True)
         sys.exit(130)
+    except click.UsageError as exc:
+        where = f"; see `{exc.ctx.command_path} --help`" if exc.ctx else ""
+        click.echo(f"runner: {exc.format_message()}{where}", err=True)
+        sys.exit(exc.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"runner: {exc.format_message()}", err=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)

@@ -63,3 +63,11 @@ class OverlapSkipped(RunnerError):
     """overlap = skip and another run of the job holds the lease."""
 
     exit_code = EXIT_NOT_STARTED
+
+
+class Stopped(RunnerError):
+    """The supervisor was told to stop (SIGTERM, Ctrl-C) before the job could start."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

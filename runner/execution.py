@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.context import STOP, Fire, JobContext
-from runner.errors import OverlapSkipped, RunnerError
+from runner.errors import OverlapSkipped, RunnerError, Stopped
 from runner.models import RunStatus, utcnow
 
 if TYPE_CHECKING:
@@ -88,7 +88,7 @@ def execute(
         gc.freeze()
         gc.enable()
     lease = spec.overlap != "allow"
-    stored_params = json.loads(json.dumps(dict(params), default=str))
+    stored_params = masked_params(params)
     claim = dict(
         job=spec.name,
         fire_key=fire.key,
@@ -216,6 +216,14 @@ def record_missed(store: Store, job: str, fire: Fire, error: str) -> None:
         )
 
 
+def masked_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """Parameters as history and logs show them: JSON values, secret-looking ones as ***."""
+    from runner.config import SECRET_MASK, is_secret
+
+    plain = json.loads(json.dumps(dict(params), default=str))
+    return {key: SECRET_MASK if is_secret(key) else value for key, value in plain.items()}
+
+
 def retry_delay(backoff_s: float, retry_number: int) -> float:
     """Exponential backoff with 'equal jitter': half fixed, half random, capped at an hour."""
     delay = min(MAX_BACKOFF_S, backoff_s * 2 ** (retry_number - 1))
@@ -257,7 +265,10 @@ def _wait_for_lease(
                 ended_at=utcnow(),
                 error=f"stopped by {_signame(stops.received)} while queued",
             )
-            raise OverlapSkipped(f"job {spec.name}: stopped while waiting for run {holder.id}")
+            raise Stopped(
+                f"job {spec.name}: stopped by {_signame(stops.received)} while waiting for run {holder.id}",
+                stops.received or signal.SIGTERM,
+            )
         store.reap_lost(settings.stale_after_s)
         holder = store.acquire_lease(spec.name, run_id, settings.stale_after_s)
 
@@ -297,7 +308,7 @@ def _attempt(
     _append(
         log_path,
         f"run {run_id} of job {spec.name} started: attempt {attempt}, "
-        f"trigger {fire.kind}, fire {fire.key}, params {dict(params)!r}",
+        f"trigger {fire.kind}, fire {fire.key}, params {masked_params(params)!r}",
     )
     child = _Child.spawn(spec, params, fire, run_id, attempt, store, log_path, live)
     child.supervise(
