@@ -70,10 +70,10 @@ class Daemon:
         self._pool = ThreadPoolExecutor(self.settings.runner.max_workers, thread_name_prefix="fire")
         for _ in range(self.settings.runner.max_workers):  # start the threads before the first fire
             self._pool.submit(time.sleep, 0.01)
-        self.daemon_id = self.store.register_daemon(str(self.config_path))
         self._catch_up()
         self._start_scheduler()
         self._start_watches()
+        self.daemon_id = self.store.register_daemon(str(self.config_path))  # `runner status`: up
         jobs = self._scheduled_names() + [
             f"{n} (watch)" for n, j in sorted(self.settings.jobs.items()) if j.watch
         ]
@@ -234,7 +234,14 @@ class Daemon:
             self.store.settle_files(name, key, succeeded=False)
             return
         future = self.server.submit(_request(name, fire))
-        future.add_done_callback(lambda _f: self.watches and self.watches.wake())
+
+        def done(result: Future[int]) -> None:
+            if result.result() == EXIT_NOT_STARTED and self.watches is not None:
+                self.watches.offer_again(name, paths)  # skipped (overlap): its files wait for the next run
+            if self.watches is not None:
+                self.watches.wake()
+
+        future.add_done_callback(done)
 
     def dispatch(self, name: str, fire: Fire, *, jitter_s: float | None = None) -> Future[Any] | None:
         if self._stopping or self._pool is None:

@@ -102,7 +102,7 @@ def execute(
         run_id, holder = store.claim(**claim, lease_ttl_s=settings.stale_after_s if lease else None)
     except RunnerError:
         if fire.paths:  # not started: its files go back for another run
-            store.settle_files(spec.name, fire.key, succeeded=False)
+            store.settle_files(spec.name, fire.key, succeeded=False, started=False)
         raise
     outcome = _run_attempts(spec, params, fire, claim, run_id, holder, settings, store, live, lease)
     if fire.paths:
@@ -127,7 +127,12 @@ def _run_attempts(
     first_run_id = run_id
     with _StopSignals() as stops:
         if holder is not None:
-            _wait_for_lease(spec, run_id, holder, settings, store, stops)
+            try:
+                _wait_for_lease(spec, run_id, holder, settings, store, stops)
+            except RunnerError:
+                if fire.paths:  # skipped or stopped while queued: the files were not touched
+                    store.settle_files(spec.name, fire.key, succeeded=False, started=False)
+                raise
         attempt = 1
         while True:
             final = attempt > spec.retries

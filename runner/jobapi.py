@@ -106,7 +106,10 @@ class JobSpec:
             if settings and settings.retry_backoff_s is not None
             else seconds(defaults.retry_backoff)
         )
-        overlap = (settings.overlap if settings else None) or defaults.overlap or DEFAULT_OVERLAP
+        # A watch job's file claims already keep two runs off the same file: its runs may overlap.
+        watching = settings is not None and getattr(settings, "watch", None) is not None
+        default_overlap = "allow" if watching else DEFAULT_OVERLAP
+        overlap = (settings.overlap if settings else None) or defaults.overlap or default_overlap
         description = (settings.description if settings else None) or summary_line(func.__doc__)
         return cls(
             name=name,

@@ -462,8 +462,9 @@ class Store:
                 [{"b_path": p} for p in paths],
             )
 
-    def settle_files(self, job: str, fire_key: str, succeeded: bool) -> None:
-        """After the run: its files are done, or (not acknowledged, run failed) claimable again."""
+    def settle_files(self, job: str, fire_key: str, succeeded: bool, *, started: bool = True) -> None:
+        """After the run: its files are done, or (not acknowledged, run failed) claimable again.
+        A run that never started (overlap, already ran) does not count as an attempt."""
         now = utcnow()
         mine = (
             (file_claims.c.job == job)
@@ -474,6 +475,13 @@ class Store:
             if succeeded:
                 conn.execute(
                     sa.update(file_claims).where(mine).values(state=ClaimState.DONE.value, done_at=now)
+                )
+                return
+            if not started:
+                conn.execute(
+                    sa.update(file_claims)
+                    .where(mine)
+                    .values(state=ClaimState.PENDING.value, attempts=file_claims.c.attempts - 1)
                 )
                 return
             conn.execute(

@@ -300,10 +300,21 @@ class WatchService:
     def wake(self) -> None:
         self.wake_event.set()
 
+    def offer_again(self, job: str, paths: list[str]) -> None:
+        """Files of a run that did not start: they become candidates again (and must settle)."""
+        for watched in self.watched:
+            if watched.name == job:
+                watched.tracker.add_found([v for p in paths if (v := version_of(p)) is not None])
+
     def start(self) -> None:
+        """Start watching (events from now on are seen), then list what is already there."""
         if not self.watched:
             return
         logging.getLogger("watchdog").addHandler(self.overflow_handler)
+        now = time.monotonic()
+        for watched in self.watched:
+            if self._ensure_observer(watched, now):
+                self._rescan(watched, now)
         self.thread = threading.Thread(target=self._loop, name="watch", daemon=True)
         self.thread.start()
 
@@ -345,26 +356,38 @@ class WatchService:
 
     def _loop(self) -> None:
         while not self.stopping:
-            now = time.monotonic()
-            overflowed, self.overflowed = self.overflowed, False
-            if overflowed:
-                log.warning("inotify queue overflowed: events were lost; listing the watched folders again")
-            wait: float = 1.0
-            for watched in self.watched:
-                if not self._ensure_observer(watched, now):
-                    continue
-                if overflowed:
-                    watched.tracker.reset_opens()
-                if overflowed or now >= watched.next_rescan:
-                    try:
-                        self.release(watched.name)
-                    except Exception as exc:
-                        log.warning("job=%s releasing stale claims failed: %s", watched.name, exc)
-                    watched.tracker.add_found(list(scan(watched.settings)))
-                    watched.next_rescan = now + watched.settings.rescan_s
-                wait = min(wait, self._hand_out(watched, now) or 1.0)
+            try:
+                wait = self._step()
+            except Exception:  # a bug or a vanished folder must not end file events for good
+                log.exception("watch loop failed; trying again in 1s")
+                wait = 1.0
             self.wake_event.wait(max(0.0, wait))
             self.wake_event.clear()
+
+    def _rescan(self, watched: _Watched, now: float) -> None:
+        try:
+            self.release(watched.name)
+        except Exception as exc:
+            log.warning("job=%s releasing stale claims failed: %s", watched.name, exc)
+        watched.tracker.add_found(list(scan(watched.settings)))
+        watched.next_rescan = now + watched.settings.rescan_s
+
+    def _step(self) -> float:
+        now = time.monotonic()
+        overflowed, self.overflowed = self.overflowed, False
+        if overflowed:
+            log.warning("inotify queue overflowed: events were lost; listing the watched folders again")
+        wait: float = 1.0
+        for watched in self.watched:
+            if not self._ensure_observer(watched, now):
+                continue
+            if overflowed:
+                watched.tracker.reset_opens()
+            if overflowed or now >= watched.next_rescan:
+                self._rescan(watched, now)
+            next_due = self._hand_out(watched, now)
+            wait = min(wait, 1.0 if next_due is None else next_due)
+        return wait
 
     def _hand_out(self, watched: _Watched, now: float) -> float | None:
         ready, wait = watched.tracker.ready(now)

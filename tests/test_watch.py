@@ -1,0 +1,227 @@
+"""File events: each complete file version reaches a run exactly once (inotify and polling)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from conftest import Project, process_gone, wait_until
+
+BURST = 10_000
+MODES = ("events", "polling")
+
+
+def configure(project: Project, mode: str, *, settle: str = "1s", extra: str = "", **runner: str) -> Path:
+    inbox = project.root / "inbox"
+    inbox.mkdir(parents=True, exist_ok=True)
+    project.configure(
+        f"""
+        [job:files]
+        uses = jobs_fixture.filerec:filerec
+        watch = {inbox}
+        patterns = *.jpg *.txt
+        settle = {settle}
+        watch_mode = {mode}
+        rescan = 10m
+        out = {project.root / "seen.txt"}
+        {extra}
+        """,
+        **runner,
+    )
+    return inbox
+
+
+def seen(project: Project) -> collections.Counter[str]:
+    path = project.root / "seen.txt"
+    if not path.exists():
+        return collections.Counter()
+    return collections.Counter(line.split()[0] for line in path.read_text().splitlines() if line)
+
+
+def seen_sizes(project: Project) -> dict[str, int]:
+    path = project.root / "seen.txt"
+    return {name: int(size) for name, size in (line.split() for line in path.read_text().splitlines())}
+
+
+def claim_states(project: Project) -> dict[str, int]:
+    from runner.store import Store
+
+    store = Store(project.database_url)
+    try:
+        return store.file_states("files")
+    finally:
+        store.engine.dispose()
+
+
+def stop(project: Project, daemon: subprocess.Popen[str]) -> None:
+    daemon.send_signal(signal.SIGTERM)
+    done = project.finish(daemon)
+    assert done.returncode == 0, done
+
+
+def daemon_ready(project: Project) -> bool:
+    return bool(project.runner("status", "--json").json()["daemons"])
+
+
+def burst(inbox: Path, count: int, start: int = 0) -> set[str]:
+    """Half written in place, half written under a .part name and renamed; plus ignored names."""
+    names = set()
+    for i in range(start, start + count):
+        name = f"f{i:05d}.jpg"
+        if i % 2:
+            (inbox / f"{name}.part").write_bytes(b"x" * (i % 97 + 1))
+            os.rename(inbox / f"{name}.part", inbox / name)
+        else:
+            (inbox / name).write_bytes(b"x" * (i % 97 + 1))
+        names.add(name)
+        if i % 1000 == 0:
+            (inbox / f".hidden{i}.jpg").write_bytes(b"h")
+            (inbox / f"skip{i}.tmp").write_bytes(b"t")
+    return names
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_file_written_in_two_parts_fires_once_complete(sqlite_project: Project, mode: str):
+    project = sqlite_project
+    # Without close events (polling), settle must outlast the writer's pause.
+    inbox = configure(project, mode, settle="1s" if mode == "events" else "5s")
+    daemon = project.start("daemon")
+    wait_until(lambda: daemon_ready(project), "the daemon")
+    with open(inbox / "two-parts.jpg", "wb") as handle:
+        handle.write(b"a" * 1000)
+        handle.flush()
+        time.sleep(3)
+        handle.write(b"b" * 1000)
+    (inbox / "upload.jpg.part").write_bytes(b"c" * 500)
+    os.rename(inbox / "upload.jpg.part", inbox / "upload.jpg")
+    wait_until(lambda: len(seen(project)) >= 2, "both files to be processed", timeout_s=30)
+    time.sleep(2 if mode == "events" else 6)  # nothing more may come
+    stop(project, daemon)
+    assert seen(project) == {"two-parts.jpg": 1, "upload.jpg": 1}
+    assert seen_sizes(project) == {"two-parts.jpg": 2000, "upload.jpg": 500}
+    assert all(".part" not in " ".join(r["paths"] or []) for r in project.history("files"))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_burst_of_ten_thousand_files_each_once(sqlite_project: Project, mode: str):
+    project = sqlite_project
+    inbox = configure(project, mode, settle="0" if mode == "events" else "1s", extra="batch = 200")
+    daemon = project.start("daemon")
+    wait_until(lambda: daemon_ready(project), "the daemon")
+    names = burst(inbox, BURST)
+    wait_until(lambda: len(seen(project)) >= BURST, "the burst to drain", timeout_s=180)
+    time.sleep(1.5)
+    stop(project, daemon)
+    counts = seen(project)
+    assert set(counts) == names, set(counts) ^ names
+    assert max(counts.values()) == 1
+    assert claim_states(project) == {"done": BURST}
+    runs = project.history("files")
+    assert all(r["status"] == "succeeded" for r in runs)
+    assert sum(len(r["paths"]) for r in runs) == BURST
+    assert not any(p.endswith((".tmp", ".part")) or "/." in p for r in runs for p in r["paths"])
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_sigkill_of_the_daemon_mid_burst_loses_nothing_and_repeats_nothing(
+    sqlite_project: Project, mode: str
+):
+    project = sqlite_project
+    inbox = configure(
+        project, mode, settle="0" if mode == "events" else "1s", extra="batch = 50\nper_file_s = 0.002"
+    )
+    names = burst(inbox, 3000)
+    daemon = project.start("daemon")
+    wait_until(lambda: len(seen(project)) >= 1000, "a third of the files", timeout_s=120)
+    os.kill(daemon.pid, signal.SIGKILL)
+    daemon.wait()
+    # Its workers stop at a file boundary and record what they finished; wait until they are gone.
+    wait_until(lambda: not _runner_children(project), "the old daemon's workers to exit", timeout_s=30)
+    assert len(seen(project)) < len(names), "the burst finished before the kill; nothing was tested"
+    daemon = project.start("daemon")
+    wait_until(lambda: len(seen(project)) >= len(names), "the rest of the files", timeout_s=180)
+    time.sleep(1.5)
+    stop(project, daemon)
+    counts = seen(project)
+    assert set(counts) == names
+    assert [n for n, c in counts.items() if c > 1] == []
+    assert claim_states(project) == {"done": len(names)}
+
+
+def _runner_children(project: Project) -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmdline = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if str(project.config_path).encode() in cmdline and not process_gone(int(proc.name)):
+                found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_files_that_arrived_while_stopped_are_processed_on_start(sqlite_project: Project, mode: str):
+    project = sqlite_project
+    inbox = configure(project, mode)
+    daemon = project.start("daemon")
+    wait_until(lambda: daemon_ready(project), "the daemon")
+    (inbox / "before.jpg").write_bytes(b"1")
+    wait_until(lambda: seen(project), "the first file")
+    stop(project, daemon)
+    names = {f"offline{i}.jpg" for i in range(20)}
+    for name in names:
+        (inbox / name).write_bytes(b"22")
+    daemon = project.start("daemon")
+    wait_until(lambda: len(seen(project)) >= 21, "the files copied in while stopped", timeout_s=30)
+    stop(project, daemon)
+    assert seen(project) == collections.Counter({"before.jpg": 1, **dict.fromkeys(names, 1)})
+
+
+def test_two_daemons_on_one_database_process_each_file_once(project: Project):
+    inbox = configure(project, "polling", settle="0.5s", extra="batch = 20")
+    first = project.start("daemon")
+    second = project.start("daemon")
+    wait_until(lambda: len(project.runner("status", "--json").json()["daemons"]) == 2, "both daemons")
+    names = burst(inbox, 600)
+    wait_until(lambda: len(seen(project)) >= len(names), "all files", timeout_s=120)
+    time.sleep(2)
+    stop(project, first)
+    stop(project, second)
+    counts = seen(project)
+    assert set(counts) == names
+    assert max(counts.values()) == 1
+    hosts_pids = {(r["host"], r["pid"]) for r in project.history("files")}
+    assert len(hosts_pids) >= 2, "one daemon did all the work; the test proves nothing about sharing"
+
+
+def test_manual_run_processes_unclaimed_files(sqlite_project: Project):
+    project = sqlite_project
+    inbox = configure(project, "events")
+    for name in ("m1.jpg", "m2.txt", "ignored.tmp", ".dot.jpg"):
+        (inbox / name).write_bytes(b"m")
+    done = project.runner("run", "files")
+    assert done.returncode == 0, done
+    assert seen(project) == {"m1.jpg": 1, "m2.txt": 1}
+    again = project.runner("run", "files")
+    assert again.returncode == 0, again
+    assert seen(project) == {"m1.jpg": 1, "m2.txt": 1}
+
+
+def test_missing_watch_folder_fails_check_but_not_the_daemon(sqlite_project: Project):
+    project = sqlite_project
+    inbox = configure(project, "events")
+    inbox.rmdir()
+    check = project.runner("check")
+    assert check.returncode == 2, check
+    assert "not a folder" in check.stderr and "Traceback" not in check.stderr
+    daemon = project.start("daemon")
+    wait_until(lambda: daemon_ready(project), "the daemon to run despite the missing folder")
+    assert daemon.poll() is None
+    stop(project, daemon)
