@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 PROGRESS_LOG_EVERY_S = 10.0
 ACK_FLUSH_S = 0.5  # how often ctx.files() records the files finished so far
+SLOW_FILE_S = 0.05  # a file that took longer is recorded at once
 
 
 class _StopRequest:
@@ -129,16 +130,19 @@ class JobContext:
         STOP.deferring = STOP.used_files = True
         try:
             for path in self.fire.paths:
+                handed_out = time.monotonic()
                 yield path
                 done.append(str(path))
+                now = time.monotonic()
+                # Slow files are recorded one by one; fast ones in groups, at most ACK_FLUSH_S apart.
+                if STOP.requested or now - handed_out >= SLOW_FILE_S or now - last_flush >= ACK_FLUSH_S:
+                    self._store.ack_files(self.job, self.fire.key, done)
+                    done, last_flush = [], now
                 if STOP.requested:
                     raise SystemExit(128 + STOP.requested)
-                if time.monotonic() - last_flush >= ACK_FLUSH_S:
-                    self._store.ack_files(self.job, self.fire.key, done)
-                    done, last_flush = [], time.monotonic()
         finally:
+            self._store.ack_files(self.job, self.fire.key, done)  # still deferring a stop: no half write
             STOP.deferring = False
-            self._store.ack_files(self.job, self.fire.key, done)
 
     def progress(self, items: Iterable[T], total: int | None = None, label: str = "") -> Iterator[T]:
         """Iterate `items` showing progress: a bar on a terminal, a log line every 10 s otherwise."""

@@ -1,0 +1,359 @@
+"""The INI file at the edge: every user mistake is one line and exit 2; interpolation, secrets,
+relative paths, broken job modules, and the --json output of the listing commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import RUNNER_BIN, Project, assert_one_line_error
+
+UNSET_ENV = "RUNNER_TEST_SURELY_UNSET_VARIABLE"
+
+
+def job_section(body: str) -> str:
+    return f"[job:echo]\n{body}"
+
+
+# (config: jobs text and [runner] overrides, or the whole file; the command; fragments of the error)
+USER_ERRORS = [
+    pytest.param(
+        {"text": "[runner\nvar_dir = var\n"}, ["list"], ["not a valid INI file"], id="malformed-ini"
+    ),
+    pytest.param({"text": "[runner]\nvar_dir\n"}, ["list"], ["not a valid INI file"], id="key-without-value"),
+    pytest.param({"missing": True}, ["list"], ["config file not found"], id="missing-config-file"),
+    pytest.param(
+        {"runner": {"colour": "red"}}, ["list"], ["[runner] colour", "unknown key"], id="unknown-runner-key"
+    ),
+    pytest.param(
+        {"jobs": job_section("timeout = ten")},
+        ["run", "echo"],
+        ["[job:echo] timeout = 'ten'", "expected a duration like 90s, 15m, 2h"],
+        id="bad-job-duration",
+    ),
+    pytest.param(
+        {"runner": {"kill_grace": "soon"}},
+        ["run", "echo"],
+        ["[runner] kill_grace", "expected a duration like 90s, 15m, 2h"],
+        id="bad-runner-duration",
+    ),
+    pytest.param({}, ["run", "nosuch"], ["unknown job 'nosuch'", "echo"], id="unknown-job"),
+    pytest.param(
+        {}, ["run", "echo", "-p", "bogus=1"], ["bogus", "no such parameter"], id="unknown-parameter"
+    ),
+    pytest.param(
+        {"runner": {"job_packages": "jobs"}},
+        ["run", "hello", "-p", "count=abc"],
+        ["count", "'abc'", "expected a whole number"],
+        id="p-count-abc",
+    ),
+    pytest.param(
+        {"runner": {"job_packages": "jobs"}},
+        ["run", "hello", "--count", "abc"],
+        ["'abc'", "expected a whole number"],
+        id="option-count-abc",
+    ),
+    pytest.param({}, ["run", "echo", "-p", "text"], ["expected key=value"], id="p-without-equals"),
+    pytest.param({}, ["run", "typed"], ["needs a value for day"], id="missing-required-parameter"),
+    pytest.param(
+        {"jobs": job_section("retries = -1")},
+        ["run", "echo"],
+        ["[job:echo] retries = '-1'", "expected a whole number >= 0"],
+        id="negative-retries",
+    ),
+    pytest.param(
+        {"jobs": job_section("overlap = sometimes")},
+        ["run", "echo"],
+        ["overlap = 'sometimes'", "skip, queue, allow"],
+        id="unknown-overlap",
+    ),
+    pytest.param(
+        {"jobs": "[job:x]\nuses = jobs_fixture.nosuch:echo"},
+        ["run", "x"],
+        ["[job:x] uses", "jobs_fixture.nosuch"],
+        id="uses-module-missing",
+    ),
+    pytest.param(
+        {"jobs": "[job:x]\nuses = jobs_fixture.echo:nosuch"},
+        ["run", "x"],
+        ["[job:x] uses", "no function nosuch"],
+        id="uses-function-missing",
+    ),
+    pytest.param(
+        {"jobs": "[job:x]\nuses = not a target"},
+        ["run", "x"],
+        ["[job:x] uses", "package.module:function"],
+        id="uses-malformed",
+    ),
+    pytest.param(
+        {"jobs": job_section("colour = red")},
+        ["run", "echo"],
+        ["[job:echo]", "colour", "no such parameter"],
+        id="param-the-function-does-not-take",
+    ),
+    pytest.param(
+        {"jobs": job_section(f"text = ${{env:{UNSET_ENV}}}")},
+        ["run", "echo"],
+        [UNSET_ENV, "is not set"],
+        id="env-unset",
+    ),
+    pytest.param(
+        {"jobs": job_section("text = ${nosuch:key}")},
+        ["run", "echo"],
+        ["${nosuch:key}", "does not exist"],
+        id="reference-to-missing-key",
+    ),
+    pytest.param(
+        {"jobs": job_section("text = ${other}\nother = ${text}")},
+        ["run", "echo"],
+        ["nest too deep"],
+        id="reference-loop",
+    ),
+    pytest.param(
+        {"jobs": "[jobs:echo]\ntext = x"}, ["list"], ["[jobs:echo]", "unknown section"], id="unknown-section"
+    ),
+    pytest.param({"jobs": "[job:bad name]\n"}, ["list"], ["[job:bad name]", "job names"], id="bad-job-name"),
+    pytest.param(
+        {"runner": {"timezone": "Mars/Olympus"}}, ["list"], ["timezone", "IANA"], id="unknown-timezone"
+    ),
+    pytest.param({"runner": {"max_workers": "0"}}, ["list"], ["max_workers", ">= 1"], id="zero-max-workers"),
+    pytest.param(
+        {"runner": {"heartbeat": "10s", "stale_after": "5s"}},
+        ["list"],
+        ["stale_after", "longer than heartbeat"],
+        id="stale-after-not-longer-than-heartbeat",
+    ),
+    pytest.param(
+        {"jobs": "[job:ghost]\n"}, ["run", "ghost"], ["[job:ghost]", "no job function"], id="no-function"
+    ),
+    pytest.param(
+        {"runner": {"database": "not a url"}}, ["history"], ["not a SQLAlchemy URL"], id="database-not-a-url"
+    ),
+    pytest.param(
+        {"runner": {"database": "postgresql+psycopg://nobody@127.0.0.1:1/none"}},
+        ["history"],
+        ["cannot use database", "[runner] database"],
+        id="database-unreachable",
+    ),
+    pytest.param({}, ["logs", "999"], ["no run 999"], id="logs-of-unknown-run"),
+    pytest.param({}, ["bogus"], ["bogus"], id="unknown-command"),
+    pytest.param({}, ["run", "echo", "--bogus", "1"], ["--bogus"], id="unknown-job-option"),
+    pytest.param({}, ["history", "--limit", "0"], ["--limit"], id="bad-option-value"),
+]
+
+
+@pytest.mark.parametrize(("config", "command", "fragments"), USER_ERRORS)
+def test_user_error_is_one_line_and_exit_2(
+    sqlite_project: Project, config: dict, command: list[str], fragments: list[str]
+) -> None:
+    if "text" in config:
+        sqlite_project.write_config(config["text"])
+    elif config.get("missing"):
+        sqlite_project.config_path.unlink()
+    else:
+        sqlite_project.configure(config.get("jobs", ""), **config.get("runner", {}))
+
+    done = sqlite_project.runner(*command)
+
+    assert_one_line_error(done, *fragments)
+
+
+def test_runner_config_env_var_names_the_file(sqlite_project: Project) -> None:
+    env = sqlite_project.env(RUNNER_CONFIG=str(sqlite_project.config_path))
+
+    done = sqlite_project.command([str(RUNNER_BIN), "run", "echo", "-p", "text=via-env"], env=env)
+
+    assert done.returncode == 0, done
+    assert sqlite_project.only_run()["result"]["text"] == "via-env"
+
+
+def test_env_and_section_interpolation(project: Project) -> None:
+    project.configure(
+        """
+        [job:echo]
+        description = from the description
+        text = ${env:RUNNER_TEST_GREETING}
+        other = ${runner:timezone} / ${description} / $$5
+        """,
+        timezone="UTC",
+    )
+
+    project.environ["RUNNER_TEST_GREETING"] = "hello from env"
+
+    done = project.runner("run", "echo")
+
+    assert done.returncode == 0, done
+    assert project.only_run()["result"] == {
+        "text": "hello from env",
+        "other": "UTC / from the description / $5",
+    }
+
+
+def secretive_config(project: Project) -> dict[str, str]:
+    secrets = {"api_token": "hunter2-token", "password": "pw-s3cret"}
+    project.environ["RUNNER_TEST_PASSWORD"] = secrets["password"]
+    project.configure(
+        """
+        [job:secretive]
+        api_token = hunter2-token
+        password = ${env:RUNNER_TEST_PASSWORD}
+        region = us
+        """
+    )
+    return secrets
+
+
+def test_show_masks_secret_looking_keys(sqlite_project: Project) -> None:
+    secrets = secretive_config(sqlite_project)
+
+    shown = sqlite_project.runner("show", "secretive", "--json")
+    table = sqlite_project.runner("show", "secretive")
+
+    assert shown.returncode == 0, shown
+    data = shown.json()
+    assert data["section"]["api_token"] == "***"
+    assert data["section"]["password"] == "***"
+    assert data["section"]["region"] == "us"
+    configured = {p["name"]: p["configured"] for p in data["parameters"]}
+    assert configured == {"api_token": "***", "password": "***", "region": "us"}
+    for secret in secrets.values():
+        assert secret not in shown.stdout
+        assert secret not in table.stdout
+
+
+def test_run_help_masks_configured_secrets(sqlite_project: Project) -> None:
+    secrets = secretive_config(sqlite_project)
+
+    done = sqlite_project.runner("run", "secretive", "--help")
+
+    assert done.returncode == 0, done
+    assert "--api-token" in done.stdout
+    for secret in secrets.values():
+        assert secret not in done.stdout
+
+
+def test_history_and_log_mask_secret_parameters(sqlite_project: Project) -> None:
+    secrets = secretive_config(sqlite_project)
+
+    done = sqlite_project.runner("run", "secretive")
+    history = sqlite_project.runner("history", "--json")
+    logs = sqlite_project.runner("logs", str(history.json()[0]["id"]))
+
+    assert done.returncode == 0, done
+    assert history.json()[0]["params"]["region"] == "us"
+    for secret in secrets.values():
+        assert secret not in history.stdout
+        assert secret not in logs.stdout
+
+
+def test_relative_paths_resolve_against_the_config_file(sqlite_project: Project) -> None:
+    """var_dir, a relative SQLite file and a Path parameter set in the INI all live beside the
+    INI file, whatever the working directory; so does `--config` given relative to the cwd."""
+    sqlite_project.configure("[job:write_file]\nout = out/result.txt", database="sqlite:///db/relative.db")
+    conf_dir = sqlite_project.config_path.parent
+    elsewhere = sqlite_project.root / "elsewhere"
+    elsewhere.mkdir()
+    relative_config = Path("..") / "conf" / "runner.ini"
+
+    done = sqlite_project.command(
+        [str(RUNNER_BIN), "--config", str(relative_config), "run", "write_file", "--json"], cwd=elsewhere
+    )
+
+    assert done.returncode == 0, done
+    assert done.json()["result"] == str(conf_dir / "out" / "result.txt")
+    assert (conf_dir / "out" / "result.txt").read_text() == "written"
+    assert (conf_dir / "db" / "relative.db").is_file()
+    assert Path(done.json()["log_path"]).is_relative_to(conf_dir / "var")
+    assert list(elsewhere.iterdir()) == [], "nothing may be written relative to the working directory"
+
+
+def test_path_given_on_the_command_line_resolves_against_the_cwd(sqlite_project: Project) -> None:
+    done = sqlite_project.runner("run", "write_file", "-p", "out=cli/result.txt", "--json")
+
+    assert done.returncode == 0, done
+    assert done.json()["result"] == str(sqlite_project.root / "cli" / "result.txt")
+
+
+def test_broken_module_is_listed_and_other_jobs_still_run(sqlite_project: Project) -> None:
+    sqlite_project.configure(job_packages="jobs_fixture jobs_broken")
+
+    listed = sqlite_project.runner("list", "--json")
+    fine = sqlite_project.runner("run", "fine")
+    echo = sqlite_project.runner("run", "echo")
+    checked = sqlite_project.runner("check")
+    checked_json = sqlite_project.runner("check", "--json")
+
+    assert listed.returncode == 0, listed
+    status = {row["name"]: row for row in listed.json()}
+    assert status["jobs_broken.broken"]["status"] == "broken"
+    assert "this module is broken on purpose" in status["jobs_broken.broken"]["description"]
+    assert status["fine"]["status"] == "ok"
+    assert status["echo"]["status"] == "ok"
+    assert fine.returncode == 0, fine
+    assert echo.returncode == 0, echo
+    assert checked.returncode == 2, checked
+    assert "jobs_broken.broken" in checked.stderr
+    assert "Traceback" not in checked.stderr
+    assert checked_json.returncode == 2, checked_json
+    assert any("jobs_broken.broken" in problem for problem in checked_json.json()["problems"])
+
+
+def test_broken_job_section_fails_check_but_not_the_others(sqlite_project: Project) -> None:
+    sqlite_project.configure("[job:echo]\ncolour = red\n\n[job:counter]\n")
+
+    listed = sqlite_project.runner("list", "--json")
+    checked = sqlite_project.runner("check", "--json")
+    counter = sqlite_project.runner("run", "counter")
+
+    status = {row["name"]: row["status"] for row in listed.json()}
+    assert status["echo"] == "broken"
+    assert status["counter"] == "ok"
+    assert checked.returncode == 2, checked
+    assert any("colour" in problem for problem in checked.json()["problems"])
+    assert counter.returncode == 0, counter
+
+
+def test_check_passes_for_a_clean_config(project: Project) -> None:
+    project.configure("[job:echo]\ntext = hi")
+
+    done = project.runner("check")
+
+    assert done.returncode == 0, done
+    assert done.stderr == ""
+
+
+def test_listing_commands_print_json(project: Project) -> None:
+    project.configure("[job:echo]\ndescription = says things")
+    assert project.runner("run", "echo").returncode == 0
+
+    outputs = {
+        name: project.runner(*argv)
+        for name, argv in {
+            "list": ["list", "--json"],
+            "history": ["history", "--json"],
+            "check": ["check", "--json"],
+            "show": ["show", "echo", "--json"],
+        }.items()
+    }
+
+    for done in outputs.values():
+        assert done.returncode == 0, done
+        json.loads(done.stdout)  # raises if the command printed anything but JSON
+    jobs = {row["name"]: row for row in outputs["list"].json()}
+    assert jobs["echo"]["description"] == "says things"
+    assert outputs["history"].json()[0]["job"] == "echo"
+    assert outputs["check"].json()["problems"] == []
+    assert outputs["check"].json()["database"] == "ok"
+    assert outputs["show"].json()["settings"]["overlap"] == "skip"
+
+
+def test_history_filters_by_job_and_status(project: Project) -> None:
+    assert project.runner("run", "echo").returncode == 0
+    assert project.runner("run", "fail").returncode == 1
+
+    failed = project.runner("history", "--status", "failed", "--json")
+    echo = project.runner("history", "echo", "--json")
+
+    assert [row["job"] for row in failed.json()] == ["fail"]
+    assert [row["job"] for row in echo.json()] == ["echo"]
