@@ -414,6 +414,8 @@ class Store:
                 "state": ClaimState.CLAIMED.value,
                 "attempts": 1,
                 "claimed_at": now,
+                "host": HOSTNAME,
+                "pid": os.getpid(),
             }
             for p, size, mtime in versions
         ]
@@ -434,6 +436,8 @@ class Store:
                     fire_key=fire_key,
                     claimed_at=now,
                     attempts=file_claims.c.attempts + 1,
+                    host=HOSTNAME,
+                    pid=os.getpid(),
                 ),
                 [{"b_path": p, "b_size": size, "b_mtime": mtime} for p, size, mtime in versions],
             )
@@ -495,18 +499,24 @@ class Store:
                 )
             )
 
-    def release_orphan_claims(self, job: str) -> int:
+    def release_orphan_claims(self, job: str) -> tuple[int, int]:
         """Claims left behind by a run that ended badly without settling them (its supervisor was
-        killed), or whose run never started: make them claimable again."""
+        killed), or whose run never started because the claiming daemon died: make them claimable
+        again. Returns (fires released, fires still held by a live run or claimant)."""
         now = utcnow()
         with self.begin() as conn:
             open_claims = conn.execute(
-                sa.select(file_claims.c.fire_key, sa.func.min(file_claims.c.claimed_at))
+                sa.select(
+                    file_claims.c.fire_key,
+                    file_claims.c.host,
+                    file_claims.c.pid,
+                    sa.func.min(file_claims.c.claimed_at),
+                )
                 .where(file_claims.c.job == job, file_claims.c.state == ClaimState.CLAIMED.value)
-                .group_by(file_claims.c.fire_key)
+                .group_by(file_claims.c.fire_key, file_claims.c.host, file_claims.c.pid)
             ).all()
-        released = 0
-        for fire_key, claimed_at in open_claims:
+        released = held = 0
+        for fire_key, host, pid, claimed_at in open_claims:
             with self.begin() as conn:
                 run = conn.execute(
                     sa.select(runs.c.status)
@@ -515,15 +525,18 @@ class Store:
                     .limit(1)
                 ).first()
             if run is None:
-                if (now - _as_utc(claimed_at)).total_seconds() < ORPHAN_CLAIM_S:
+                claimant_gone = host == HOSTNAME and not pid_alive(pid)
+                if not claimant_gone and (now - _as_utc(claimed_at)).total_seconds() < ORPHAN_CLAIM_S:
+                    held += 1
                     continue
             elif run.status in ACTIVE_STATUSES:
+                held += 1
                 continue
             self.settle_files(
                 job, fire_key, succeeded=run is not None and run.status == RunStatus.SUCCEEDED.value
             )
             released += 1
-        return released
+        return released, held
 
     def file_states(self, job: str) -> dict[str, int]:
         with self.begin() as conn:

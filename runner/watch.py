@@ -22,6 +22,7 @@ log = logging.getLogger("runner.watch")
 
 DEFAULT_PATTERNS = ("*",)
 DEFAULT_IGNORE = ("*.part", "*.tmp", "*.crdownload", "*.swp", "*~", ".*")
+HELD_RESCAN_S = 15.0  # rescan this soon while other runs still hold some of the files
 OPEN_STALE_S = 600.0  # an 'open' whose close we never saw stops blocking after this long
 WATCH_LIMIT_HELP = (
     "the inotify watch limit is reached; raise it with "
@@ -365,12 +366,15 @@ class WatchService:
             self.wake_event.clear()
 
     def _rescan(self, watched: _Watched, now: float) -> None:
+        held = 0
         try:
-            self.release(watched.name)
+            _released, held = self.release(watched.name)
         except Exception as exc:
             log.warning("job=%s releasing stale claims failed: %s", watched.name, exc)
         watched.tracker.add_found(list(scan(watched.settings)))
-        watched.next_rescan = now + watched.settings.rescan_s
+        # Files another (or a dying) process still holds may come back soon: look again sooner.
+        interval = min(watched.settings.rescan_s, HELD_RESCAN_S) if held else watched.settings.rescan_s
+        watched.next_rescan = now + interval
 
     def _step(self) -> float:
         now = time.monotonic()

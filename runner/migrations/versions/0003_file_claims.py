@@ -28,6 +28,8 @@ def upgrade() -> None:
         sa.Column("mtime_ns", sa.BigInteger, nullable=False),
         sa.Column("fire_key", sa.String(400), nullable=False),
         sa.Column("state", sa.String(16), nullable=False),
+        sa.Column("host", sa.String(255), nullable=False),
+        sa.Column("pid", sa.Integer, nullable=False),
         sa.Column("attempts", sa.Integer, nullable=False),
         sa.Column("claimed_at", UTCDateTime, nullable=False),
         sa.Column("done_at", UTCDateTime, nullable=True),
