@@ -146,7 +146,7 @@ def show(app: App, job: str, as_json: bool) -> None:
         if configured is not None and is_secret(param.name):
             configured = SECRET_MASK
         default = None if param.default is REQUIRED else param.default
-        if default is not None and is_secret(param.name):
+        if default not in (None, "") and is_secret(param.name):
             default = SECRET_MASK
         params.append(
             {

@@ -170,6 +170,7 @@ class Settings:
     runner: RunnerSettings
     jobs: Mapping[str, JobSettings]
     sections: Mapping[str, Mapping[str, str]]
+    unusable: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # job -> why
 
     def job(self, name: str) -> JobSettings | None:
         return self.jobs.get(name)
@@ -220,7 +221,7 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
                 raise ConfigError(
                     f"malformed section header {key!r}; expected [runner] or [job:NAME]", path=path
                 )
-    sections = _interpolate(parser, path)
+    sections, unusable = _interpolate(parser, path)
     for name in sections:
         if name != "runner" and not name.startswith(JOB_PREFIX):
             raise ConfigError("unknown section; expected [runner] or [job:NAME]", path=path, section=name)
@@ -236,11 +237,22 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
                 )
             jobs[name] = _job_settings(name, section, values, path, runner)
     frozen = {k: MappingProxyType(dict(v)) for k, v in sections.items()}
-    return Settings(path, runner, MappingProxyType(jobs), MappingProxyType(frozen))
+    return Settings(
+        path, runner, MappingProxyType(jobs), MappingProxyType(frozen), MappingProxyType(unusable)
+    )
 
 
-def _interpolate(parser: configparser.ConfigParser, path: Path) -> dict[str, dict[str, str]]:
-    """Resolve ${env:NAME}, ${section:key} and ${key} (same section); $$ is a literal $."""
+class _EnvMissing(ConfigError):
+    """An ${env:NAME} that is not set: it breaks the job that uses it, not every command."""
+
+
+def _interpolate(
+    parser: configparser.ConfigParser, path: Path
+) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
+    """Resolve ${env:NAME}, ${section:key} and ${key} (same section); $$ is a literal $.
+
+    Returns (sections, {job name: why it is unusable}): a job section whose environment variable is
+    unset (a crontab line has a bare environment) leaves the other jobs working."""
     raw = {s: {k: parser.get(s, k) for k in parser.options(s)} for s in parser.sections()}
 
     def resolve(section: str, key: str, depth: int) -> str:
@@ -253,7 +265,7 @@ def _interpolate(parser: configparser.ConfigParser, path: Path) -> dict[str, dic
             if ref.startswith("env:"):
                 name = ref[4:]
                 if name not in os.environ:
-                    raise ConfigError(
+                    raise _EnvMissing(
                         f"environment variable {name} is not set; export it or change the value",
                         path=path,
                         section=section,
@@ -275,7 +287,16 @@ def _interpolate(parser: configparser.ConfigParser, path: Path) -> dict[str, dic
         parts = value.split("$$")
         return "$".join(_REFERENCE.sub(substitute, part) for part in parts)
 
-    return {s: {k: resolve(s, k, 0) for k in keys} for s, keys in raw.items()}
+    resolved: dict[str, dict[str, str]] = {}
+    unusable: dict[str, str] = {}
+    for section, keys in raw.items():
+        try:
+            resolved[section] = {k: resolve(section, k, 0) for k in keys}
+        except _EnvMissing as exc:
+            if not section.startswith(JOB_PREFIX):
+                raise
+            unusable[section[len(JOB_PREFIX) :].strip()] = str(exc)
+    return resolved, unusable
 
 
 def _runner_settings(values: Mapping[str, str], path: Path, base: Path) -> RunnerSettings:

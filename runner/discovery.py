@@ -110,6 +110,8 @@ def spec_where(func: Callable[..., Any]) -> str:
 
 def find_job(settings: Settings, name: str) -> JobSpec:
     """Import only what this one job needs (a crontab line pays for every import)."""
+    if name in settings.unusable:
+        raise ConfigError(settings.unusable[name])
     section = settings.job(name)
     if section and section.uses:
         try:
@@ -187,6 +189,9 @@ def discover(settings: Settings) -> Catalog:
         except ConfigError as exc:
             catalog.errors.append(str(exc))
             catalog.broken[name] = str(exc)
+    for name, reason in settings.unusable.items():
+        catalog.errors.append(reason)
+        catalog.broken[name] = reason
     for name, func in functions.items():
         if name not in catalog.jobs and name not in catalog.broken:
             try:

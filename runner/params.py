@@ -184,7 +184,8 @@ def bind(
         try:
             value = convert(text, spec.annotation)
         except ValueError as exc:
-            raise ParamError(f"{origin} {name} = {text!r}: {exc}") from None
+            shown = f"{origin} {text!r}" if origin.startswith("--") else f"{origin} {name} = {text!r}"
+            raise ParamError(f"{shown}: {exc}") from None
         if isinstance(value, Path) and index == 0 and base_dir is not None and not value.is_absolute():
             value = (base_dir / value).resolve()
         result[name] = value

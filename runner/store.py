@@ -663,10 +663,17 @@ class Store:
         if conn is None:
             with self.begin() as own:
                 return self.state_set(job, key, value, own)
-        where = (job_state.c.job == job) & (job_state.c.key == key)
         now = utcnow()
-        if conn.execute(sa.update(job_state).where(where).values(value=value, updated_at=now)).rowcount == 0:
-            conn.execute(sa.insert(job_state).values(job=job, key=key, value=value, updated_at=now))
+        # One upsert: two runs writing the same new key at once must not collide on the key.
+        insert = _dialect_insert(conn.dialect.name)(job_state).values(
+            job=job, key=key, value=value, updated_at=now
+        )
+        conn.execute(
+            insert.on_conflict_do_update(
+                index_elements=[job_state.c.job, job_state.c.key],
+                set_={"value": insert.excluded.value, "updated_at": insert.excluded.updated_at},
+            )
+        )
         return None
 
     def state_delete(self, job: str, key: str, conn: sa.Connection | None = None) -> None:

@@ -357,3 +357,27 @@ def test_history_filters_by_job_and_status(project: Project) -> None:
 
     assert [row["job"] for row in failed.json()] == ["fail"]
     assert [row["job"] for row in echo.json()] == ["echo"]
+
+
+def test_an_unset_env_var_breaks_only_the_job_that_uses_it(sqlite_project: Project) -> None:
+    """A crontab line has a bare environment: job B must not stop firing because job A's variable is unset."""
+    sqlite_project.configure(
+        f"""
+        [job:needs_env]
+        uses = jobs_fixture.echo:echo
+        text = ${{env:{UNSET_ENV}}}
+
+        [job:plain]
+        uses = jobs_fixture.echo:echo
+        text = fine
+        """
+    )
+    ok = sqlite_project.runner("run", "plain")
+    assert ok.returncode == 0, ok
+    broken = sqlite_project.runner("run", "needs_env")
+    assert_one_line_error(broken, UNSET_ENV, "[job:needs_env]")
+    listed = sqlite_project.runner("list", "--json")
+    statuses = {r["name"]: r["status"] for r in listed.json()}
+    assert statuses["plain"] == "ok" and statuses["needs_env"] == "broken", statuses
+    check = sqlite_project.runner("check")
+    assert check.returncode == 2 and UNSET_ENV in check.stderr, check

@@ -303,18 +303,8 @@ def test_state_write_in_a_rolled_back_transaction_is_not_kept(store: Store) -> N
     assert store.state_get(JOB, "cursor") == 1
 
 
-def test_concurrent_first_writes_of_one_state_key(
-    database_url: str, backend: str, request: pytest.FixtureRequest
-) -> None:
+def test_concurrent_first_writes_of_one_state_key(database_url: str, backend: str) -> None:
     """Two runs (overlap = allow) set the same new key at once: both writes must succeed."""
-    if backend == "postgresql":
-        request.applymarker(
-            pytest.mark.xfail(
-                reason="engine bug: Store.state_set is UPDATE-then-INSERT; on PostgreSQL the second of two "
-                "concurrent first writes fails with a unique violation instead of updating",
-                strict=True,
-            )
-        )
     first, second = Store(database_url), Store(database_url)
     first.ensure_schema()
     second.ensure_schema()
