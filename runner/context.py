@@ -123,13 +123,17 @@ class JobContext:
 
         Each file counts as processed when you ask for the next one (or the loop ends): if the
         run fails, times out or is stopped half-way, only the files not yet processed are handed
-        out again. A stop request (SIGTERM) waits for the current file to finish.
+        out again, and a retry of the run skips the ones already done. A stop request (SIGTERM)
+        waits for the current file to finish.
         """
         done: list[str] = []
         last_flush = time.monotonic()
+        finished_before = self._store.done_files(self.job, self.fire.key) if self.attempt > 1 else set()
         STOP.deferring = STOP.used_files = True
         try:
             for path in self.fire.paths:
+                if str(path) in finished_before:  # an earlier attempt of this fire did it
+                    continue
                 handed_out = time.monotonic()
                 yield path
                 done.append(str(path))

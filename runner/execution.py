@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.context import STOP, Fire, JobContext
-from runner.errors import OverlapSkipped, RunnerError, Stopped
+from runner.errors import AlreadyRan, OverlapSkipped, Stopped
 from runner.models import RunStatus, utcnow
 
 if TYPE_CHECKING:
@@ -100,11 +100,11 @@ def execute(
     )
     try:
         run_id, holder = store.claim(**claim, lease_ttl_s=settings.stale_after_s if lease else None)
-    except RunnerError:
-        if fire.paths:  # not started: its files go back for another run
+        outcome = _run_attempts(spec, params, fire, claim, run_id, holder, settings, store, live, lease)
+    except (AlreadyRan, OverlapSkipped, Stopped):
+        if fire.paths:  # not started (or stopped while queued): its files go back, untouched
             store.settle_files(spec.name, fire.key, succeeded=False, started=False)
         raise
-    outcome = _run_attempts(spec, params, fire, claim, run_id, holder, settings, store, live, lease)
     if fire.paths:
         # With ctx.files() the job acknowledged each file it finished; the rest go back.
         finished = outcome.status is RunStatus.SUCCEEDED and not outcome.acked_files_only
@@ -127,12 +127,7 @@ def _run_attempts(
     first_run_id = run_id
     with _StopSignals() as stops:
         if holder is not None:
-            try:
-                _wait_for_lease(spec, run_id, holder, settings, store, stops)
-            except RunnerError:
-                if fire.paths:  # skipped or stopped while queued: the files were not touched
-                    store.settle_files(spec.name, fire.key, succeeded=False, started=False)
-                raise
+            _wait_for_lease(spec, run_id, holder, settings, store, stops)
         attempt = 1
         while True:
             final = attempt > spec.retries

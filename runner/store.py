@@ -466,6 +466,18 @@ class Store:
                 [{"b_path": p} for p in paths],
             )
 
+    def done_files(self, job: str, fire_key: str) -> set[str]:
+        """The files of this fire already processed (by an earlier attempt of it)."""
+        with self.begin() as conn:
+            rows = conn.execute(
+                sa.select(file_claims.c.path).where(
+                    file_claims.c.job == job,
+                    file_claims.c.fire_key == fire_key,
+                    file_claims.c.state == ClaimState.DONE.value,
+                )
+            )
+            return {row[0] for row in rows}
+
     def settle_files(self, job: str, fire_key: str, succeeded: bool, *, started: bool = True) -> None:
         """After the run: its files are done, or (not acknowledged, run failed) claimable again.
         A run that never started (overlap, already ran) does not count as an attempt."""

@@ -225,3 +225,26 @@ def test_missing_watch_folder_fails_check_but_not_the_daemon(sqlite_project: Pro
     wait_until(lambda: daemon_ready(project), "the daemon to run despite the missing folder")
     assert daemon.poll() is None
     stop(project, daemon)
+
+
+def test_a_retry_skips_the_files_the_failed_attempt_finished(sqlite_project: Project):
+    project = sqlite_project
+    inbox = project.root / "inbox"
+    inbox.mkdir(parents=True)
+    project.configure(
+        f"""
+        [job:flaky]
+        uses = jobs_fixture.filerec:flaky_files
+        watch = {inbox}
+        out = {project.root / "seen.txt"}
+        """
+    )
+    for i in range(8):
+        (inbox / f"r{i}.jpg").write_bytes(b"r")
+    done = project.runner("run", "flaky")
+    assert done.returncode == 0, done
+    counts = seen(project)
+    assert sorted(counts) == [f"r{i}.jpg" for i in range(8)]
+    assert max(counts.values()) == 1
+    attempts = [row["attempt"] for row in project.history("flaky")]
+    assert sorted(attempts) == [1, 2]

@@ -23,3 +23,17 @@ def filerec(ctx: JobContext, out: Path, per_file_s: float = 0.0) -> int:
     finally:
         os.close(fd)
     return count
+
+
+@job(retries=1, retry_backoff="0.1s")
+def flaky_files(ctx: JobContext, out: Path, fail_after: int = 3) -> int:
+    """Like filerec, but the first attempt fails after `fail_after` files."""
+    count = 0
+    with out.open("a", encoding="utf-8") as handle:
+        for path in ctx.files():
+            if ctx.attempt == 1 and count == fail_after:
+                raise RuntimeError(f"failing after {count} files, as asked")
+            handle.write(f"{path.name} {ctx.attempt}\n")
+            handle.flush()
+            count += 1
+    return count
