@@ -670,6 +670,11 @@ def status(app: App, as_json: bool) -> None:
         if gap:
             missed.append({"job": name, "latest": fire_key(gap.latest), "count": gap.count})
     problems = store.problems(10)
+    watching = [
+        {"job": name, "folders": [str(f) for f in job.watch.folders], "files": store.file_states(name)}
+        for name, job in sorted(settings.jobs.items())
+        if job.watch is not None
+    ]
     if as_json:
         _print_json(
             {
@@ -679,6 +684,7 @@ def status(app: App, as_json: bool) -> None:
                 "running": [r.to_json() for r in running],
                 "next": upcoming,
                 "missed": missed,
+                "watching": watching,
                 "problems": [r.to_json() for r in problems],
             }
         )
@@ -725,6 +731,22 @@ def status(app: App, as_json: bool) -> None:
             [
                 [m["job"], _local(datetime.fromisoformat(m["latest"].replace("Z", "+00:00"))), m["count"]]
                 for m in missed
+            ],
+            empty="",
+        )
+    if watching:
+        click.echo("\nWATCHED FOLDERS (files: done / claimed or waiting for a retry / given up)")
+        _print_table(
+            ["JOB", "DONE", "WAITING", "FAILED", "FOLDERS"],
+            [
+                [
+                    w["job"],
+                    w["files"].get("done", 0),
+                    w["files"].get("pending", 0) + w["files"].get("claimed", 0),
+                    w["files"].get("failed", 0),
+                    " ".join(w["folders"]),
+                ]
+                for w in watching
             ],
             empty="",
         )
