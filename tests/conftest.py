@@ -27,7 +27,7 @@ RUNNER_BIN = Path(sys.executable).parent / "runner"
 PG_URL_ENV = "RUNNER_TEST_DATABASE_URL"
 BACKENDS = ("sqlite", "postgresql")
 COMMAND_TIMEOUT_S = 120.0
-DEADLINE_S = 15.0  # how long a kill, a timeout or a reap may take to show
+DEADLINE_S = 30.0  # how long a kill, a timeout or a reap may take to show (generous: CI machines are shared)
 POLL_S = 0.05
 
 T = TypeVar("T")

@@ -81,7 +81,7 @@ def test_timeout_stops_the_job_and_its_grandchild(project: Project, ignore_term:
     took_s = time.monotonic() - started
 
     assert done.returncode == 1, done
-    assert took_s < DEADLINE_S, f"timeout = 1s, kill_grace = 1s, yet the run took {took_s:.1f}s"
+    assert took_s < 10, f"timeout = 1s, kill_grace = 1s, yet the run took {took_s:.1f}s"
     row = project.only_run()
     assert row["status"] == "timed_out"
     assert "timed out after 1s" in row["error"]
