@@ -112,6 +112,7 @@ class Daemon:
     def _heartbeat(self) -> None:
         try:
             self.store.daemon_heartbeat(self.daemon_id)
+            self.store.checkpoint()
             lost = self.store.reap_lost(self.settings.runner.stale_after_s)
             if lost:
                 log.warning("marked lost (their supervisor is gone): runs %s", ", ".join(map(str, lost)))

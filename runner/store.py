@@ -109,7 +109,7 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def create_engine(url: str) -> sa.Engine:
+def create_engine(url: str, *, autocheckpoint: bool = True) -> sa.Engine:
     url = normalise_url(url)
     try:
         parsed = sa.engine.make_url(url)
@@ -120,6 +120,8 @@ def create_engine(url: str) -> sa.Engine:
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
         sa.event.listen(engine, "connect", _sqlite_on_connect)
+        if not autocheckpoint:
+            sa.event.listen(engine, "connect", _sqlite_no_autocheckpoint)
         sa.event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     try:
@@ -141,6 +143,12 @@ def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def _sqlite_no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
+    # The commit that crosses the WAL's checkpoint threshold would copy and fsync the database
+    # while every queued writer waits; the daemon checkpoints from its heartbeat instead.
+    dbapi_connection.execute("PRAGMA wal_autocheckpoint = 0")
+
+
 def _sqlite_on_begin(conn: sa.Connection) -> None:
     # BEGIN IMMEDIATE takes the write lock up front, so a read never has to be upgraded to a
     # write mid-transaction: that upgrade is what fails with "database is locked" under load.
@@ -150,9 +158,9 @@ def _sqlite_on_begin(conn: sa.Connection) -> None:
 class Store:
     """One run-history database. Cheap to create; the schema is checked on first use."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, *, autocheckpoint: bool = True) -> None:
         self.url = normalise_url(url)
-        self.engine = create_engine(self.url)
+        self.engine = create_engine(self.url, autocheckpoint=autocheckpoint)
         self._schema_checked = False
         self._rollback_only = False
         self._pid = os.getpid()
@@ -700,6 +708,16 @@ class Store:
         with self.begin() as conn:
             rows = conn.execute(sa.select(job_state.c.key, job_state.c.value).where(job_state.c.job == job))
             return {key: value for key, value in rows}
+
+    def checkpoint(self) -> None:
+        """Fold SQLite's write-ahead log into the database without blocking writers (PASSIVE)."""
+        if not self.url.startswith("sqlite"):
+            return
+        raw = self.engine.raw_connection()
+        try:
+            raw.driver_connection.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            raw.close()
 
     def after_fork(self) -> None:
         """In a forked child: never reuse the parent's pooled connections (done on first use)."""
