@@ -210,3 +210,28 @@ def test_status_lists_running_runs(sqlite_project: Project):
     done = project.finish(run)
     assert done.returncode == 128 + signal.SIGTERM, done
     assert project.only_run("slow")["status"] == "killed"
+
+
+def test_sd_notify_ready_watchdog_and_stopping(sqlite_project: Project, tmp_path: Path):
+    """Type=notify: the daemon tells systemd it is ready, alive, and stopping."""
+    import socket
+
+    project = sqlite_project
+    configure_tick(project, "every 1h start 2020-01-01 00:00", out=project.root / "ticks.txt", heartbeat="1s")
+    address = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(address)
+    listener.settimeout(30)
+    project.environ.update(NOTIFY_SOCKET=address, WATCHDOG_USEC="2000000")
+    daemon = project.start("daemon")
+    messages: list[str] = []
+    try:
+        while not any("WATCHDOG=1" in m for m in messages):
+            messages.append(listener.recv(4096).decode())
+        stop(project, daemon)
+        while not any("STOPPING=1" in m for m in messages):
+            messages.append(listener.recv(4096).decode())
+    finally:
+        listener.close()
+    assert messages[0].startswith("READY=1"), messages
+    assert "STATUS=firing tick" in messages[0]
