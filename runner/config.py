@@ -310,18 +310,8 @@ def _runner_settings(values: Mapping[str, str], path: Path, base: Path) -> Runne
         return (base / value).resolve() if value else default
 
     def get_duration(key: str, default: float) -> float:
-        if key not in values:
-            return default
-        try:
-            return parse_duration(values[key])
-        except ValueError:
-            raise ConfigError(
-                "expected a duration like 90s, 15m, 2h",
-                path=path,
-                section="runner",
-                key=key,
-                value=values[key],
-            ) from None
+        value = _duration(values, key, path, "runner")
+        return default if value is None else value
 
     var_dir = get_path("var_dir", (base / "var").resolve())
     log_dir = get_path("log_dir", var_dir / "log")
@@ -365,18 +355,7 @@ def _job_settings(
     name: str, section: str, values: Mapping[str, str], path: Path, runner: RunnerSettings
 ) -> JobSettings:
     def duration(key: str) -> float | None:
-        if key not in values:
-            return None
-        try:
-            return parse_duration(values[key])
-        except ValueError:
-            raise ConfigError(
-                "expected a duration like 90s, 15m, 2h",
-                path=path,
-                section=section,
-                key=key,
-                value=values[key],
-            ) from None
+        return _duration(values, key, path, section)
 
     overlap = values.get("overlap")
     if overlap is not None:
@@ -483,6 +462,18 @@ def _watch_settings(values: Mapping[str, str], path: Path, section: str, duratio
         mode=mode,
         rescan_s=600.0 if rescan is None else rescan,
     )
+
+
+def _duration(values: Mapping[str, str], key: str, path: Path, section: str) -> float | None:
+    """The key's duration in seconds, None when absent; a one-line error when it is not one."""
+    if key not in values:
+        return None
+    try:
+        return parse_duration(values[key])
+    except ValueError:
+        raise ConfigError(
+            "expected a duration like 90s, 15m, 2h", path=path, section=section, key=key, value=values[key]
+        ) from None
 
 
 def _int(values, key, default, path, section, *, minimum):
