@@ -709,6 +709,9 @@ def _die_with_supervisor(supervisor: int) -> None:
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
+    # Processes the job forks (a multiprocessing pool) get plain SIGTERM handling back: they are
+    # in the job's group, so a stop reaches them, and the job's own handler covers the group.
+    os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
     for signum in (signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
     with contextlib.suppress(Exception):

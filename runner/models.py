@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-SCHEMA_REVISION = "0003"  # the newest Alembic revision; tests keep the two equal
+SCHEMA_REVISION = "0004"  # the newest Alembic revision; tests keep the two equal
 
 
 class RunStatus(enum.StrEnum):

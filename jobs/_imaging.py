@@ -1,0 +1,359 @@
+"""Image checks and measurements for ingest_images: pure functions of a file's bytes (Pillow + NumPy).
+
+Runs in the job's worker processes. Pillow and NumPy are imported inside the functions, so importing
+this module stays cheap. Every problem with a file is a `Rejected` carrying one line a person can act
+on; nothing here touches the database or moves a file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import stat
+import warnings
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+# What we open: Pillow knows many more formats, some of which run external programs (EPS) or are
+# rarely-fuzzed parsers; a camera/upload inbox needs these.
+FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
+FORMAT_NAMES = "JPEG, PNG, WebP, GIF, TIFF or BMP"
+EXTENSION_FORMATS = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".jpe": "JPEG",
+    ".jfif": "JPEG",
+    ".png": "PNG",
+    ".webp": "WEBP",
+    ".gif": "GIF",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+    ".bmp": "BMP",
+    ".dib": "BMP",
+}
+FORMAT_EXTENSION = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif"}
+FORMAT_EXTENSION |= {"TIFF": ".tif", "BMP": ".bmp"}
+MAX_FRAMES = 5000  # an animation with more frames is refused rather than decoded for minutes
+DHASH_SIZE = 8  # 8 rows x 8 differences = 64 bits
+EXIF_IFD = 0x8769
+EXIF_DATETIME_ORIGINAL = 36867
+EXIF_DATETIME = 306
+THUMB_QUALITY = 80
+BACKGROUND = 255  # transparent pixels are measured and shown as if on white paper
+
+
+class Rejected(Exception):
+    """The file cannot be ingested; the message is one line saying why and what to do."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_bytes: int
+    max_pixels: int
+    thumb_size: int
+    thumb_format: str  # "webp" | "jpeg"
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """Which version of a file was read: a move checks the file is still this one."""
+
+    size: int
+    mtime_ns: int
+    inode: int
+    device: int
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """Everything recorded about one good image."""
+
+    identity: Identity
+    sha256: str
+    format: str
+    mode: str
+    width: int
+    height: int
+    frames: int
+    byte_size: int
+    captured_at: datetime | None
+    channel_means: list[float]
+    channel_stds: list[float]
+    brightness: dict[str, Any]
+    dhash: int  # signed 64-bit, as the database stores it
+    thumbnail: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failed:
+    reason: str
+
+
+def read_bytes(path: Path, max_bytes: int) -> tuple[bytes, Identity]:
+    """The file's bytes, refusing symlinks, non-regular files, empty and over-size files."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if os.path.islink(path):
+            raise Rejected("it is a symbolic link; put the real file in the inbox instead") from None
+        raise Rejected(f"cannot be read ({exc.strerror}); check its permissions") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise Rejected(
+                "it is not a regular file (a device, pipe or socket); only image files belong here"
+            )
+        if info.st_size == 0:
+            raise Rejected("the file is empty (0 bytes); the upload probably failed, send it again")
+        if info.st_size > max_bytes:
+            raise Rejected(
+                f"{info.st_size} bytes is over the max_bytes limit of {max_bytes}; "
+                "send a smaller file or raise max_bytes"
+            )
+        chunks, left = [], info.st_size + 1
+        while left > 0 and (chunk := os.read(fd, min(left, 1 << 20))):
+            chunks.append(chunk)
+            left -= len(chunk)
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) > max_bytes:
+        raise Rejected(f"it grew past the max_bytes limit of {max_bytes} while being read; send it again")
+    return data, Identity(len(data), info.st_mtime_ns, info.st_ino, info.st_dev)
+
+
+def analyse(path: str, limits: Limits, thumbs: str) -> Measured | Failed:
+    """Check, decode, measure and thumbnail one file; never raises for a bad file."""
+    try:
+        return _analyse(Path(path), limits, Path(thumbs))
+    except Rejected as exc:
+        return Failed(str(exc))
+    except MemoryError:
+        return Failed("decoding it ran out of memory; lower max_pixels or send a smaller image")
+    except Exception as exc:  # a surprise in a library must cost one file, not the batch
+        return Failed(f"it could not be processed ({_error(exc)}); report this file")
+
+
+def _analyse(path: Path, limits: Limits, thumbs: Path) -> Measured:
+    import numpy as np
+    from PIL import ImageOps
+
+    data, identity = read_bytes(path, limits.max_bytes)
+    image, frames = decode(data, path.name, limits.max_pixels)
+    try:
+        original_format, original_mode = image.format or "?", image.mode
+        captured_at = capture_time(image)
+        ImageOps.exif_transpose(image, in_place=True)
+        width, height = image.size
+        work = normalise(image)
+        pixels = np.asarray(work)
+        means, stds = channel_stats(pixels)
+        luma = work if work.mode == "L" else work.convert("L")
+        luma_pixels = pixels if work.mode == "L" else np.asarray(luma)
+        brightness = brightness_summary(luma_pixels)
+        hash_value = dhash(luma)
+        sha = hashlib.sha256(data).hexdigest()
+        thumbnail = write_thumbnail(work, thumbs, sha, limits)
+    except Rejected:
+        raise
+    except Exception as exc:
+        raise Rejected(
+            f"it could not be processed after decoding ({_error(exc)}); report this file"
+        ) from None
+    return Measured(
+        identity=identity,
+        sha256=sha,
+        format=original_format,
+        mode=original_mode,
+        width=width,
+        height=height,
+        frames=frames,
+        byte_size=len(data),
+        captured_at=captured_at,
+        channel_means=means,
+        channel_stds=stds,
+        brightness=brightness,
+        dhash=hash_value,
+        thumbnail=str(thumbnail),
+    )
+
+
+def decode(data: bytes, name: str, max_pixels: int) -> tuple[Any, int]:
+    """Open, verify(), reopen and decode every frame; returns (first frame loaded, frame count)."""
+    from PIL import Image, UnidentifiedImageError
+
+    Image.MAX_IMAGE_PIXELS = max_pixels
+    fmt = "image"
+    with warnings.catch_warnings():
+        # Pillow warns between max_pixels and twice that, and raises above: both mean "refuse".
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            with Image.open(io.BytesIO(data), formats=FORMATS) as probe:
+                fmt = probe.format or fmt
+                _check_extension(name, fmt)
+                probe.verify()
+            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            frames = int(getattr(image, "n_frames", 1) or 1)
+            if frames > MAX_FRAMES:
+                raise Rejected(
+                    f"it has {frames} frames, more than {MAX_FRAMES}; split or shorten the animation"
+                )
+            for index in range(frames):
+                image.seek(index)
+                image.load()
+            if frames > 1:
+                image.seek(0)
+                image.load()
+        except Rejected:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise Rejected(
+                f"it declares more than max_pixels = {max_pixels} pixels (a possible decompression bomb); "
+                "if it is a real image, raise max_pixels"
+            ) from None
+        except UnidentifiedImageError:
+            raise Rejected(
+                f"its content is not a {FORMAT_NAMES} image; check what the sender meant to send"
+            ) from None
+        except MemoryError:
+            raise
+        except Exception as exc:
+            raise Rejected(
+                f"the {fmt} data is damaged or truncated ({_error(exc)}); ask the sender for the file again"
+            ) from None
+    return image, frames
+
+
+def _check_extension(name: str, fmt: str) -> None:
+    suffix = Path(name).suffix.lower()
+    claimed = EXTENSION_FORMATS.get(suffix)
+    if claimed is not None and claimed != fmt and {claimed, fmt} != {"JPEG", "MPO"}:
+        proper = FORMAT_EXTENSION.get(fmt, "")
+        raise Rejected(
+            f"the name says {suffix} but the content is {fmt}; rename it to {Path(name).stem}{proper} "
+            "and put it back in the inbox"
+        )
+
+
+def capture_time(image: Any) -> datetime | None:
+    """EXIF DateTimeOriginal (else DateTime) as a naive datetime: cameras record local time, no zone."""
+    try:
+        exif = image.getexif()
+        value = exif.get_ifd(EXIF_IFD).get(EXIF_DATETIME_ORIGINAL) or exif.get(EXIF_DATETIME)
+    except Exception:
+        return None  # an unreadable EXIF block does not make the picture bad
+    if not isinstance(value, str):
+        return None
+    try:
+        return datetime.strptime(value.strip("\x00 ")[:19], "%Y:%m:%d %H:%M:%S")
+    except ValueError:
+        return None
+
+
+def normalise(image: Any) -> Any:
+    """An 8-bit 'L' or 'RGB' image of any mode: alpha composited onto white, 16-bit scaled to 8.
+
+    Grey modes (1, L, LA, I;16, I, F) become L; everything else (P, RGBA, CMYK, YCbCr, ...) RGB.
+    """
+    import numpy as np
+    from PIL import Image
+
+    mode = image.mode
+    if mode in ("L", "RGB"):
+        return image
+    if mode == "1":
+        return image.convert("L")
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        values = np.asarray(image)
+        if mode == "F":
+            scaled = np.clip(values, 0, 255).astype(np.uint8)
+        else:
+            scaled = (np.clip(values, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+        return Image.fromarray(scaled)
+    if mode == "P" or mode == "PA":
+        image = image.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("LA", "La", "RGBA", "RGBa"):
+        base = "L" if mode[0] == "L" else "RGB"
+        flat = Image.new(base, image.size, (BACKGROUND,) * len(base))
+        flat.paste(image.convert(base), mask=image.getchannel("A"))
+        return flat
+    return image.convert("RGB")
+
+
+def channel_stats(pixels: Any) -> tuple[list[float], list[float]]:
+    """Per-channel mean and population standard deviation of a uint8 array, from exact histograms."""
+    import numpy as np
+
+    planes = [pixels] if pixels.ndim == 2 else [pixels[..., i] for i in range(pixels.shape[2])]
+    values = np.arange(256, dtype=np.float64)
+    means, stds = [], []
+    for plane in planes:
+        counts = np.bincount(plane.ravel(), minlength=256).astype(np.float64)
+        total = counts.sum()
+        mean = float(counts @ values / total)
+        variance = float(counts @ (values - mean) ** 2 / total)
+        means.append(round(mean, 4))
+        stds.append(round(variance**0.5, 4))
+    return means, stds
+
+
+def brightness_summary(luma: Any) -> dict[str, Any]:
+    """Brightness (ITU-R 601 luma, 0-255): mean, 5/50/95th percentiles, share of dark (< 32) and
+    bright (>= 224) pixels, and a 16-bin histogram of shares."""
+    import numpy as np
+
+    counts = np.bincount(luma.ravel(), minlength=256).astype(np.float64)
+    total = counts.sum()
+    cumulative = np.cumsum(counts) / total
+    return {
+        "mean": round(float(counts @ np.arange(256) / total), 4),
+        "p05": int(np.searchsorted(cumulative, 0.05)),
+        "p50": int(np.searchsorted(cumulative, 0.50)),
+        "p95": int(np.searchsorted(cumulative, 0.95)),
+        "dark": round(float(counts[:32].sum() / total), 4),
+        "bright": round(float(counts[224:].sum() / total), 4),
+        "bins16": [round(float(x), 4) for x in counts.reshape(16, 16).sum(axis=1) / total],
+    }
+
+
+def dhash(luma: Any) -> int:
+    """64-bit difference hash of an 'L' image: 9x8 box-averaged, each bit = right pixel brighter.
+    Returned as a signed 64-bit integer (what BIGINT holds)."""
+    import numpy as np
+    from PIL import Image
+
+    small = np.asarray(luma.resize((DHASH_SIZE + 1, DHASH_SIZE), Image.Resampling.BOX), dtype=np.int16)
+    bits = (small[:, 1:] > small[:, :-1]).ravel()
+    value = int.from_bytes(np.packbits(bits).tobytes(), "big")
+    return value - (1 << 64) if value >= 1 << 63 else value
+
+
+def hamming(a: int, b: int) -> int:
+    return ((a ^ b) & ((1 << 64) - 1)).bit_count()
+
+
+def thumbnail_path(thumbs: Path, sha: str, thumb_format: str) -> Path:
+    return thumbs / sha[:2] / f"{sha}.{'webp' if thumb_format == 'webp' else 'jpg'}"
+
+
+def write_thumbnail(work: Any, thumbs: Path, sha: str, limits: Limits) -> Path:
+    """Shrink `work` in place and write it (temp name, then rename: derived data, rewritten freely)."""
+    target = thumbnail_path(thumbs, sha, limits.thumb_format)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work.thumbnail((limits.thumb_size, limits.thumb_size))
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    if limits.thumb_format == "webp":
+        work.save(temp, "WEBP", quality=THUMB_QUALITY, method=0)
+    else:
+        work.save(temp, "JPEG", quality=THUMB_QUALITY)
+    os.replace(temp, target)
+    return target
+
+
+def _error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:200]}" if text else type(exc).__name__

@@ -1,0 +1,492 @@
+"""Ingest images from an inbox: check, measure, thumbnail and record each one, then move it to
+processed/YYYY/MM/DD/, or to quarantine/ with NAME.reason.txt beside it. Nothing is deleted.
+
+Crash-safety protocol. Invariant: every input file is in exactly one of inbox / processed /
+quarantine, and every file in processed/ has exactly one row in `images`.
+
+1. Measure. A worker reads the file (refusing symlinks, over max_bytes), decodes, measures and
+   thumbnails it from the bytes in memory. The thumbnail goes to a temp name, then is renamed to
+   thumbs/ab/SHA256.webp: derived data, rewritten freely. No database write, no move yet.
+2. Reserve. The parent checks the file is still the version that was read, picks a free name in
+   processed/YYYY/MM/DD/ and, in ONE transaction, inserts the row in state 'moving' with that
+   name (processed_path is unique: two rows can never reserve one name).
+3. Move. Hard link to the reserved name (atomic, refused if taken), fsync, unlink the inbox name,
+   fsync; across file systems, copy + fsync + link first. Then the row becomes 'done'.
+4. Reconcile, at the start of every run and before each file: a 'moving' row whose file is still
+   in the inbox finishes its move to the reserved name (a file under both names, the same inode or
+   the same bytes, loses its inbox name); a 'moving' row whose processed file exists is 'done'.
+   A crash before step 2 leaves the file in the inbox and no row: it is measured again.
+5. Quarantine. NAME.reason.txt is written first, then the file is moved beside it; a rerun reuses
+   the same free name (rewriting the reason) or finishes a half-done link.
+The only unlink of an input name is in step 3/4/5, once the same file is durable under its new name.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+
+from jobs import _filemoves as moves
+from jobs._imaging import Failed, Limits, Measured, analyse, hamming
+from runner import JobContext, job, main
+
+DEFAULT_MAX_BYTES = 100 * 1024 * 1024
+DEFAULT_MAX_PIXELS = 50_000_000  # about 200 MB decoded as RGBA: what a small server can hold per worker
+DEFAULT_THUMB_SIZE = 256
+IN_FLIGHT_PER_WORKER = 2  # files handed to the pool ahead of the one being recorded
+TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", ".swp", "~")  # uploads still being written
+MOVING, DONE, LOST = "moving", "done", "lost"
+MAX_NAME_TRIES = 1000
+
+metadata = sa.MetaData()
+
+images = sa.Table(
+    "images",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sha256", sa.String(64), nullable=False),
+    sa.Column("state", sa.String(16), nullable=False),  # moving | done | lost
+    sa.Column("source_path", sa.Text, nullable=False),
+    sa.Column("source_size", sa.BigInteger, nullable=False),
+    sa.Column("source_mtime_ns", sa.BigInteger, nullable=False),
+    sa.Column("processed_path", sa.Text, nullable=False),
+    sa.Column("duplicate_of", sa.Integer, sa.ForeignKey("images.id"), nullable=True),
+    sa.Column("near_duplicate_of", sa.Integer, sa.ForeignKey("images.id"), nullable=True),
+    sa.Column("near_distance", sa.Integer, nullable=True),
+    sa.Column("format", sa.String(16), nullable=False),
+    sa.Column("mode", sa.String(16), nullable=False),
+    sa.Column("width", sa.Integer, nullable=False),
+    sa.Column("height", sa.Integer, nullable=False),
+    sa.Column("frames", sa.Integer, nullable=False),
+    sa.Column("byte_size", sa.BigInteger, nullable=False),
+    sa.Column("captured_at", sa.DateTime, nullable=True),  # EXIF: the camera's local time, no zone
+    sa.Column("channel_means", sa.JSON, nullable=False),
+    sa.Column("channel_stds", sa.JSON, nullable=False),
+    sa.Column("brightness", sa.JSON, nullable=False),
+    sa.Column("dhash", sa.BigInteger, nullable=False),  # signed 64-bit
+    sa.Column("thumbnail_path", sa.Text, nullable=True),
+    sa.Column("job", sa.String(200), nullable=False),
+    sa.Column("run_id", sa.Integer, nullable=False),
+    sa.Column("ingested_at", sa.DateTime, nullable=False),  # UTC
+    sa.UniqueConstraint("processed_path", name="uq_images_processed_path"),
+    sa.Index("ix_images_sha256", "sha256"),
+    sa.Index("ix_images_state", "state"),
+)
+
+
+@job
+def ingest_images(
+    ctx: JobContext,
+    inbox: Path = Path("var/inbox"),
+    processed: Path | None = None,
+    quarantine: Path | None = None,
+    thumbs: Path | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    thumb_size: int = DEFAULT_THUMB_SIZE,
+    thumb_format: str = "webp",
+    near_duplicate_bits: int = 6,
+    workers: int = 0,
+) -> dict[str, Any]:
+    """Check, measure, thumbnail and record the images in INBOX, then move each one on.
+
+    Args:
+        inbox: where images arrive.
+        processed: where good images go, in YYYY/MM/DD folders (default: INBOX/../processed).
+        quarantine: where bad files go, each with NAME.reason.txt (default: INBOX/../quarantine).
+        thumbs: where thumbnails go (default: INBOX/../thumbs).
+        max_bytes: larger files are quarantined.
+        max_pixels: images declaring more pixels are quarantined as possible decompression bombs.
+        thumb_size: the longest side of a thumbnail, in pixels.
+        thumb_format: webp or jpeg.
+        near_duplicate_bits: dHash Hamming distance up to which an image is linked as a near-duplicate.
+        workers: processes decoding images (0 = one per CPU).
+    """
+    started = time.monotonic()
+    thumb_format = {"jpg": "jpeg"}.get(thumb_format.strip().lower(), thumb_format.strip().lower())
+    if thumb_format not in ("webp", "jpeg"):
+        raise ValueError(f"thumb_format = {thumb_format!r}: expected webp or jpeg")
+    if min(max_bytes, max_pixels, thumb_size) <= 0 or near_duplicate_bits < 0 or workers < 0:
+        raise ValueError(
+            "max_bytes, max_pixels and thumb_size must be positive; workers, near_duplicate_bits >= 0"
+        )
+    inbox = Path(os.path.abspath(inbox))
+    folders = Folders(
+        inbox=inbox,
+        processed=Path(os.path.abspath(processed or inbox.parent / "processed")),
+        quarantine=Path(os.path.abspath(quarantine or inbox.parent / "quarantine")),
+        thumbs=Path(os.path.abspath(thumbs or inbox.parent / "thumbs")),
+    )
+    for folder in (folders.inbox, folders.processed, folders.quarantine, folders.thumbs):
+        folder.mkdir(parents=True, exist_ok=True)
+    paths = [Path(os.path.abspath(p)) for p in ctx.fire.paths] if ctx.fire.paths else list_inbox(inbox)
+    workers = workers or os.cpu_count() or 1
+    limits = Limits(max_bytes, max_pixels, thumb_size, thumb_format)
+    # The pool forks before anything else opens a database connection or starts a thread.
+    pool = start_pool(workers) if workers > 1 and len(paths) > 1 else None
+    feed = Feed(pool, paths, limits, folders, workers, ctx.log)
+    try:
+        ingest = Ingest(ctx, folders, limits, near_duplicate_bits)
+        ingest.reconcile_finished()
+        walk = ctx.files() if ctx.fire.paths else iter(paths)
+        for index, path in enumerate(ctx.progress(walk, total=len(paths), label="ingest_images")):
+            ingest.handle(Path(os.path.abspath(path)), feed, index)
+    finally:
+        feed.close()
+    summary = ingest.summary(time.monotonic() - started, workers if pool else 1)
+    ctx.log.info(
+        "ingest_images: %(processed)d processed (%(duplicates)d duplicates, %(near_duplicates)d near), "
+        "%(quarantined)d quarantined, %(skipped)d skipped, %(bytes)d bytes in %(seconds).1fs",
+        summary,
+    )
+    return summary
+
+
+@dataclass(frozen=True, slots=True)
+class Folders:
+    inbox: Path
+    processed: Path
+    quarantine: Path
+    thumbs: Path
+
+
+def list_inbox(inbox: Path) -> list[Path]:
+    """The inbox's files and symlinks (not folders), oldest name first, skipping uploads in progress."""
+    found = []
+    with os.scandir(inbox) as entries:
+        for entry in entries:
+            if entry.name.startswith(".") or entry.name.endswith(TEMP_SUFFIXES):
+                continue
+            if entry.is_dir(follow_symlinks=False):
+                continue
+            found.append(inbox / entry.name)
+    return sorted(found)
+
+
+def start_pool(workers: int) -> Any:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(
+        max_workers=workers, mp_context=multiprocessing.get_context("fork"), initializer=_worker_init
+    )
+    pool.submit(int).result()  # a fork pool starts all its workers on the first task: start them now
+    return pool
+
+
+def _worker_init() -> None:
+    import signal
+
+    # A stop (SIGTERM to the job's process group) is the parent's to honour at a file boundary;
+    # the supervisor kills whatever is left in the group once the parent has gone.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class Feed:
+    """Hands files to the pool ahead of the parent, and gives back each file's outcome in order.
+
+    Without a pool (workers = 1) the file is measured inline when its outcome is asked for.
+    """
+
+    def __init__(
+        self, pool: Any, paths: list[Path], limits: Limits, folders: Folders, workers: int, log: Any
+    ) -> None:
+        self.pool, self.paths, self.limits, self.folders = pool, paths, limits, folders
+        self.workers, self.log = workers, log
+        self.ahead = workers * IN_FLIGHT_PER_WORKER
+        self.futures: dict[int, Future] = {}
+        self.submitted = 0
+
+    def _submit(self, index: int) -> Future:
+        return self.pool.submit(analyse, str(self.paths[index]), self.limits, str(self.folders.thumbs))
+
+    def outcome(self, index: int, path: Path) -> Measured | Failed:
+        if self.pool is None or index >= len(self.paths) or self.paths[index] != path:
+            return analyse(str(path), self.limits, str(self.folders.thumbs))
+        from concurrent.futures.process import BrokenProcessPool
+
+        try:
+            while self.submitted < min(len(self.paths), index + 1 + self.ahead):
+                self.futures[self.submitted] = self._submit(self.submitted)
+                self.submitted += 1
+            future = self.futures.pop(index, None) or self._submit(index)
+            return future.result()
+        except BrokenProcessPool:
+            self.futures.pop(index, None)
+            return self._isolate(index)
+
+    def discard(self, index: int) -> None:
+        """The file at `index` needs no measuring (refused, vanished, or finished from a crash)."""
+        future = self.futures.pop(index, None)
+        if future is not None:
+            future.cancel()
+        self.submitted = max(self.submitted, index + 1)
+
+    def _isolate(self, index: int) -> Measured | Failed:
+        """A worker died (a crash in native code, the OOM killer): retry this file alone."""
+        self.log.warning("a decoding process died; retrying %s on its own", self.paths[index].name)
+        self._restart()
+        try:
+            outcome = self._submit(index).result()
+        except Exception:
+            self._restart()
+            outcome = Failed(
+                "it crashed the image decoder (the worker process died); report this file, do not retry it"
+            )
+        for later in sorted(self.futures):
+            self.futures[later] = self._submit(later)
+        return outcome
+
+    def _restart(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.pool = start_pool(self.workers)
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=False, cancel_futures=True)
+
+
+class NearIndex:
+    """dHashes of the first copy of every image, for near-duplicate lookup by Hamming distance."""
+
+    def __init__(self, rows: list[tuple[int, int]]) -> None:
+        import numpy as np
+
+        self.ids = np.array([row[0] for row in rows], dtype=np.int64)
+        self.hashes = np.array([row[1] for row in rows], dtype=np.int64).view(np.uint64)
+        self.recent: list[tuple[int, int]] = []
+
+    def nearest(self, value: int, within: int) -> tuple[int, int] | None:
+        import numpy as np
+
+        best: tuple[int, int] | None = None
+        if len(self.ids):
+            target = np.array([value], dtype=np.int64).view(np.uint64)[0]
+            distances = np.bitwise_count(self.hashes ^ target)
+            where = int(np.argmin(distances))
+            best = (int(distances[where]), int(self.ids[where]))
+        for row_id, other in self.recent:
+            candidate = (hamming(value, other), row_id)
+            if best is None or candidate < best:
+                best = candidate
+        if best is None or best[0] > within:
+            return None
+        return best[1], best[0]
+
+    def add(self, row_id: int, value: int) -> None:
+        self.recent.append((row_id, value))
+
+
+class Ingest:
+    """The parent's side: reconciling, recording, moving, counting."""
+
+    def __init__(self, ctx: JobContext, folders: Folders, limits: Limits, near_bits: int) -> None:
+        self.ctx, self.folders, self.limits, self.near_bits = ctx, folders, limits, near_bits
+        self.counts = dict.fromkeys(
+            ("processed", "duplicates", "near_duplicates", "quarantined", "skipped", "recovered", "bytes"), 0
+        )
+        self.inbox_real = folders.inbox.resolve()
+        with ctx.engine.connect() as conn:
+            rows = conn.execute(
+                sa.select(images.c.id, images.c.dhash)
+                .where(images.c.duplicate_of.is_(None), images.c.state != LOST)
+                .order_by(images.c.id)
+            ).all()
+            moving = conn.execute(
+                sa.select(
+                    images.c.id,
+                    images.c.source_path,
+                    images.c.processed_path,
+                    images.c.source_size,
+                    images.c.source_mtime_ns,
+                ).where(images.c.state == MOVING)
+            ).all()
+        self.near = NearIndex([(row.id, row.dhash) for row in rows])
+        self.moving = {
+            row.source_path: (row.id, Path(row.processed_path), (row.source_size, row.source_mtime_ns))
+            for row in moving
+        }
+
+    # -- reconciling a crashed run
+    def reconcile_finished(self) -> None:
+        """'moving' rows whose inbox file is gone: done if the processed file is there, else lost."""
+        for source, (row_id, target, _) in list(self.moving.items()):
+            if os.path.lexists(source):
+                continue  # finished when its file comes up (it may belong to another run's batch)
+            if os.path.lexists(target):
+                self._set_state(row_id, DONE)
+            else:
+                self.ctx.log.warning(
+                    "row %d: %s vanished from the inbox before its move; marked lost", row_id, source
+                )
+                self._set_state(row_id, LOST)
+            del self.moving[source]
+
+    def _finish_interrupted(self, path: Path) -> bool:
+        """Finish a move a crashed run started for `path`; True if nothing is left to do for it."""
+        row_id, target, version = self.moving.pop(str(path))
+        if moves.finish_move(path, target, version):
+            self._set_state(row_id, DONE)
+            self.counts["recovered"] += 1
+            self.ctx.log.info("finished the interrupted move of %s to %s", path.name, target)
+            return not os.path.lexists(path)
+        self.ctx.log.warning("row %d: %s is no longer the file it describes; marked lost", row_id, path)
+        self._set_state(row_id, LOST)
+        return False  # a different file has that name now: it is measured like any other
+
+    def _set_state(self, row_id: int, state: str) -> None:
+        with self.ctx.transaction() as conn:
+            conn.execute(sa.update(images).where(images.c.id == row_id).values(state=state))
+
+    # -- one file
+    def handle(self, path: Path, feed: Feed, index: int) -> None:
+        if str(path) in self.moving and self._finish_interrupted(path):
+            feed.discard(index)
+            return
+        problem = self._precheck(path)
+        if problem is not None:
+            feed.discard(index)
+            if problem == "":
+                return
+        outcome = Failed(problem) if problem else feed.outcome(index, path)
+        if isinstance(outcome, Failed):
+            self._quarantine(path, outcome.reason)
+        else:
+            self._record(path, outcome)
+
+    def _precheck(self, path: Path) -> str | None:
+        """None if the file should be measured, "" if it is to be left alone, else why it is refused."""
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            self._skip(path, "it is no longer there")
+            return ""
+        if stat.S_ISDIR(info.st_mode):
+            return ""
+        try:
+            inside = path.resolve().is_relative_to(self.inbox_real)
+        except (OSError, RuntimeError):  # a symlink loop
+            inside = False
+        if stat.S_ISLNK(info.st_mode):
+            target = os.readlink(path)
+            where = "outside the inbox" if not inside else "inside the inbox"
+            return f"it is a symbolic link (to {target}, {where}); put the real file in the inbox instead"
+        if not path.parent.resolve().is_relative_to(self.inbox_real):
+            self._skip(path, f"it is outside the inbox {self.folders.inbox}")
+            return ""
+        if not stat.S_ISREG(info.st_mode):
+            return "it is not a regular file (a device, pipe or socket); only image files belong here"
+        return None
+
+    def _skip(self, path: Path, why: str) -> None:
+        self.counts["skipped"] += 1
+        self.ctx.log.warning("skipped %s: %s", path, why)
+
+    def _quarantine(self, path: Path, reason: str) -> None:
+        if not os.path.lexists(path):
+            self._skip(path, "it is no longer there")
+            return
+        target = moves.quarantine(path, self.folders.quarantine, reason)
+        self.counts["quarantined"] += 1
+        self.ctx.log.warning("quarantined %s as %s: %s", path.name, target.name, reason)
+
+    def _record(self, path: Path, measured: Measured) -> None:
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            self._skip(path, "it disappeared while being measured")
+            return
+        seen = measured.identity
+        if (info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev) != (
+            seen.size,
+            seen.mtime_ns,
+            seen.inode,
+            seen.device,
+        ):
+            self._skip(path, "it changed while being measured; the next run takes the new version")
+            return
+        folder = self.folders.processed / datetime.now().strftime("%Y/%m/%d")
+        folder.mkdir(parents=True, exist_ok=True)
+        for attempt, target in enumerate(moves.candidates(folder, path.name)):
+            if attempt >= MAX_NAME_TRIES:
+                raise RuntimeError(f"no free name for {path.name} in {folder} after {MAX_NAME_TRIES} tries")
+            if os.path.lexists(target):
+                continue
+            try:
+                row_id, first, near = self._insert(path, measured, target)
+                break
+            except sa.exc.IntegrityError:
+                continue  # a row reserved this name for a move still to finish: take the next one
+        moves.move_file(path, target)
+        self._set_state(row_id, DONE)
+        self.counts["processed"] += 1
+        self.counts["bytes"] += measured.byte_size
+        if first is not None:
+            self.counts["duplicates"] += 1
+        else:
+            self.near.add(row_id, measured.dhash)
+            if near is not None:
+                self.counts["near_duplicates"] += 1
+
+    def _insert(
+        self, path: Path, m: Measured, target: Path
+    ) -> tuple[int, int | None, tuple[int, int] | None]:
+        with self.ctx.transaction() as conn:
+            first = conn.execute(
+                sa.select(images.c.id)
+                .where(images.c.sha256 == m.sha256, images.c.duplicate_of.is_(None), images.c.state != LOST)
+                .order_by(images.c.id)
+                .limit(1)
+            ).scalar()
+            near = self.near.nearest(m.dhash, self.near_bits) if first is None else None
+            result = conn.execute(
+                sa.insert(images).values(
+                    sha256=m.sha256,
+                    state=MOVING,
+                    source_path=str(path),
+                    source_size=m.identity.size,
+                    source_mtime_ns=m.identity.mtime_ns,
+                    processed_path=str(target),
+                    duplicate_of=first,
+                    near_duplicate_of=near[0] if near else None,
+                    near_distance=near[1] if near else None,
+                    format=m.format,
+                    mode=m.mode,
+                    width=m.width,
+                    height=m.height,
+                    frames=m.frames,
+                    byte_size=m.byte_size,
+                    captured_at=m.captured_at,
+                    channel_means=m.channel_means,
+                    channel_stds=m.channel_stds,
+                    brightness=m.brightness,
+                    dhash=m.dhash,
+                    thumbnail_path=m.thumbnail,
+                    job=self.ctx.job,
+                    run_id=self.ctx.run_id,
+                    ingested_at=datetime.now(UTC).replace(tzinfo=None),
+                )
+            )
+            return result.inserted_primary_key[0], first, near
+
+    def summary(self, seconds: float, workers: int) -> dict[str, Any]:
+        done = self.counts["processed"] + self.counts["quarantined"]
+        return {
+            **self.counts,
+            "seconds": round(seconds, 3),
+            "images_per_s": round(done / seconds, 2) if seconds > 0 else None,
+            "workers": workers,
+        }
+
+
+if __name__ == "__main__":
+    main()

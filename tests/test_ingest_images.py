@@ -1,0 +1,370 @@
+"""The shipped ingest_images job: every format and mode measured right, hostile files quarantined,
+duplicates found, and the three-folder / one-row-per-file invariant surviving kill -9."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import sqlalchemy as sa
+from conftest import COMMAND_TIMEOUT_S, Project, command_line, wait_until
+from imagecorpus import CAPTURED, make_bad, make_valid, rgb_image
+from PIL import Image, ImageOps
+
+MAX_BYTES = 2_000_000
+THUMB_SIZE = 32
+KILL_ROUNDS = 4
+
+
+def configure(project: Project, *, extra: str = "", **params: object) -> dict[str, Path]:
+    root = project.root
+    folders = {name: root / name for name in ("inbox", "processed", "quarantine", "thumbs")}
+    folders["inbox"].mkdir(parents=True, exist_ok=True)
+    settings = {
+        "max_bytes": MAX_BYTES,
+        "thumb_size": THUMB_SIZE,
+        "processed": folders["processed"],
+        "quarantine": folders["quarantine"],
+        "thumbs": folders["thumbs"],
+        **params,
+    }
+    lines = "\n".join(f"{key} = {value}" for key, value in settings.items())
+    project.configure(f"[job:ingest_images]\nuses = jobs.ingest_images:ingest_images\n{lines}\n{extra}")
+    return folders
+
+
+def run(project: Project, inbox: Path, *args: str) -> dict[str, Any]:
+    done = project.runner("run", "ingest_images", "-p", f"inbox={inbox}", *args, "--json")
+    assert done.returncode == 0, done
+    return done.json()["result"]
+
+
+def image_rows(project: Project) -> list[dict[str, Any]]:
+    from jobs.ingest_images import images
+
+    engine = sa.create_engine(project.database_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(sa.select(images).order_by(images.c.id)).mappings().all()
+            return [dict(row) for row in rows]
+    finally:
+        engine.dispose()
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file() or p.is_symlink()) if folder.exists() else []
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- an independent reference: Pillow decodes, NumPy measures ------------------------------------
+
+
+def reference_pixels(path: Path) -> np.ndarray:
+    """What the job should measure: oriented, alpha over white, 16-bit scaled to 8 (float)."""
+    with Image.open(path) as opened:
+        image = ImageOps.exif_transpose(opened)
+    mode = image.mode
+    if mode.startswith("I;16"):
+        return (np.asarray(image).astype(np.uint32) >> 8).astype(np.float64)
+    if mode == "P":
+        image, mode = image.convert("RGBA"), "RGBA"
+    if mode in ("LA", "RGBA"):
+        values = np.asarray(image).astype(np.float64)
+        colour, alpha = values[..., :-1], values[..., -1:] / 255.0
+        flat = colour * alpha + 255.0 * (1 - alpha)
+        return flat[..., 0] if mode == "LA" else flat
+    if mode not in ("L", "RGB"):
+        image = image.convert("L" if mode == "1" else "RGB")
+    return np.asarray(image).astype(np.float64)
+
+
+def reference_stats(pixels: np.ndarray) -> tuple[list[float], list[float], float]:
+    planes = pixels[..., np.newaxis] if pixels.ndim == 2 else pixels
+    means = planes.mean(axis=(0, 1)).tolist()
+    stds = planes.std(axis=(0, 1)).tolist()
+    luma = pixels if pixels.ndim == 2 else pixels @ np.array([0.299, 0.587, 0.114])
+    return means, stds, float(luma.mean())
+
+
+# --- tests -----------------------------------------------------------------------------------------
+
+
+def test_corpus_good_images_measured_bad_ones_quarantined(project: Project) -> None:
+    folders = configure(project, workers=2)
+    inbox = folders["inbox"]
+    valid = make_valid(inbox)
+    bad = make_bad(inbox, MAX_BYTES)
+    originals = {path.name: sha256(path) for path in files_under(inbox) if not path.is_symlink()}
+    references = {item.name: reference_stats(reference_pixels(inbox / item.name)) for item in valid}
+    passwd_before = Path("/etc/passwd").read_bytes()
+
+    result = run(project, inbox)
+
+    assert result["processed"] == len(valid), result
+    assert result["quarantined"] == len(bad), result
+    assert files_under(inbox) == []
+    processed = {path.name: path for path in files_under(folders["processed"])}
+    assert set(processed) == {item.name for item in valid}
+    rows = {Path(row["processed_path"]).name: row for row in image_rows(project)}
+    assert set(rows) == set(processed)
+    for item in valid:
+        row, path = rows[item.name], processed[item.name]
+        assert row["state"] == "done"
+        assert Path(row["processed_path"]) == path
+        assert path.parent.relative_to(folders["processed"]).as_posix().count("/") == 2  # YYYY/MM/DD
+        assert (row["width"], row["height"], row["frames"]) == (item.width, item.height, item.frames), item
+        assert row["sha256"] == originals[item.name] == sha256(path)
+        assert row["byte_size"] == path.stat().st_size
+        means, stds, luma = references[item.name]
+        assert row["channel_means"] == pytest.approx(means, abs=0.75), item.name
+        assert row["channel_stds"] == pytest.approx(stds, abs=0.75), item.name
+        assert row["brightness"]["mean"] == pytest.approx(luma, abs=1.0), item.name
+        with Image.open(row["thumbnail_path"]) as thumb:
+            assert max(thumb.size) <= THUMB_SIZE and thumb.format == "WEBP"
+    assert rows["rotated.jpg"]["captured_at"].strftime("%Y:%m:%d %H:%M:%S") == CAPTURED
+    assert rows["rgb.png"]["captured_at"] is None
+    assert {rows[name]["mode"] for name in rows} >= {"1", "L", "LA", "P", "RGB", "RGBA", "CMYK", "I;16"}
+
+    quarantined = folders["quarantine"]
+    for name, word in bad.items():
+        assert (quarantined / name).is_symlink() or (quarantined / name).is_file(), name
+        reason = (quarantined / f"{name}.reason.txt").read_text()
+        assert reason.count("\n") == 1 and word in reason, (name, reason)
+    assert os.readlink(quarantined / "passwd.jpg") == "/etc/passwd"
+    assert Path("/etc/passwd").read_bytes() == passwd_before
+    kept = {p.name: sha256(p) for p in files_under(folders["processed"]) + files_under(quarantined)}
+    assert {name: kept[name] for name in originals} == originals  # nothing lost, nothing changed
+
+
+def test_exact_duplicate_and_resized_copy(sqlite_project: Project) -> None:
+    folders = configure(sqlite_project, workers=1)
+    inbox = folders["inbox"]
+    original = rgb_image(320, 240, 21)
+    original.save(inbox / "a_original.jpg", quality=90)
+    shutil.copyfile(inbox / "a_original.jpg", inbox / "b_copy.jpg")
+    original.resize((160, 120), Image.Resampling.LANCZOS).save(inbox / "c_small.png")
+    ImageOps.mirror(original).save(inbox / "d_mirrored.jpg", quality=90)
+
+    first = run(sqlite_project, inbox)
+    shutil.copyfile(folders["processed"].rglob("a_original.jpg").__next__(), inbox / "a_original.jpg")
+    second = run(sqlite_project, inbox)
+
+    assert (first["processed"], first["duplicates"], first["near_duplicates"]) == (4, 1, 1), first
+    assert (second["processed"], second["duplicates"]) == (1, 1), second
+    rows = image_rows(sqlite_project)
+    by_name = {}
+    for row in rows:
+        by_name.setdefault(Path(row["source_path"]).name, []).append(row)
+    a = by_name["a_original.jpg"][0]
+    assert a["duplicate_of"] is None and a["near_duplicate_of"] is None
+    assert by_name["b_copy.jpg"][0]["duplicate_of"] == a["id"]
+    assert by_name["a_original.jpg"][1]["duplicate_of"] == a["id"]
+    assert Path(by_name["a_original.jpg"][1]["processed_path"]).name == "a_original-1.jpg"  # never overwrite
+    small = by_name["c_small.png"][0]
+    assert small["duplicate_of"] is None
+    assert small["near_duplicate_of"] == a["id"] and small["near_distance"] <= 6
+    assert by_name["d_mirrored.jpg"][0]["near_duplicate_of"] is None
+    assert len(rows) == len(files_under(folders["processed"])) == 5
+
+
+def test_a_watch_job_run_by_hand_takes_its_files_through_ctx_files(sqlite_project: Project) -> None:
+    folders = configure(sqlite_project, workers=2)
+    inbox = folders["inbox"]
+    configure(sqlite_project, workers=2, inbox=inbox, extra=f"watch = {inbox}\npatterns = *.png")
+    for seed in range(4):
+        rgb_image(50, 40, seed).save(inbox / f"w{seed}.png")
+
+    done = sqlite_project.runner("run", "ingest_images", "--json")
+
+    assert done.returncode == 0, done
+    assert done.json()["result"]["processed"] == 4
+    assert files_under(inbox) == []
+    assert len(image_rows(sqlite_project)) == 4
+
+
+def test_kill_9_at_random_points_then_rerun_keeps_every_file_once(sqlite_project: Project) -> None:
+    folders = configure(sqlite_project, workers=1, extra="overlap = allow")
+    inbox = folders["inbox"]
+    seed = int(os.environ.get("INGEST_KILL_SEED", time.time()))  # set it to replay a failure
+    rng = random.Random(seed)
+    for index in range(54):
+        rgb_image(1200 + index, 800, 100 + index).save(inbox / f"img{index:02d}.jpg", quality=85)
+    shutil.copyfile(inbox / "img00.jpg", inbox / "img00_again.jpg")
+    make_bad(inbox / "bad", MAX_BYTES)
+    for path in (inbox / "bad").iterdir():
+        os.rename(path, inbox / path.name)
+    (inbox / "bad").rmdir()
+    originals = sorted(sha256(p) for p in files_under(inbox) if not p.is_symlink())
+    names = sorted(p.name for p in files_under(inbox))
+
+    left = []
+    for _ in range(KILL_ROUNDS):
+        before = len(files_under(inbox))
+        process = sqlite_project.start("run", "ingest_images", "-p", f"inbox={inbox}")
+        # Kill after a random number of files, at a random instant within the next file's work:
+        # every round lands mid-batch whatever the machine's speed.
+        moved = rng.randint(1, 8)
+        wait_until(
+            lambda target=before - moved: len(files_under(inbox)) <= target, f"the run to move {moved} files"
+        )
+        time.sleep(rng.uniform(0.0, 0.03))
+        process.kill()
+        process.communicate(timeout=COMMAND_TIMEOUT_S)
+        wait_until(lambda: not job_processes(sqlite_project), "the killed run's job process to be gone")
+        left.append(len(files_under(inbox)))
+    final = run(sqlite_project, inbox)
+
+    print(f"seed {seed}: files left in the inbox after each kill: {left}, then {final}")
+    assert left[-1] > 0, (seed, left)  # every kill landed mid-batch
+    assert files_under(inbox) == []
+    assert_each_file_once(folders, names)
+    kept = files_under(folders["processed"]) + files_under(folders["quarantine"])
+    assert (
+        sorted(sha256(p) for p in kept if not p.is_symlink() and not p.name.endswith(".reason.txt"))
+        == originals
+    )
+    rows = image_rows(sqlite_project)
+    processed = files_under(folders["processed"])
+    assert sorted(row["processed_path"] for row in rows) == sorted(str(p) for p in processed)
+    assert {row["state"] for row in rows} == {"done"}
+    assert all(sha256(Path(row["processed_path"])) == row["sha256"] for row in rows)
+
+
+def test_rerun_finishes_each_interrupted_step(sqlite_project: Project) -> None:
+    """The crash states a kill can leave, made by hand: a row reserved but the file not moved, a file
+    under both names, a quarantine reason written but the file not moved, a half-done quarantine."""
+    from jobs.ingest_images import images
+
+    folders = configure(sqlite_project, workers=1)
+    inbox, processed, quarantined = folders["inbox"], folders["processed"], folders["quarantine"]
+    rgb_image(60, 40, 31).save(inbox / "x.png")
+    run(sqlite_project, inbox)
+    template = image_rows(sqlite_project)[0]
+    day = Path(template["processed_path"]).parent
+    engine = sa.create_engine(sqlite_project.database_url)
+
+    def reserve(name: str, seed: int) -> Path:
+        rgb_image(60, 40, seed).save(inbox / name)
+        info = (inbox / name).stat()
+        row = {k: v for k, v in template.items() if k != "id"}
+        row |= {"state": "moving", "source_path": str(inbox / name), "processed_path": str(day / name)}
+        row |= {
+            "source_size": info.st_size,
+            "source_mtime_ns": info.st_mtime_ns,
+            "sha256": sha256(inbox / name),
+        }
+        with engine.begin() as conn:
+            conn.execute(sa.insert(images).values(**row))
+        return day / name
+
+    reserve("not_moved.png", 32)
+    both = reserve("both.png", 33)
+    os.link(inbox / "both.png", both)
+    (inbox / "text.jpg").write_text("not an image")
+    (quarantined / "text.jpg.reason.txt").write_text("stale reason from a crashed run\n")
+    (inbox / "linked.jpg").write_text("also not an image")
+    os.link(inbox / "linked.jpg", quarantined / "linked.jpg")
+    engine.dispose()
+
+    result = run(sqlite_project, inbox)
+
+    assert result["recovered"] == 2 and result["processed"] == 0, result
+    assert files_under(inbox) == []
+    assert sorted(p.name for p in files_under(processed)) == ["both.png", "not_moved.png", "x.png"]
+    rows = image_rows(sqlite_project)
+    assert sorted(Path(r["processed_path"]).name for r in rows) == ["both.png", "not_moved.png", "x.png"]
+    assert {r["state"] for r in rows} == {"done"}
+    assert sorted(p.name for p in files_under(quarantined)) == [
+        "linked.jpg",
+        "text.jpg",
+        "text.jpg.reason.txt",
+    ]
+    assert "not a" in (quarantined / "text.jpg.reason.txt").read_text()
+
+
+def test_a_worker_killed_mid_batch_costs_nothing(sqlite_project: Project) -> None:
+    """A decoder process that dies (a crash in native code, the OOM killer) is replaced; the file it
+    held is retried alone and the batch goes on."""
+    folders = configure(sqlite_project, workers=2)
+    inbox = folders["inbox"]
+    for index in range(30):
+        rgb_image(1200 + index, 800, 200 + index).save(inbox / f"img{index:02d}.jpg", quality=85)
+
+    process = sqlite_project.start("run", "ingest_images", "-p", f"inbox={inbox}", "--json")
+    wait_until(lambda: len(files_under(inbox)) <= 27, "the run to move 3 files")
+    workers = wait_until(lambda: pool_workers(sqlite_project), "the pool's workers")
+    os.kill(workers[0], signal.SIGKILL)
+    done = sqlite_project.finish(process)
+
+    assert done.returncode == 0, done
+    result = done.json()["result"]
+    assert (result["processed"], result["quarantined"]) == (30, 0), result
+    assert files_under(inbox) == []
+    assert len(image_rows(sqlite_project)) == 30
+    log = sqlite_project.runner("logs", str(done.json()["run_id"])).stdout
+    assert "a decoding process died; retrying" in log, log
+
+
+def pool_workers(project: Project) -> list[int]:
+    """The job's decoding processes: our processes whose parent is one of ours too, two levels down."""
+    ours = set(job_processes(project))
+    parent = {pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in ours}
+    return sorted(pid for pid in ours if parent.get(parent[pid]) in ours)
+
+
+def job_processes(project: Project) -> list[int]:
+    marker = str(project.config_path)
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and marker in command_line(int(entry.name)):
+            stat = (entry / "stat").read_text() if (entry / "stat").exists() else ""
+            if stat and stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X"):
+                pids.append(int(entry.name))
+    return pids
+
+
+def assert_each_file_once(folders: dict[str, Path], names: list[str]) -> None:
+    """Each input name is in exactly one of inbox / processed / quarantine (reason files and the
+    job's own hidden temp files aside)."""
+    found = []
+    for key in ("inbox", "processed", "quarantine"):
+        found += [
+            p.name
+            for p in files_under(folders[key])
+            if not p.name.endswith(".reason.txt") and not p.name.startswith(".")
+        ]
+    assert sorted(found) == names
+
+
+def test_migration_builds_the_jobs_table(store: Any) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    from jobs.ingest_images import metadata
+
+    store.upgrade()
+    with store.engine.connect() as conn:
+        context = MigrationContext.configure(
+            conn, opts={"include_name": lambda name, kind, parent: kind != "table" or name == "images"}
+        )
+        assert compare_metadata(context, metadata) == []
+
+
+def test_importing_the_job_module_skips_pillow_and_numpy() -> None:
+    probe = "import sys, jobs.ingest_images; print(sorted({'PIL', 'numpy'} & set(sys.modules)))"
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
