@@ -87,8 +87,12 @@ def test_real_cron_fires_the_installed_line_once_per_minute(sqlite_project: Proj
     assert crontab_text() == table
 
     rows = wait_until(
-        lambda: [r for r in project.history("hello") if r["trigger"] == "cron"],
-        "cron to fire the installed line",
+        lambda: [
+            r
+            for r in project.history("hello")
+            if r["trigger"] == "cron" and r["status"] not in ("queued", "running")
+        ],
+        "cron to fire the installed line and the run to end",
         timeout_s=CRON_WAIT_S,
     )
     run = rows[0]
