@@ -185,9 +185,9 @@ def start_pool(workers: int) -> Any:
 def _worker_init() -> None:
     import signal
 
-    # A stop (SIGTERM to the job's process group) is the parent's to honour at a file boundary;
-    # the supervisor kills whatever is left in the group once the parent has gone.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    # SIGTERM keeps its default: ProcessPoolExecutor terminates the survivors of a broken pool with
+    # it (an ignoring worker made its manager thread spin forever). A stop that kills the workers
+    # only costs the file in hand: the parent retries it, or stops at the file boundary.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
