@@ -395,7 +395,7 @@ def _run_job(app: App, job: str, args: list[str]) -> int:
         ("-p", parse_assignments(options.pop("param"))),
     ]
     as_json = options.pop("as_json")
-    fire = _fire_of(settings, job, options.pop("from_cron"), options.pop("fire_at"), options.pop("late"))
+    fire = _fire_of(app, job, options.pop("from_cron"), options.pop("fire_at"), options.pop("late"))
     for name, value in options.items():
         if value is not None:
             layers.append((f"--{name.replace('_', '-')}", {name: value}))
@@ -442,15 +442,16 @@ CRON_LOOKBACK_S = 600.0  # how long after its minute a crontab line may start an
 CRON_LATE_S = 60.0
 
 
-def _fire_of(settings: Any, job: str, from_cron: bool, fire_at: str | None, late: bool) -> Any:
+def _fire_of(app: App, job: str, from_cron: bool, fire_at: str | None, late: bool) -> Any:
     """The Fire of this run: manual (a fresh key), a crontab line's minute, or an explicit instant."""
     from runner.context import Fire
 
+    settings = app.settings
     if not fire_at and not from_cron:  # the common manual case: import nothing more
         key = f"manual:{uuid.uuid4().hex}"
         section = settings.jobs.get(job)
         if section is not None and section.watch is not None:
-            return Fire(kind="manual", key=key, paths=_claim_present_files(settings, job, key, section.watch))
+            return Fire(kind="manual", key=key, paths=_claim_present_files(app, job, key, section.watch))
         return Fire(kind="manual", key=key)
     from datetime import UTC, datetime
 
@@ -485,15 +486,14 @@ def _fire_of(settings: Any, job: str, from_cron: bool, fire_at: str | None, late
     return Fire("cron", fire_key(at), at, late=late or (now - at).total_seconds() > CRON_LATE_S)
 
 
-def _claim_present_files(settings: Any, job: str, key: str, watch: Any) -> tuple[Path, ...]:
+def _claim_present_files(app: App, job: str, key: str, watch: Any) -> tuple[Path, ...]:
     """A manual run of a watch job takes every file in its folders that no run has claimed."""
-    from runner.store import Store
     from runner.watch import check_folders, scan
 
     problem = check_folders(watch)
     if problem:
         raise RunnerError(f"job {job}: {problem}")
-    store = Store(settings.runner.database)
+    store = app.store  # the run's own store: one engine, one SQLite writer queue
     store.release_orphan_claims(job)
     versions = [(v.path, v.size, v.mtime_ns) for v in scan(watch)]
     claimed: list[str] = []
