@@ -29,6 +29,7 @@ BACKENDS = ("sqlite", "postgresql")
 COMMAND_TIMEOUT_S = 120.0
 DEADLINE_S = 30.0  # how long a kill, a timeout or a reap may take to show (generous: CI machines are shared)
 POLL_S = 0.05
+CRONTAB_LOCK_PATH = Path("/tmp/runner-tests-crontab.lock")
 
 T = TypeVar("T")
 
@@ -72,6 +73,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
         return
     with postgres_schema() as url:
         yield url
+
+
+@pytest.fixture
+def crontab_lock() -> Iterator[None]:
+    """The real crontab of this user is one per machine: tests that change it (from any checkout of
+    the project running its tests at the same time) take turns on a machine-wide lock."""
+    import fcntl
+
+    with open(CRONTAB_LOCK_PATH, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 @pytest.fixture

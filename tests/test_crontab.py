@@ -43,7 +43,7 @@ def cron_daemon() -> None:
 
 
 @pytest.fixture
-def user_crontab(cron_daemon: None) -> Iterator[str]:
+def user_crontab(cron_daemon: None, crontab_lock: None) -> Iterator[str]:
     """The user's crontab holding foreign lines for the test; the original is restored afterwards."""
     before = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
     original = before.stdout if before.returncode == 0 else None
