@@ -52,14 +52,16 @@ class App:
         if self._store is None:
             from runner.store import Store
 
-            self._store = Store(self.settings.runner.database)
+            self._store = Store(
+                self.settings.runner.database, lock_timeout_s=self.settings.runner.lock_timeout_s
+            )
         return self._store
 
     def reaped_store(self):
         """The store, after marking lost the runs whose supervisor is gone."""
         store = self.store
         store.ensure_schema()
-        store.reap_lost(self.settings.runner.stale_after_s)
+        store.reap_lost(self.settings.runner.stale_after_s, wait=False)
         return store
 
 

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = Path("config/runner.ini")
 CONFIG_ENV = "RUNNER_CONFIG"
 JOB_PREFIX = "job:"
+DEFAULT_LOCK_TIMEOUT_S = 60.0  # how long a write waits for another writer of the database
 
 OVERLAP_POLICIES = ("skip", "queue", "allow")
 RUNNER_KEYS = {
@@ -36,6 +37,7 @@ RUNNER_KEYS = {
     "jitter": "default random delay added to each scheduled fire",
     "catchup": "default for how late a missed fire may still run (0 = never)",
     "shutdown_grace": "how long the daemon lets running jobs finish when it stops",
+    "lock_timeout": "how long a write waits for another writer of the database before giving up",
 }
 JOB_KEYS = {
     "uses": "package.module:function that implements the job",
@@ -139,6 +141,7 @@ class RunnerSettings:
     jitter_s: float = 0.0
     catchup_s: float = DEFAULT_CATCHUP_S
     shutdown_grace_s: float = 30.0
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +351,7 @@ def _runner_settings(values: Mapping[str, str], path: Path, base: Path) -> Runne
         jitter_s=get_duration("jitter", 0.0),
         catchup_s=get_duration("catchup", DEFAULT_CATCHUP_S),
         shutdown_grace_s=get_duration("shutdown_grace", 30.0),
+        lock_timeout_s=get_duration("lock_timeout", DEFAULT_LOCK_TIMEOUT_S),
     )
 
 

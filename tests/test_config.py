@@ -130,12 +130,6 @@ USER_ERRORS = [
     pytest.param(
         {"runner": {"database": "not a url"}}, ["history"], ["not a SQLAlchemy URL"], id="database-not-a-url"
     ),
-    pytest.param(
-        {"runner": {"database": "postgresql+psycopg://nobody@127.0.0.1:1/none"}},
-        ["history"],
-        ["cannot use database", "[runner] database"],
-        id="database-unreachable",
-    ),
     pytest.param({}, ["logs", "999"], ["no run 999"], id="logs-of-unknown-run"),
     pytest.param({}, ["bogus"], ["bogus"], id="unknown-command"),
     pytest.param({}, ["run", "echo", "--bogus", "1"], ["--bogus"], id="unknown-job-option"),
