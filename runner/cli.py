@@ -53,7 +53,9 @@ class App:
             from runner.store import Store
 
             self._store = Store(
-                self.settings.runner.database, lock_timeout_s=self.settings.runner.lock_timeout_s
+                self.settings.runner.database,
+                lock_timeout_s=self.settings.runner.lock_timeout_s,
+                data_url=self.settings.runner.data_database,
             )
         return self._store
 

@@ -38,6 +38,7 @@ RUNNER_KEYS = {
     "catchup": "default for how late a missed fire may still run (0 = never)",
     "shutdown_grace": "how long the daemon lets running jobs finish when it stops",
     "lock_timeout": "how long a write waits for another writer of the database before giving up",
+    "data_database": "SQLAlchemy URL for the jobs' own tables and state (default: beside the history)",
 }
 JOB_KEYS = {
     "uses": "package.module:function that implements the job",
@@ -142,6 +143,7 @@ class RunnerSettings:
     catchup_s: float = DEFAULT_CATCHUP_S
     shutdown_grace_s: float = 30.0
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+    data_database: str | None = None  # None: NAME-jobs.db beside a SQLite history, else the same
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +354,9 @@ def _runner_settings(values: Mapping[str, str], path: Path, base: Path) -> Runne
         catchup_s=get_duration("catchup", DEFAULT_CATCHUP_S),
         shutdown_grace_s=get_duration("shutdown_grace", 30.0),
         lock_timeout_s=get_duration("lock_timeout", DEFAULT_LOCK_TIMEOUT_S),
+        data_database=_absolute_sqlite_url(values["data_database"].strip(), base)
+        if values.get("data_database", "").strip()
+        else None,
     )
 
 

@@ -60,7 +60,11 @@ class Daemon:
         catalog = discover(self.settings)
         for name, reason in catalog.broken.items():
             log.error("job %s is broken and will not fire: %s", name, reason)
-        self.store = Store(self.settings.runner.database, lock_timeout_s=self.settings.runner.lock_timeout_s)
+        self.store = Store(
+            self.settings.runner.database,
+            lock_timeout_s=self.settings.runner.lock_timeout_s,
+            data_url=self.settings.runner.data_database,
+        )
         self.store.ensure_schema()
         self.store.engine.dispose()
         self.server.start()  # forks before any thread exists, then starts its reply reader

@@ -28,6 +28,7 @@ from runner.models import RunStatus, utcnow
 
 if TYPE_CHECKING:
     from runner.config import RunnerSettings, Settings
+    from runner.containment import Containment
     from runner.jobapi import JobSpec
     from runner.store import Store
 
@@ -39,6 +40,8 @@ MAX_BACKOFF_S = 3600.0
 ERROR_SUMMARY_CHARS = 500
 PR_SET_PDEATHSIG = 1
 CHILD_SETUP_FAILED = 70  # EX_SOFTWARE: the child died before the job body started
+BUSY_BEAT_RETRY_S = 0.5  # a heartbeat skipped because the database was busy is retried this soon
+PR_SET_PDEATHSIG_SIGNAL = signal.SIGRTMIN + 1  # the leader's own notice that the supervisor died
 LOG_FORMAT = "%(asctime)s run=%(run_id)s job=%(job)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -310,13 +313,25 @@ def _attempt(
         f"run {run_id} of job {spec.name} started: attempt {attempt}, "
         f"trigger {fire.kind}, fire {fire.key}, params {masked_params(params)!r}",
     )
-    child = _Child.spawn(spec, params, fire, run_id, attempt, store, log_path, live)
+    from runner.containment import Containment
+
+    containment = Containment.create()
+    child = _Child.spawn(spec, params, fire, run_id, attempt, store, log_path, live, containment)
+    # The first beat records where the job's processes are, for whoever reaps a dead supervisor.
+    unrecorded = {"job_pid": child.pid, "cgroup": str(containment.cgroup) if containment.cgroup else None}
+
+    def heartbeat() -> bool:
+        lease_job = spec.name if spec.overlap != "allow" else None
+        extra = unrecorded.copy()
+        if store.heartbeat(run_id, lease_job, settings.stale_after_s, wait=False, **extra):
+            unrecorded.clear()
+            return True
+        return False
+
     child.supervise(
         timeout_s=spec.timeout_s,
         grace_s=settings.kill_grace_s,
-        heartbeat=lambda: store.heartbeat(
-            run_id, spec.name if spec.overlap != "allow" else None, settings.stale_after_s
-        ),
+        heartbeat=heartbeat,
         heartbeat_s=settings.heartbeat_s,
         stops=stops,
         tail=sys.stderr if live else None,
@@ -447,6 +462,7 @@ class _Child:
         self.stopped_by: int | None = None
         self.result: Any = None
         self.acked_files_only = False
+        self.containment: Containment
 
     @classmethod
     def spawn(
@@ -459,6 +475,7 @@ class _Child:
         store: Store,
         log_path: Path,
         live: bool,
+        containment: Containment,
     ) -> _Child:
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         read_fd, write_fd = os.pipe()
@@ -470,8 +487,18 @@ class _Child:
             code = CHILD_SETUP_FAILED
             try:
                 os.close(read_fd)
-                code = _child_main(
-                    spec, params, fire, run_id, attempt, store, log_fd, write_fd, supervisor, live
+                code = _leader_main(
+                    spec,
+                    params,
+                    fire,
+                    run_id,
+                    attempt,
+                    store,
+                    log_fd,
+                    write_fd,
+                    supervisor,
+                    live,
+                    containment,
                 )
             finally:
                 os._exit(code)
@@ -479,11 +506,19 @@ class _Child:
         os.close(log_fd)
         with contextlib.suppress(OSError):  # both sides set the group, whichever runs first
             os.setpgid(pid, pid)
-        return cls(pid, read_fd, log_path)
+        containment.job_pid = pid
+        child = cls(pid, read_fd, log_path)
+        child.containment = containment
+        return child
 
     def _signal_group(self, signum: int) -> None:
+        """Signal every process of the attempt: the job's group, and those that left it (found in
+        the run's cgroup, or as descendants of this subreaper)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signum)
+        for pid in self.containment.pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
 
     def supervise(
         self,
@@ -497,7 +532,7 @@ class _Child:
     ) -> None:
         started = time.monotonic()
         deadline = started + timeout_s if timeout_s else None
-        next_beat = started + heartbeat_s
+        next_beat = started  # the first beat records the job's pid and cgroup
         kill_at: float | None = None
         tail_offset = 0
         poller = select.poll()
@@ -546,11 +581,16 @@ class _Child:
                     self._signal_group(signal.SIGKILL)
                     kill_at = None
                 if now >= next_beat:
+                    # Never waits for the database (its child may hold the write lock): a busy
+                    # database skips this beat and the next try comes sooner.
+                    beat = False
                     try:
-                        heartbeat()
+                        beat = heartbeat()
                     except Exception as exc:  # a database hiccup must not kill the run
                         log.warning("heartbeat failed: %s", exc)
-                    next_beat = now + heartbeat_s
+                    next_beat = time.monotonic() + (
+                        heartbeat_s if beat else min(heartbeat_s, BUSY_BEAT_RETRY_S)
+                    )
         finally:
             if pidfd is not None:
                 os.close(pidfd)
@@ -559,8 +599,10 @@ class _Child:
                 while chunk := os.read(self.result_fd, 65536):
                     self.payload += chunk
             os.close(self.result_fd)
-            # Whatever the job started and left behind in its group goes with it.
-            self._signal_group(signal.SIGKILL)
+            # Whatever the job started and left behind goes with it: its group, its cgroup, and
+            # every descendant that reparented to this subreaper.
+            self.containment.kill_all()
+            self.containment.close()
             if tail is not None:
                 _tail(self.log_path, tail_offset, tail)
 
@@ -576,9 +618,9 @@ class _Child:
         from runner.config import format_duration
 
         message: dict[str, Any] = {}
-        if self.payload:
-            with contextlib.suppress(ValueError):
-                message = json.loads(self.payload.decode("utf-8", "replace"))
+        for line in self.payload.decode("utf-8", "replace").splitlines():
+            with contextlib.suppress(ValueError, TypeError):
+                message.update(json.loads(line))
         self.result = message.get("result")
         self.acked_files_only = bool(message.get("acked_files_only"))
         status = self.wait_status or 0
@@ -639,7 +681,7 @@ def _tail(path: Path, offset: int, stream: Any) -> int:
 # --- the child side ------------------------------------------------------------------------------
 
 
-def _child_main(
+def _leader_main(
     spec: JobSpec,
     params: Mapping[str, Any],
     fire: Fire,
@@ -650,9 +692,71 @@ def _child_main(
     result_fd: int,
     supervisor: int,
     live: bool,
+    containment: Containment,
 ) -> int:
+    """The job's process group leader: runs only this code, never the job's, so nothing a job does
+    to its signal handlers can stop it from taking the job down when the supervisor dies. It forks
+    the job process, waits for it and ends the way it ended (exit code or signal)."""
     os.setpgid(0, 0)
-    _die_with_supervisor(supervisor)
+    containment.join()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)  # a stop is for the job; the leader waits for it
+    signal.signal(PR_SET_PDEATHSIG_SIGNAL, lambda *_: _take_down_everything(containment))
+    _set_parent_death_signal(PR_SET_PDEATHSIG_SIGNAL)
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        _take_down_everything(containment)
+    leader = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the job process: never returns
+        code = CHILD_SETUP_FAILED
+        try:
+            code = _job_main(spec, params, fire, run_id, attempt, store, log_fd, result_fd, leader, live)
+        finally:
+            os._exit(code)
+    os.close(result_fd)
+    os.close(log_fd)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:  # end by the same signal, so the supervisor names it
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL and SIGSTOP have no handler
+            signal.signal(-code, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [-code])
+        os.kill(os.getpid(), -code)
+        return 128 - code
+    return code
+
+
+def _take_down_everything(containment: Containment) -> None:
+    """The supervisor is gone: kill the run's cgroup and the job's process group (and so the leader)."""
+    from runner.containment import kill_processes
+
+    if containment.cgroup is not None:
+        with contextlib.suppress(OSError):
+            (containment.cgroup / "cgroup.kill").write_text("1")
+    kill_processes(containment.cgroup, None)
+    os.killpg(0, signal.SIGKILL)
+
+
+def _set_parent_death_signal(signum: int) -> None:
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+
+
+def _job_main(
+    spec: JobSpec,
+    params: Mapping[str, Any],
+    fire: Fire,
+    run_id: int,
+    attempt: int,
+    store: Store,
+    log_fd: int,
+    result_fd: int,
+    leader: int,
+    live: bool,
+) -> int:
+    _die_with_leader(leader)
     tty = None
     if live and os.isatty(2):
         tty = os.fdopen(os.dup(2), "w", buffering=1)
@@ -677,6 +781,7 @@ def _child_main(
         log=logger,
         tty=tty,
     )
+    STOP.announce = lambda: _write_all(result_fd, b'{"acked_files_only": true}\n')
     kwargs = dict(params)
     if spec.takes_ctx:
         kwargs["ctx"] = ctx
@@ -691,36 +796,32 @@ def _child_main(
         traceback.print_exc()
         code, message = 1, {"error": _summary(exc)}
     message["acked_files_only"] = STOP.used_files
-    _write_all(result_fd, json.dumps(message, default=str).encode())
+    _write_all(result_fd, json.dumps(message, default=str).encode() + b"\n")
     sys.stdout.flush()
     sys.stderr.flush()
     return code
 
 
-def _die_with_supervisor(supervisor: int) -> None:
-    """Ask the kernel for SIGTERM when the supervisor dies; then take the whole group down."""
+def _die_with_leader(leader: int) -> None:
+    """SIGTERM is a stop request (deferred inside ctx.files()); the leader's death is SIGKILL,
+    which no job can catch or ignore."""
 
     def on_term(signum: int, _frame: Any) -> None:
-        if os.getppid() != supervisor:
-            os.killpg(0, signal.SIGKILL)
         if STOP.deferring:  # inside ctx.files(): stop at the next file boundary
             STOP.requested = signum
             return
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(PR_SET_PDEATHSIG_SIGNAL, signal.SIG_DFL)
     # Processes the job forks (a multiprocessing pool) get plain SIGTERM handling back: they are
     # in the job's group, so a stop reaches them, and the job's own handler covers the group.
     os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
     for signum in (signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != supervisor:  # it died before prctl took effect
-        os.killpg(0, signal.SIGKILL)
+    _set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != leader:  # it died before prctl took effect
+        os._exit(CHILD_SETUP_FAILED)
 
 
 def _child_logging(run_id: int, job: str) -> logging.Logger:

@@ -190,6 +190,7 @@ class _Server:
             self.settings.runner.database,
             autocheckpoint=False,
             lock_timeout_s=self.settings.runner.lock_timeout_s,
+            data_url=self.settings.runner.data_database,
         )
         self.store.warm_up()
         wake_r, wake_w = os.pipe()

@@ -38,6 +38,8 @@ MAX_FILE_ATTEMPTS = 3  # a file whose runs failed this often is left alone (stat
 ORPHAN_CLAIM_S = 120.0  # a claim whose run never appeared is released after this long
 SCHEMA_LOCK_ID = 7_270_001  # PostgreSQL advisory lock taken while migrating
 HOSTNAME = socket.gethostname()
+PG_CONNECT_TIMEOUT_S = 10
+PG_WAIT_S = 5  # on PostgreSQL, how long a non-waiting write may still wait for the server
 
 
 # The hot path (a claim before every run, a finish after it) reuses these statements: building a
@@ -83,6 +85,9 @@ class RunRecord:
     params: Any
     paths: Any
     result: Any
+    pidns: str | None = None
+    job_pid: int | None = None
+    cgroup: str | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -114,6 +119,27 @@ def normalise_url(url: str) -> str:
     return url
 
 
+def sqlite3_error() -> type[Exception]:
+    import sqlite3
+
+    return sqlite3.Error
+
+
+def default_data_url(url: str) -> str:
+    """The job-data database for a history database: a SQLite file's sibling `NAME-jobs.db`;
+    any other database holds both."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return url  # create_engine says what is wrong with it
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return url
+    path = Path(parsed.database)
+    return parsed.set(
+        database=str(path.with_name(f"{path.stem}-jobs{path.suffix or '.db'}"))
+    ).render_as_string(hide_password=False)
+
+
 def create_engine(
     url: str, *, autocheckpoint: bool = True, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
 ) -> sa.Engine:
@@ -132,7 +158,8 @@ def create_engine(
         sa.event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     try:
-        return sa.create_engine(parsed, pool_pre_ping=True)
+        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
     except ModuleNotFoundError as exc:
         raise DatabaseError(
             f"the driver for {parsed.get_backend_name()} is not installed ({exc.name}); "
@@ -205,10 +232,17 @@ class Store:
     """One run-history database. Cheap to create; the schema is checked on first use."""
 
     def __init__(
-        self, url: str, *, autocheckpoint: bool = True, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+        self,
+        url: str,
+        *,
+        autocheckpoint: bool = True,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+        data_url: str | None = None,
     ) -> None:
         self.url = normalise_url(url)
         self.lock_timeout_s = lock_timeout_s
+        self.data_url = normalise_url(data_url) if data_url else default_data_url(self.url)
+        self._job_data: Store | None = None
         self.engine = create_engine(self.url, autocheckpoint=autocheckpoint, lock_timeout_s=lock_timeout_s)
         self._schema_checked = False
         self._rollback_only = False
@@ -330,6 +364,9 @@ class Store:
         self.ensure_schema()
         if self._queue is None:
             with self.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{PG_WAIT_S}s'")
+                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = '{PG_WAIT_S}s'")
                 yield conn
             return
         if not self._queue.try_lock():
@@ -378,6 +415,51 @@ class Store:
             if not keep_connection:
                 self.engine.dispose()
 
+    def job_data(self) -> Store:
+        """Where jobs keep their own rows and `ctx.state`: the same database on PostgreSQL (row
+        locks keep a job's long transaction away from the history), a second SQLite file beside
+        the history otherwise, so a job holding its own write transaction for minutes never
+        stalls the run history, its own supervisor, or other jobs' starts."""
+        if self.data_url == self.url:
+            self.ensure_schema()  # also: a forked child never reuses its parent's connections
+            return self
+        if self._job_data is None:
+            path = Path(sa.engine.make_url(self.data_url).database or "")
+            new = not path.exists() or path.stat().st_size == 0
+            self._job_data = Store(  # jobs' writes checkpoint their own WAL
+                self.data_url,
+                lock_timeout_s=self.lock_timeout_s,
+                data_url=self.data_url,
+            )
+            self._job_data.ensure_schema()
+            if new:
+                self._job_data._adopt_job_tables_from(self)
+        self._job_data._check_fork()
+        return self._job_data
+
+    def _adopt_job_tables_from(self, history: Store) -> None:
+        """Once, when the job-data file is new: bring over the rows an older version kept in the
+        history database (job state, and the tables of shipped jobs)."""
+        if history._file is None or not history._file.exists():
+            return
+        raw = self.engine.raw_connection()
+        try:
+            db = raw.driver_connection
+            db.execute("ATTACH DATABASE ? AS history", (str(history._file),))
+            try:
+                names = {row[0] for row in db.execute("SELECT name FROM history.sqlite_master")}
+                db.execute("BEGIN IMMEDIATE")
+                for table in ("job_state", "images"):
+                    if table in names:  # INSERT OR IGNORE: two processes may both get here
+                        db.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM history.{table}")
+                db.execute("COMMIT")
+            finally:
+                db.execute("DETACH DATABASE history")
+        except sqlite3_error() as exc:
+            raise self.fault(exc) from None
+        finally:
+            raw.close()
+
     # --- runs ---------------------------------------------------------------------------------
     def claim(
         self,
@@ -418,6 +500,7 @@ class Store:
             error=error,
             host=HOSTNAME,
             pid=os.getpid(),
+            pidns=PIDNS,
             params=params,
             paths=paths,
         )
@@ -455,16 +538,26 @@ class Store:
         with self.begin() as conn:
             conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
 
-    def heartbeat(self, run_id: int, lease_job: str | None, ttl_s: float) -> None:
+    def heartbeat(
+        self, run_id: int, lease_job: str | None, ttl_s: float, *, wait: bool = True, **values: Any
+    ) -> bool:
+        """The run (and its lease) is alive; `values` are more columns of the run to record.
+
+        With wait=False (the supervisor of a running job) nothing waits for another writer: a
+        busy database means this beat is skipped (False) and the next one tries again."""
         now = utcnow()
-        with self.begin() as conn:
-            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(heartbeat_at=now))
-            if lease_job:
-                conn.execute(
-                    sa.update(leases)
-                    .where(leases.c.job == lease_job, leases.c.run_id == run_id)
-                    .values(expires_at=now + timedelta(seconds=ttl_s))
-                )
+        try:
+            with self.begin() if wait else self._begin_now() as conn:
+                conn.execute(sa.update(runs).where(runs.c.id == run_id).values(heartbeat_at=now, **values))
+                if lease_job:
+                    conn.execute(
+                        sa.update(leases)
+                        .where(leases.c.job == lease_job, leases.c.run_id == run_id)
+                        .values(expires_at=now + timedelta(seconds=ttl_s))
+                    )
+        except _WouldWait:
+            return False
+        return True
 
     def get_run(self, run_id: int) -> RunRecord | None:
         with self.read() as conn:
@@ -481,25 +574,41 @@ class Store:
             return [_record(row) for row in conn.execute(query)]
 
     def reap_lost(self, stale_after_s: float, *, wait: bool = True) -> list[int]:
-        """Mark active runs lost whose supervisor is gone: its pid is dead here, or it went silent.
+        """Mark active runs lost whose supervisor is gone, once every process of the run is gone.
 
+        Where the supervisor's pid can be checked (this host, this boot, this PID namespace), a
+        dead pid decides at once, and what is left of the job (its cgroup, its process group) is
+        killed first: a run is never lost while its job still runs. Elsewhere a heartbeat older
+        than `stale_after` decides (the job process died with its supervisor: parent-death signal).
         The candidates are found with a read; the write lock is taken only when there is one.
         With wait=False (read-only commands) a busy database means: leave it to the next caller.
         """
+        from runner.containment import kill_processes
+
         now = utcnow()
         stale_before = now - timedelta(seconds=stale_after_s)
         with self.read() as conn:
             active = conn.execute(
-                sa.select(runs.c.id, runs.c.host, runs.c.pid, runs.c.heartbeat_at).where(
-                    runs.c.status.in_(ACTIVE_STATUSES)
-                )
+                sa.select(
+                    runs.c.id,
+                    runs.c.host,
+                    runs.c.pid,
+                    runs.c.pidns,
+                    runs.c.heartbeat_at,
+                    runs.c.job_pid,
+                    runs.c.cgroup,
+                ).where(runs.c.status.in_(ACTIVE_STATUSES))
             ).all()
         verdicts = []
-        for run_id, host, pid, heartbeat_at in active:
-            if heartbeat_at is not None and heartbeat_at < stale_before:
-                reason = f"supervisor stopped reporting (last heartbeat {heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)"
-            elif host == HOSTNAME and not pid_alive(pid):
+        for run_id, host, pid, pidns, heartbeat_at, job_pid, cgroup in active:
+            if host == HOSTNAME and pidns == PIDNS:
+                if pid_alive(pid):
+                    continue
                 reason = f"supervisor (pid {pid} on {host}) is gone"
+                if not kill_processes(Path(cgroup) if cgroup else None, job_pid):
+                    continue  # its processes do not die (yet): not lost while they live
+            elif heartbeat_at is not None and heartbeat_at < stale_before:
+                reason = f"supervisor stopped reporting (last heartbeat {heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)"
             else:
                 continue
             verdicts.append((run_id, reason))
@@ -566,6 +675,7 @@ class Store:
                 "claimed_at": now,
                 "host": HOSTNAME,
                 "pid": os.getpid(),
+                "pidns": PIDNS,
             }
             for p, size, mtime in versions
         ]
@@ -588,6 +698,7 @@ class Store:
                     attempts=file_claims.c.attempts + 1,
                     host=HOSTNAME,
                     pid=os.getpid(),
+                    pidns=PIDNS,
                 ),
                 [{"b_path": p, "b_size": size, "b_mtime": mtime} for p, size, mtime in versions],
             )
@@ -672,13 +783,14 @@ class Store:
                     file_claims.c.fire_key,
                     file_claims.c.host,
                     file_claims.c.pid,
+                    file_claims.c.pidns,
                     sa.func.min(file_claims.c.claimed_at),
                 )
                 .where(file_claims.c.job == job, file_claims.c.state == ClaimState.CLAIMED.value)
-                .group_by(file_claims.c.fire_key, file_claims.c.host, file_claims.c.pid)
+                .group_by(file_claims.c.fire_key, file_claims.c.host, file_claims.c.pid, file_claims.c.pidns)
             ).all()
         released = held = 0
-        for fire_key, host, pid, claimed_at in open_claims:
+        for fire_key, host, pid, pidns, claimed_at in open_claims:
             with self.read() as conn:
                 run = conn.execute(
                     sa.select(runs.c.status)
@@ -687,7 +799,7 @@ class Store:
                     .limit(1)
                 ).first()
             if run is None:
-                claimant_gone = host == HOSTNAME and not pid_alive(pid)
+                claimant_gone = host == HOSTNAME and pidns == PIDNS and not pid_alive(pid)
                 if not claimant_gone and (now - _as_utc(claimed_at)).total_seconds() < ORPHAN_CLAIM_S:
                     held += 1
                     continue
@@ -982,10 +1094,33 @@ def _rolled_back(engine: sa.Engine) -> Iterator[sa.Connection]:
 
 
 def pid_alive(pid: int) -> bool:
+    """Is this pid (in our PID namespace) a living process? A zombie is not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return True
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
+
+
+def _pid_namespace() -> str:
+    """Where a pid means something: this boot of this machine, this PID namespace. Two processes
+    with the same host name (containers sharing the host's network) differ here."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "unknown-boot"
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{boot}/{namespace}"[:80]
+
+
+PIDNS = _pid_namespace()

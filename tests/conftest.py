@@ -140,6 +140,13 @@ class Project:
         self._processes: list[subprocess.Popen[str]] = []
         self.configure()
 
+    @property
+    def data_url(self) -> str:
+        """The job-data database (jobs' own tables and state) for this project's history database."""
+        from runner.store import default_data_url
+
+        return default_data_url(self.database_url)
+
     # -- configuration
     def configure(self, jobs: str = "", **runner: str | None) -> Path:
         """Write the INI: [runner] defaults updated with `runner` (None drops a key), then `jobs`."""
