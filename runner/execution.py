@@ -217,11 +217,11 @@ def record_missed(store: Store, job: str, fire: Fire, error: str) -> None:
 
 
 def masked_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Parameters as history and logs show them: JSON values, secret-looking ones as ***."""
-    from runner.config import SECRET_MASK, is_secret
+    """Parameters as history and logs show them: JSON values, secret-looking ones and URL passwords as ***."""
+    from runner.config import mask_value
 
     plain = json.loads(json.dumps(dict(params), default=str))
-    return {key: SECRET_MASK if is_secret(key) else value for key, value in plain.items()}
+    return {key: mask_value(key, value) for key, value in plain.items()}
 
 
 def retry_delay(backoff_s: float, retry_number: int) -> float:

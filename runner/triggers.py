@@ -336,17 +336,19 @@ def _parse_field(text: str, name: str, low: int, high: int, names: list[str] | N
 
 
 def _parse_every(text: str, timezone: str) -> IntervalSchedule:
-    from runner.config import parse_duration
+    from runner.config import MIN_INTERVAL_S, DurationTooLong, format_duration, parse_duration
 
     interval, _, start_text = text.partition(" start ")
     try:
         every_s = parse_duration(interval)
+    except DurationTooLong as exc:
+        raise ValueError(f"the interval {exc}") from None
     except ValueError:
         raise ValueError(
             "expected an interval like 'every 15m' or 'every 1h start 2026-01-01 00:30'"
         ) from None
-    if every_s <= 0:
-        raise ValueError("the interval must be longer than 0s")
+    if every_s < MIN_INTERVAL_S:
+        raise ValueError(f"the interval must be at least {format_duration(MIN_INTERVAL_S)}")
     start = EPOCH
     if start_text.strip():
         start = _parse_local(start_text.strip(), timezone)[0]
