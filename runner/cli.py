@@ -19,6 +19,8 @@ import click
 from runner import __version__
 from runner.errors import EXIT_USAGE, RunnerError
 
+MAX_LIMIT = 100_000  # history rows one command prints
+MAX_RUN_ID = 2**63 - 1  # the history's id column (BIGINT on PostgreSQL)
 STATUS_CHOICES = (
     "queued",
     "running",
@@ -201,7 +203,9 @@ def show(app: App, job: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("job", required=False)
 @click.option("--status", type=click.Choice(STATUS_CHOICES), help="Only runs with this status.")
-@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="How many runs.")
+@click.option(
+    "--limit", type=click.IntRange(1, MAX_LIMIT), default=20, show_default=True, help="How many runs."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_app
 def history(app: App, job: str | None, status: str | None, limit: int, as_json: bool) -> None:
@@ -230,7 +234,7 @@ def history(app: App, job: str | None, status: str | None, limit: int, as_json: 
 
 
 @cli.command()
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=click.IntRange(1, MAX_RUN_ID))
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the run ends.")
 @pass_app
 def logs(app: App, run_id: int, follow: bool) -> None:
@@ -268,6 +272,7 @@ def logs(app: App, run_id: int, follow: bool) -> None:
 @pass_app
 def check(app: App, as_json: bool) -> int:
     """Validate the config and every job; exit 2 if anything is wrong."""
+    from runner.config import sqlite_path
     from runner.discovery import discover
     from runner.models import SCHEMA_REVISION
 
@@ -281,12 +286,20 @@ def check(app: App, as_json: bool) -> int:
         if job.watch is not None and (problem := check_folders(job.watch)):
             problems.append(f"{settings.path}: [job:{name}] watch: {problem}")
     try:
+        sqlite_file = sqlite_path(settings.runner.database)
+        if sqlite_file is not None and not sqlite_file.exists():
+            # checking must not create it (nor its folder): the first run does
+            raise _NotCreated(
+                f"not created yet: {sqlite_file} (the first run, or `runner db upgrade`, creates it)"
+            )
         revision = app.store.schema_revision()
         database = (
             "ok"
             if revision == SCHEMA_REVISION
             else f"at revision {revision or 'none'}; `runner db upgrade` (or any run) brings it to {SCHEMA_REVISION}"
         )
+    except _NotCreated as exc:
+        database = str(exc)
     except RunnerError as exc:
         database = str(exc)
         problems.append(database)
@@ -306,6 +319,10 @@ def check(app: App, as_json: bool) -> int:
         for problem in problems:
             click.echo(f"runner: {problem}", err=True)
     return EXIT_USAGE if problems else 0
+
+
+class _NotCreated(RunnerError):
+    """The SQLite file does not exist yet: not a problem for `check`."""
 
 
 @cli.group()

@@ -542,7 +542,7 @@ def _int(values, key, default, path, section, *, minimum, maximum):
     if key not in values:
         return default
     text = values[key].strip()
-    number = int(text) if re.fullmatch(r"[+-]?\d{1,20}", text) else None
+    number = int(text) if re.fullmatch(r"[+-]?[0-9]{1,20}", text) else None
     if number is None or not minimum <= number <= maximum:
         raise ConfigError(
             f"expected a whole number from {minimum} to {maximum}",
@@ -567,6 +567,15 @@ def _check_timezone(name: str, path: Path, section: str) -> None:
             key="timezone",
             value=name,
         ) from None
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    prefix, sep, rest = url.partition(":///")
+    file_part = rest.partition("?")[0]
+    if not sep or not prefix.startswith("sqlite") or file_part in ("", ":memory:"):
+        return None
+    return Path(file_part)
 
 
 def _check_database_url(url: str, path: Path) -> None:

@@ -9,7 +9,7 @@ import socket
 import sys
 from pathlib import Path
 
-from runner.config import Settings
+from runner.config import Settings, sqlite_path
 from runner.errors import ConfigError, RunnerError
 
 # A unit file is line-based: a newline or control character in a value would start a new setting.
@@ -82,10 +82,9 @@ def writable_paths(settings: Settings) -> tuple[list[str], list[str]]:
     """(folders the daemon itself writes, folders jobs write: watched folders and Path parameters)."""
     runner = settings.runner
     own = sorted({str(runner.var_dir), str(runner.log_dir)})
-    if runner.database.startswith("sqlite"):
-        db_dir = str(Path(runner.database.split(":///", 1)[1].split("?", 1)[0]).parent)
-        if db_dir not in own:
-            own.append(db_dir)
+    database = sqlite_path(runner.database)
+    if database is not None and str(database.parent) not in own:
+        own.append(str(database.parent))
     jobs: set[str] = set()
     for job in settings.jobs.values():
         if job.watch is not None:

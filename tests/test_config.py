@@ -117,7 +117,9 @@ USER_ERRORS = [
     pytest.param(
         {"runner": {"timezone": "Mars/Olympus"}}, ["list"], ["timezone", "IANA"], id="unknown-timezone"
     ),
-    pytest.param({"runner": {"max_workers": "0"}}, ["list"], ["max_workers", "from 1 to 1024"], id="zero-max-workers"),
+    pytest.param(
+        {"runner": {"max_workers": "0"}}, ["list"], ["max_workers", "from 1 to 1024"], id="zero-max-workers"
+    ),
     pytest.param(
         {"runner": {"heartbeat": "10s", "stale_after": "5s"}},
         ["list"],
@@ -128,7 +130,10 @@ USER_ERRORS = [
         {"jobs": "[job:ghost]\n"}, ["run", "ghost"], ["[job:ghost]", "no job function"], id="no-function"
     ),
     pytest.param(
-        {"runner": {"database": "not a url"}}, ["history"], ["expected a SQLAlchemy URL"], id="database-not-a-url"
+        {"runner": {"database": "not a url"}},
+        ["history"],
+        ["expected a SQLAlchemy URL"],
+        id="database-not-a-url",
     ),
     pytest.param(
         {"runner": {"database": "postgresql+psycopg://nobody@127.0.0.1:1/none"}},
