@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from runner.context import STOP, Fire, JobContext
 from runner.errors import AlreadyRan, OverlapSkipped, Stopped
 from runner.models import RunStatus, utcnow
+from runner.private import open_private, private_folder
 
 if TYPE_CHECKING:
     from runner.config import RunnerSettings, Settings
@@ -301,7 +302,7 @@ def _attempt(
     release_lease: bool,
 ) -> Outcome:
     log_path = run_log_path(settings, spec.name, run_id)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(log_path.parent)  # job output may hold secrets: 0700, files 0600
     started = utcnow()
     if attempt > 1:  # the first attempt's row was marked running when it was claimed
         store.update_run(run_id, status=RunStatus.RUNNING.value, started_at=started, heartbeat_at=started)
@@ -362,7 +363,7 @@ def run_log_path(settings: RunnerSettings, job: str, run_id: int) -> Path:
 
 def _append(path: Path, line: str) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    with open(path, "a", encoding="utf-8") as handle:
+    with os.fdopen(open_private(path, os.O_WRONLY | os.O_APPEND), "a", encoding="utf-8") as handle:
         handle.write(f"{stamp} runner: {line}\n")
 
 
@@ -460,7 +461,7 @@ class _Child:
         log_path: Path,
         live: bool,
     ) -> _Child:
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         read_fd, write_fd = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
