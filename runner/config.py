@@ -56,6 +56,7 @@ JOB_KEYS = {
     "batch": "most files handed to one run",
     "watch_mode": "events (inotify) or polling (NFS/SMB shares, some containers)",
     "rescan": "how often the folders are listed in full, to catch anything events missed",
+    "follow_symlinks": "hand out symlinks whose target is a regular file inside a watched folder (true/false)",
 }
 DEFAULT_CATCHUP_S = 3600.0
 # Bounds (documented in the README): a value outside them is a typo, and some would overflow dates.
@@ -445,7 +446,16 @@ def _job_settings(
     jitter, catchup = duration("jitter"), duration("catchup")
     watch = _watch_settings(values, path, section, duration) if values.get("watch", "").strip() else None
     if watch is None:
-        for key in ("patterns", "ignore", "recursive", "settle", "batch", "watch_mode", "rescan"):
+        for key in (
+            "patterns",
+            "ignore",
+            "recursive",
+            "settle",
+            "batch",
+            "watch_mode",
+            "rescan",
+            "follow_symlinks",
+        ):
             if key in values:
                 raise ConfigError(
                     "only means something with `watch = FOLDER`", path=path, section=section, key=key
@@ -491,11 +501,15 @@ def _watch_settings(values: Mapping[str, str], path: Path, section: str, duratio
             key="watch_mode",
             value=values["watch_mode"],
         )
-    recursive_text = values.get("recursive", "false").strip().lower()
-    if recursive_text not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
-        raise ConfigError(
-            "expected true or false", path=path, section=section, key="recursive", value=values["recursive"]
-        )
+
+    def flag(key: str) -> bool:
+        text = values.get(key, "false").strip().lower()
+        if text not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+            raise ConfigError(
+                "expected true or false", path=path, section=section, key=key, value=values[key]
+            )
+        return text in ("true", "yes", "1", "on")
+
     settle = duration("settle")
     rescan = _at_least(duration("rescan"), MIN_RESCAN_S, values, "rescan", path, section)
     return WatchSettings(
@@ -504,7 +518,8 @@ def _watch_settings(values: Mapping[str, str], path: Path, section: str, duratio
         if values.get("patterns", "").strip()
         else DEFAULT_PATTERNS,
         ignore=tuple(values["ignore"].split()) if "ignore" in values else DEFAULT_IGNORE,
-        recursive=recursive_text in ("true", "yes", "1", "on"),
+        recursive=flag("recursive"),
+        follow_symlinks=flag("follow_symlinks"),
         settle_s=2.0 if settle is None else settle,
         batch=_int(values, "batch", 100, path, section, minimum=1, maximum=MAX_BATCH),
         mode=mode,
