@@ -65,6 +65,7 @@ MIN_INTERVAL_S = 1.0  # shortest `every`: a fire per second is already a busy da
 MIN_HEARTBEAT_S = 0.1  # a heartbeat is a database write
 MIN_RESCAN_S = 1.0  # a rescan lists whole folders
 MAX_JOB_NAME_CHARS = 200  # the history's job columns (PostgreSQL enforces the length)
+JOB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
 MAX_WORKERS = 1024
 MAX_RETRIES = 100
 MAX_BATCH = 100_000
@@ -268,14 +269,8 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
     for section, values in sections.items():
         if section.startswith(JOB_PREFIX):
             name = section[len(JOB_PREFIX) :].strip()
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name):
-                raise ConfigError(
-                    "job names use letters, digits, '_', '-' and '.'", path=path, section=section
-                )
-            if len(name) > MAX_JOB_NAME_CHARS:
-                raise ConfigError(
-                    f"job names are at most {MAX_JOB_NAME_CHARS} characters", path=path, section=section
-                )
+            if problem := job_name_problem(name):
+                raise ConfigError(problem, path=path, section=section)
             if name in jobs:
                 raise ConfigError(
                     f"a second section for job {name} (spaces in section names do not count)",
@@ -287,6 +282,16 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
     return Settings(
         path, runner, MappingProxyType(jobs), MappingProxyType(frozen), MappingProxyType(unusable)
     )
+
+
+def job_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a job's name (it goes into crontab lines, log paths and a 200-character
+    column), or None."""
+    if not JOB_NAME.fullmatch(name):
+        return "job names use letters, digits, '_', '-' and '.'"
+    if len(name) > MAX_JOB_NAME_CHARS:
+        return f"job names are at most {MAX_JOB_NAME_CHARS} characters"
+    return None
 
 
 class _EnvMissing(ConfigError):

@@ -157,3 +157,13 @@ def test_numeric_options_out_of_range_are_one_line(sqlite_project: Project, args
     done = sqlite_project.runner(*args)
     assert_one_line_error(done)
     assert sqlite_project.runner("history", "--json").json() == []
+
+
+def test_a_job_name_too_long_for_the_history_is_refused_before_any_row(sqlite_project: Project):
+    project = sqlite_project
+    project.configure(job_packages="jobs_longname")
+    done = project.runner("run", "j" * 300)
+    assert_one_line_error(done, "at most 200 characters")
+    listed = project.runner("list", "--json")
+    assert [row["status"] for row in listed.json()] == ["broken"], listed
+    assert not project.var_dir.exists()
