@@ -53,6 +53,9 @@ CASES: list[tuple[str, str | bytes, str]] = [
     ("overlap-injection", job("overlap = skip; DROP TABLE runs"), "overlap"),
     ("cron-minute-99", job("schedule = cron 99 * * * *"), "schedule"),
     ("at-year-99999", job("schedule = at 99999-01-01 00:00"), "schedule"),
+    ("at-year-9999", job("schedule = at 9999-12-31 23:59", "jitter = 366d"), "year must be"),
+    ("every-start-9999", job("schedule = every 366d start 9999-01-01 00:00"), "year must be"),
+    ("at-year-1", job("schedule = at 0001-01-01 00:00", "timezone = America/New_York"), "year must be"),
     ("timezone-path", job("timezone = ../../etc/passwd"), "timezone"),
     ("timezone-nul", job("timezone = UTC\x00"), "timezone"),
     # names
