@@ -275,6 +275,10 @@ def check_cron_d_path(path: Path) -> Path:
 
 
 def _read_cron_d(path: Path) -> str | None:
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        raise RunnerError(
+            f"--file {path}: not a regular file (a link, a device or a folder); refusing to replace it"
+        )
     try:
         return path.read_text(encoding="utf-8")
     except FileNotFoundError:

@@ -346,6 +346,9 @@ def test_cron_d_files_are_refused_unless_ours_and_backed_up(sqlite_project: Proj
         project.runner("crontab", "install", "--file", str(crond / "runner"), "--user", "no-such-user-x")
     )
     assert_one_line_error(project.runner("crontab", "install", "--user", "nobody"), "--file")
+    os.symlink("/dev/null", crond / "null")
+    assert_one_line_error(project.runner("crontab", "install", "--file", str(crond / "null"), "--force"))
+    (crond / "null").unlink()
     assert sorted(p.name for p in crond.iterdir()) == ["backup"]
 
     forced = project.runner("crontab", "install", "--file", str(foreign), "--force")
