@@ -400,3 +400,9 @@ def test_systemd_unit_quotes_odd_paths_and_lets_jobs_write_their_folders(tmp_pat
     unit.write_text(done.stdout)
     verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
     assert verify.stderr == "", verify.stderr
+
+
+def test_systemd_unit_refuses_an_unknown_run_as_user(sqlite_project: Project):
+    configure_minutely(sqlite_project)
+    for user in ("no-such-user-x", "root\nExecStartPre=/bin/touch /tmp/pwned"):
+        assert_one_line_error(sqlite_project.runner("systemd-unit", "--run-as", user), "no such user")
