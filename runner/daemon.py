@@ -18,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from runner.config import load_settings
+from runner.config import Settings, load_settings
 from runner.context import Fire
 from runner.errors import EXIT_NOT_STARTED, EXIT_USAGE, RunnerError
 from runner.forkserver import ForkServer
@@ -161,6 +161,21 @@ class Daemon:
             log.error("reload failed, keeping the previous schedules: %s", exc)
             notify("READY=1")
             return
+        except Exception:  # a bug must not take the running daemon down with it
+            log.exception("reload failed, keeping the previous schedules")
+            notify("READY=1")
+            return
+        previous = self.settings
+        try:
+            self._apply(settings)
+        except Exception:
+            log.exception("reload failed while applying it; going back to the previous schedules")
+            self._apply(previous)
+        else:
+            log.info("reloaded %s: jobs %s", self.config_path, ", ".join(self._scheduled_names()) or "none")
+        notify("READY=1")
+
+    def _apply(self, settings: Settings) -> None:
         self.settings = settings
         self.server.command("reload")
         for job in self.scheduler.get_jobs():
@@ -169,8 +184,6 @@ class Daemon:
         if self.watches is not None:
             self.watches.stop()
         self._start_watches()
-        log.info("reloaded %s: jobs %s", self.config_path, ", ".join(self._scheduled_names()) or "none")
-        notify("READY=1")
 
     # -- scheduling --
     def _scheduled_names(self) -> list[str]:

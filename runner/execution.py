@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from runner.context import STOP, Fire, JobContext
 from runner.errors import AlreadyRan, OverlapSkipped, Stopped
 from runner.models import RunStatus, utcnow
+from runner.private import open_private, private_folder
 
 if TYPE_CHECKING:
     from runner.config import RunnerSettings, Settings
@@ -220,11 +221,11 @@ def record_missed(store: Store, job: str, fire: Fire, error: str) -> None:
 
 
 def masked_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Parameters as history and logs show them: JSON values, secret-looking ones as ***."""
-    from runner.config import SECRET_MASK, is_secret
+    """Parameters as history and logs show them: JSON values, secret-looking ones and URL passwords as ***."""
+    from runner.config import mask_value
 
     plain = json.loads(json.dumps(dict(params), default=str))
-    return {key: SECRET_MASK if is_secret(key) else value for key, value in plain.items()}
+    return {key: mask_value(key, value) for key, value in plain.items()}
 
 
 def retry_delay(backoff_s: float, retry_number: int) -> float:
@@ -304,7 +305,7 @@ def _attempt(
     release_lease: bool,
 ) -> Outcome:
     log_path = run_log_path(settings, spec.name, run_id)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
+    private_folder(log_path.parent)  # job output may hold secrets: 0700, files 0600
     started = utcnow()
     if attempt > 1:  # the first attempt's row was marked running when it was claimed
         store.update_run(run_id, status=RunStatus.RUNNING.value, started_at=started, heartbeat_at=started)
@@ -377,7 +378,7 @@ def run_log_path(settings: RunnerSettings, job: str, run_id: int) -> Path:
 
 def _append(path: Path, line: str) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    with open(path, "a", encoding="utf-8") as handle:
+    with os.fdopen(open_private(path, os.O_WRONLY | os.O_APPEND), "a", encoding="utf-8") as handle:
         handle.write(f"{stamp} runner: {line}\n")
 
 
@@ -477,7 +478,7 @@ class _Child:
         live: bool,
         containment: Containment,
     ) -> _Child:
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         read_fd, write_fd = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
