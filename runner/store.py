@@ -150,7 +150,13 @@ def create_engine(
         raise DatabaseError(f"database = {url!r} is not a SQLAlchemy URL") from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            _private_database_file(Path(parsed.database))
+            try:
+                _private_database_file(Path(parsed.database))
+            except OSError as exc:
+                raise DatabaseError(
+                    f"cannot create the folder of database {parsed.database}: {exc.strerror}; "
+                    "check [runner] database"
+                ) from None
         engine = sa.create_engine(parsed, connect_args={"timeout": lock_timeout_s})
         sa.event.listen(engine, "connect", partial(_sqlite_on_connect, lock_timeout_s=lock_timeout_s))
         if not autocheckpoint:
@@ -160,6 +166,11 @@ def create_engine(
     try:
         connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
         return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    except sa.exc.NoSuchModuleError:
+        raise DatabaseError(
+            f"database = {parsed.render_as_string(hide_password=True)!r}: no such database kind "
+            f"{parsed.drivername!r}; expected sqlite:///PATH or postgresql://USER@HOST/DB"
+        ) from None
     except ModuleNotFoundError as exc:
         raise DatabaseError(
             f"the driver for {parsed.get_backend_name()} is not installed ({exc.name}); "

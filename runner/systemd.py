@@ -179,6 +179,9 @@ def render_unit(settings: Settings, *, user_unit: bool, user: str | None = None)
         # SIGTERM goes to the daemon only, which lets running jobs finish (shutdown_grace);
         # whatever is left when TimeoutStopSec runs out is killed with the whole cgroup.
         "KillMode=mixed",
+        # Lets the daemon give each run a cgroup of its own, so a job's timeout kills every
+        # process it started, even those that left its process group (README: guarantees).
+        "Delegate=yes",
         f"TimeoutStopSec={grace}s",
         "NoNewPrivileges=yes",
         "PrivateTmp=yes",

@@ -164,3 +164,22 @@ def test_an_unreachable_database_is_one_line_exit_5(sqlite_project: Project) -> 
 
     assert_one_line_error(done, "cannot use database", "reachable", exit_code=5)
     assert "secret" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("database", "fragments"),
+    [
+        ("foo://u:secret@h/db", ["no such database kind", "foo"]),
+        ("sqlite:////proc/no/such/folder/runner.db", ["cannot create the folder", "[runner] database"]),
+    ],
+    ids=["unknown-kind", "folder-cannot-exist"],
+)
+def test_an_unusable_database_setting_is_one_line_exit_2(
+    sqlite_project: Project, database: str, fragments: list[str]
+) -> None:
+    sqlite_project.configure(ECHO_JOB, database=database)
+
+    done = sqlite_project.runner("history")
+
+    assert_one_line_error(done, *fragments)
+    assert "secret" not in done.stderr
