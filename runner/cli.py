@@ -65,6 +65,9 @@ class App:
         """The store, after marking lost the runs whose supervisor is gone."""
         store = self.store
         store.ensure_schema()
+        from runner.spool import replay
+
+        replay(self.settings.runner.var_dir, store)
         store.reap_lost(self.settings.runner.stale_after_s, wait=False)
         return store
 

@@ -23,6 +23,7 @@ from runner.context import Fire
 from runner.errors import EXIT_NOT_STARTED, EXIT_USAGE, RunnerError
 from runner.forkserver import ForkServer
 from runner.models import Trigger, utcnow
+from runner.spool import replay
 from runner.triggers import fire_key
 
 log = logging.getLogger("runner.daemon")
@@ -117,6 +118,7 @@ class Daemon:
         try:
             self.store.daemon_heartbeat(self.daemon_id)
             self.store.checkpoint()
+            replay(self.settings.runner.var_dir, self.store)  # outcomes kept while the database was away
             lost = self.store.reap_lost(self.settings.runner.stale_after_s)
             if lost:
                 log.warning("marked lost (their supervisor is gone): runs %s", ", ".join(map(str, lost)))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.context import STOP, Fire, JobContext
-from runner.errors import AlreadyRan, OverlapSkipped, Stopped
+from runner.errors import AlreadyRan, OverlapSkipped, Stopped, StorageError
 from runner.models import RunStatus, utcnow
 from runner.private import open_private, private_folder
 
@@ -85,7 +85,10 @@ def execute(
     Before the job body starts there is one transaction (claim the fire, take the lease, mark the
     run running); after it ends, one more (record the outcome, release the lease).
     """
+    from runner.spool import replay
+
     store.ensure_schema()
+    replay(settings.var_dir, store)
     if reap:
         store.reap_lost(settings.stale_after_s)
     if not gc.isenabled():  # the CLI starts with collections off; the job gets them back
@@ -304,20 +307,34 @@ def _attempt(
     *,
     release_lease: bool,
 ) -> Outcome:
+    from runner.containment import Containment
+    from runner.spool import record_outcome
+
     log_path = run_log_path(settings, spec.name, run_id)
-    private_folder(log_path.parent)  # job output may hold secrets: 0700, files 0600
     started = utcnow()
     if attempt > 1:  # the first attempt's row was marked running when it was claimed
         store.update_run(run_id, status=RunStatus.RUNNING.value, started_at=started, heartbeat_at=started)
-    _append(
-        log_path,
-        f"run {run_id} of job {spec.name} started: attempt {attempt}, "
-        f"trigger {fire.kind}, fire {fire.key}, params {masked_params(params)!r}",
-    )
-    from runner.containment import Containment
-
     containment = Containment.create()
-    child = _Child.spawn(spec, params, fire, run_id, attempt, store, log_path, live, containment)
+    try:
+        private_folder(log_path.parent)  # job output may hold secrets: 0700, files 0600
+        _append(
+            log_path,
+            f"run {run_id} of job {spec.name} started: attempt {attempt}, "
+            f"trigger {fire.kind}, fire {fire.key}, params {masked_params(params)!r}",
+        )
+        child = _Child.spawn(spec, params, fire, run_id, attempt, store, log_path, live, containment)
+    except OSError as exc:  # a full or read-only log folder: the job cannot start
+        containment.close()
+        error = f"cannot write the run log {log_path}: {exc.strerror or exc}"
+        record_outcome(
+            store,
+            settings.var_dir,
+            run_id,
+            dict(status=RunStatus.FAILED.value, ended_at=utcnow(), error=error),
+            release_lease_of=spec.name if spec.overlap != "allow" else None,
+            patience_s=settings.lock_timeout_s,
+        )
+        raise StorageError(f"job {spec.name}: {error}; run {run_id} is recorded failed") from None
     # The first beat records where the job's processes are, for whoever reaps a dead supervisor.
     unrecorded = {"job_pid": child.pid, "cgroup": str(containment.cgroup) if containment.cgroup else None}
 
@@ -340,21 +357,27 @@ def _attempt(
     status, exit_code, sig, error = child.verdict(spec.timeout_s)
     ended = utcnow()
     duration = (ended - started).total_seconds()
-    store.finish(
+    with contextlib.suppress(OSError):  # a full disk must not change what is recorded
+        _append(
+            log_path,
+            f"run {run_id} {status.value} in {duration:.2f}s" + (f": {error}" if error else ""),
+        )
+    record_outcome(
+        store,
+        settings.var_dir,
         run_id,
+        dict(
+            status=status.value,
+            ended_at=ended,
+            heartbeat_at=ended,
+            exit_code=exit_code,
+            signal=sig,
+            error=error,
+            result=child.result,
+            log_path=str(log_path),
+        ),
         release_lease_of=spec.name if release_lease else None,
-        status=status.value,
-        ended_at=ended,
-        heartbeat_at=ended,
-        exit_code=exit_code,
-        signal=sig,
-        error=error,
-        result=child.result,
-        log_path=str(log_path),
-    )
-    _append(
-        log_path,
-        f"run {run_id} {status.value} in {duration:.2f}s" + (f": {error}" if error else ""),
+        patience_s=settings.lock_timeout_s,
     )
     return Outcome(
         run_id,

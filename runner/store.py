@@ -934,6 +934,18 @@ class Store:
             if release_lease_of:
                 conn.execute(_RELEASE_LEASE, {"b_job": release_lease_of, "b_run_id": run_id})
 
+    def finish_late(self, run_id: int, *, release_lease_of: str | None = None, **values: Any) -> bool:
+        """Record an outcome kept while the database was away, unless the run was finished since
+        (a run marked lost meanwhile gets its true outcome). True when written."""
+        unfinished = (*ACTIVE_STATUSES, RunStatus.LOST.value)
+        with self.begin() as conn:
+            updated = conn.execute(
+                sa.update(runs).where(runs.c.id == run_id, runs.c.status.in_(unfinished)).values(**values)
+            ).rowcount
+            if release_lease_of:
+                conn.execute(_RELEASE_LEASE, {"b_job": release_lease_of, "b_run_id": run_id})
+        return bool(updated)
+
     # --- per-job state ------------------------------------------------------------------------
     def state_get(self, job: str, key: str, default: Any = None, conn: sa.Connection | None = None) -> Any:
         query = sa.select(job_state.c.value).where(job_state.c.job == job, job_state.c.key == key)
@@ -1030,7 +1042,7 @@ class _WriterQueue:
     def begin(self, engine: sa.Engine) -> Iterator[sa.Connection]:
         with self._thread_lock:
             if self._pid != os.getpid():  # a forked child must not share the parent's lock
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+                self._fd = self._open()
                 self._pid, self._depth = os.getpid(), 0
             if self._depth == 0:
                 self._lock()
@@ -1051,7 +1063,11 @@ class _WriterQueue:
 
         self._thread_lock.acquire()
         if self._pid != os.getpid():
-            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+            try:
+                self._fd = self._open()
+            except StorageError:
+                self._thread_lock.release()
+                raise
             self._pid, self._depth = os.getpid(), 0
         if self._depth:
             self._depth += 1
@@ -1071,6 +1087,15 @@ class _WriterQueue:
         if self._depth == 0:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._thread_lock.release()
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+        except OSError as exc:  # a read-only or full file system, a folder we may not write
+            raise StorageError(
+                f"cannot write beside database {self.path.parent}: {exc.strerror}; "
+                "check the file system and the folder's permissions"
+            ) from None
 
     def _lock(self) -> None:
         """flock() with a deadline: try at once, then every few milliseconds (a blocking flock
