@@ -51,25 +51,43 @@ class JobState:
     """Small persistent key/value store of one job, kept in the job-data database (see
     `ctx.transaction()`).
 
-    Values are anything JSON can hold. Reads and writes are their own transaction, unless you pass
-    `conn=` from `ctx.transaction()` to advance a cursor together with the data it covers.
+    Values are anything JSON can hold. Outside `ctx.transaction()` each call is its own
+    transaction: `get` then `set` is *not* atomic when two runs of the job overlap — use
+    `update(key, fn)` or `incr(key)`, which are. Inside `with ctx.transaction():` every call joins
+    that transaction by itself (no `conn=` needed), and `get` locks the key until it ends, so a
+    cursor advances together with the data it covers and concurrent runs take turns.
     """
 
-    def __init__(self, store: Store, job: str) -> None:
-        self._history, self._job = store, job
+    def __init__(self, store: Store, job: str, current: Callable[[], sa.Connection | None]) -> None:
+        self._history, self._job, self._current = store, job, current
 
     @property
     def _store(self) -> Store:
         return self._history.job_data()
 
     def get(self, key: str, default: Any = None, *, conn: sa.Connection | None = None) -> Any:
-        return self._store.state_get(self._job, key, default, conn)
+        return self._store.state_get(self._job, key, default, conn or self._current())
 
     def set(self, key: str, value: Any, *, conn: sa.Connection | None = None) -> None:
-        self._store.state_set(self._job, key, value, conn)
+        self._store.state_set(self._job, key, value, conn or self._current())
+
+    def update(
+        self,
+        key: str,
+        change: Callable[[Any], Any],
+        default: Any = None,
+        *,
+        conn: sa.Connection | None = None,
+    ) -> Any:
+        """Atomically set `key` to `change(current value, or default)`; returns the new value."""
+        return self._store.state_update(self._job, key, change, default, conn or self._current())
+
+    def incr(self, key: str, by: int | float = 1, *, conn: sa.Connection | None = None) -> Any:
+        """Atomically add `by` to a number (a missing key counts as 0); returns the new value."""
+        return self.update(key, lambda value: (value or 0) + by, conn=conn)
 
     def delete(self, key: str, *, conn: sa.Connection | None = None) -> None:
-        self._store.state_delete(self._job, key, conn)
+        self._store.state_delete(self._job, key, conn or self._current())
 
     def items(self) -> dict[str, Any]:
         return self._store.state_items(self._job)
@@ -110,7 +128,8 @@ class JobContext:
         self.fire = fire
         self.params = dict(params)
         self.log = log
-        self.state = JobState(store, job)
+        self._conn: sa.Connection | None = None  # the open ctx.transaction(), if any
+        self.state = JobState(store, job, lambda: self._conn)
         self._store = store
         self._tty = tty
 
@@ -127,8 +146,15 @@ class JobContext:
     def transaction(self) -> Iterator[sa.Connection]:
         """One write transaction on the job-data database: write your rows and `ctx.state`
         together. Other jobs' writes to it wait for it (at most `lock_timeout` on SQLite)."""
+        if self._conn is not None:  # nested: one transaction
+            yield self._conn
+            return
         with self._store.job_data().begin() as conn:
-            yield conn
+            self._conn = conn
+            try:
+                yield conn
+            finally:
+                self._conn = None
 
     def files(self) -> Iterator[Path]:
         """The files this run was handed (`ctx.fire.paths`), one at a time.

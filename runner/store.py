@@ -948,8 +948,13 @@ class Store:
 
     # --- per-job state ------------------------------------------------------------------------
     def state_get(self, job: str, key: str, default: Any = None, conn: sa.Connection | None = None) -> Any:
+        """Inside a transaction (`conn`) the row is locked until it ends (FOR UPDATE on
+        PostgreSQL; SQLite's write transactions hold the whole database), so a read followed by a
+        write of the same key is atomic."""
         query = sa.select(job_state.c.value).where(job_state.c.job == job, job_state.c.key == key)
         if conn is not None:
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update()
             row = conn.execute(query).first()
         else:
             with self.read() as own:
@@ -972,6 +977,28 @@ class Store:
             )
         )
         return None
+
+    def state_update(
+        self, job: str, key: str, change: Any, default: Any = None, conn: sa.Connection | None = None
+    ) -> Any:
+        """Atomically replace the value with change(old value or default); returns the new value.
+        Two runs updating one key at once both count: the second waits for the first."""
+        if conn is None:
+            with self.begin() as own:
+                return self.state_update(job, key, change, default, own)
+        if conn.dialect.name == "postgresql":  # a row to lock, even for a key never written
+            insert = _dialect_insert("postgresql")(job_state).values(
+                job=job, key=key, value=sa.null(), updated_at=utcnow()
+            )
+            if conn.execute(insert.on_conflict_do_nothing().returning(job_state.c.key)).first() is not None:
+                value = change(default)
+                self.state_set(job, key, value, conn)
+                return value
+        missing = object()
+        current = self.state_get(job, key, missing, conn)
+        value = change(default if current is missing else current)
+        self.state_set(job, key, value, conn)
+        return value
 
     def state_delete(self, job: str, key: str, conn: sa.Connection | None = None) -> None:
         statement = sa.delete(job_state).where(job_state.c.job == job, job_state.c.key == key)
