@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = Path("config/runner.ini")
 CONFIG_ENV = "RUNNER_CONFIG"
 JOB_PREFIX = "job:"
+CONTAIN_CHOICES = ("subreaper", "cgroup")
 DEFAULT_LOCK_TIMEOUT_S = 60.0  # how long a write waits for another writer of the database
 
 OVERLAP_POLICIES = ("skip", "queue", "allow")
@@ -38,6 +39,7 @@ RUNNER_KEYS = {
     "catchup": "default for how late a missed fire may still run (0 = never)",
     "shutdown_grace": "how long the daemon lets running jobs finish when it stops",
     "lock_timeout": "how long a write waits for another writer of the database before giving up",
+    "contain": "how every process a job starts is kept within reach: subreaper or cgroup",
     "data_database": "SQLAlchemy URL for the jobs' own tables and state (default: beside the history)",
 }
 JOB_KEYS = {
@@ -182,6 +184,7 @@ class RunnerSettings:
     shutdown_grace_s: float = 30.0
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
     data_database: str | None = None  # None: NAME-jobs.db beside a SQLite history, else the same
+    contain: str = "subreaper"  # or "cgroup": a cgroup v2 per attempt as well, where one can be made
 
 
 @dataclass(frozen=True, slots=True)
@@ -411,6 +414,7 @@ def _runner_settings(values: Mapping[str, str], path: Path, base: Path) -> Runne
         catchup_s=get_duration("catchup", DEFAULT_CATCHUP_S),
         shutdown_grace_s=get_duration("shutdown_grace", 30.0),
         lock_timeout_s=get_duration("lock_timeout", DEFAULT_LOCK_TIMEOUT_S),
+        contain=_choice(values, "contain", CONTAIN_CHOICES, path),
         data_database=_absolute_sqlite_url(values["data_database"].strip(), base)
         if values.get("data_database", "").strip()
         else None,
@@ -633,3 +637,17 @@ def _absolute_sqlite_url(url: str, base: Path) -> str:
         return url
     file_part, q, query = rest.partition("?")
     return f"{prefix}:///{(base / file_part).resolve()}{q}{query}"
+
+
+def _choice(values: Mapping[str, str], key: str, choices: tuple[str, ...], path: Path) -> str:
+    """A [runner] key that takes one of a few words (the first is the default)."""
+    value = values.get(key, "").strip().lower() or choices[0]
+    if value not in choices:
+        raise ConfigError(
+            f"expected one of: {', '.join(choices)}",
+            path=path,
+            section="runner",
+            key=key,
+            value=values.get(key),
+        )
+    return value

@@ -1,15 +1,16 @@
 """Keep every process a job starts within reach, so a timeout, a stop or the end of a run can kill
 them all — including those that left the job's process group or session (setsid, double fork).
 
-Two mechanisms, the stronger one where it can be had:
-- **cgroup** (cgroup v2 writable by us: root, or a systemd unit with `Delegate=yes`): each attempt
-  gets its own cgroup, which the job process joins before the job body starts. Nothing a process
-  does can take it out of the cgroup, so killing the cgroup (`cgroup.kill`) kills them all, even
-  after the supervisor itself died (whoever reaps the run kills what is left).
-- **subreaper** (always): the supervisor is a child subreaper, so orphaned descendants become its
-  children instead of init's; it walks its process tree and kills it. This does not outlive a
-  supervisor killed with SIGKILL: then the job process itself dies by its parent-death signal
-  (SIGKILL, which it cannot catch) and the reaper kills the job's process group.
+- **subreaper** (always): the supervisor and the job's group leader are child subreapers, so a
+  process that double-forks or calls setsid is re-parented to the leader (or, if the leader is
+  gone, to the supervisor) instead of to init. They walk their process trees and kill them: the
+  supervisor on timeout, stop and run end; the leader when the supervisor dies.
+- **cgroup** (`[runner] contain = cgroup`, where cgroup v2 is writable by us: root, or a systemd
+  unit with `Delegate=yes`): each attempt also gets its own cgroup, which the group leader joins
+  before the job starts. Nothing a process does takes it out, so `cgroup.kill` kills them all even
+  when the supervisor and the leader were both killed. Off by default: moving a process into a
+  cgroup stalls every fork on the machine for a moment (the kernel's cgroup migration lock), which
+  made a busy daemon's fires 5-10x later in bench/dispatch.py.
 """
 
 from __future__ import annotations
@@ -39,10 +40,11 @@ class Containment:
         return "cgroup" if self.cgroup is not None else "subreaper"
 
     @classmethod
-    def create(cls) -> Containment:
-        """In the supervisor, before forking the job: become a subreaper, make a cgroup if we can."""
+    def create(cls, *, cgroup: bool = False) -> Containment:
+        """In the supervisor, before forking the job: become a subreaper; with `cgroup`, make the
+        attempt a cgroup if we can (`[runner] contain = cgroup`)."""
         become_subreaper()
-        return cls(_new_cgroup())
+        return cls(_new_cgroup() if cgroup else None)
 
     def join(self) -> None:
         """In the job process, before the job body: move into the cgroup (nothing on failure)."""
@@ -176,7 +178,17 @@ def _new_cgroup() -> Path | None:
     return path
 
 
+_own: dict[int, Path | None] = {}  # per process: where this process's cgroup is
+
+
 def _own_cgroup() -> Path | None:
+    pid = os.getpid()
+    if pid not in _own:
+        _own[pid] = _find_own_cgroup()
+    return _own[pid]
+
+
+def _find_own_cgroup() -> Path | None:
     mount = _cgroup2_mount()
     if mount is None:
         return None

@@ -314,7 +314,7 @@ def _attempt(
     started = utcnow()
     if attempt > 1:  # the first attempt's row was marked running when it was claimed
         store.update_run(run_id, status=RunStatus.RUNNING.value, started_at=started, heartbeat_at=started)
-    containment = Containment.create()
+    containment = Containment.create(cgroup=settings.contain == "cgroup")
     try:
         private_folder(log_path.parent)  # job output may hold secrets: 0700, files 0600
         _append(
@@ -335,7 +335,8 @@ def _attempt(
             patience_s=settings.lock_timeout_s,
         )
         raise StorageError(f"job {spec.name}: {error}; run {run_id} is recorded failed") from None
-    # The first beat records where the job's processes are, for whoever reaps a dead supervisor.
+    # The first beat records where the job's processes are, for whoever reaps a dead supervisor
+    # (a run that ends sooner never needs it: its group leader kills them if the supervisor dies).
     unrecorded = {"job_pid": child.pid, "cgroup": str(containment.cgroup) if containment.cgroup else None}
 
     def heartbeat() -> bool:
@@ -556,7 +557,7 @@ class _Child:
     ) -> None:
         started = time.monotonic()
         deadline = started + timeout_s if timeout_s else None
-        next_beat = started  # the first beat records the job's pid and cgroup
+        next_beat = started + heartbeat_s  # the first beat also records the job's pid and cgroup
         kill_at: float | None = None
         tail_offset = 0
         poller = select.poll()
@@ -721,8 +722,11 @@ def _leader_main(
     """The job's process group leader: runs only this code, never the job's, so nothing a job does
     to its signal handlers can stop it from taking the job down when the supervisor dies. It forks
     the job process, waits for it and ends the way it ended (exit code or signal)."""
+    from runner.containment import become_subreaper
+
     os.setpgid(0, 0)
     containment.join()
+    become_subreaper()
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)  # a stop is for the job; the leader waits for it
     signal.signal(PR_SET_PDEATHSIG_SIGNAL, lambda *_: _take_down_everything(containment))
@@ -751,13 +755,17 @@ def _leader_main(
 
 
 def _take_down_everything(containment: Containment) -> None:
-    """The supervisor is gone: kill the run's cgroup and the job's process group (and so the leader)."""
-    from runner.containment import kill_processes
+    """The supervisor is gone: kill the run's cgroup, every descendant of the leader (a subreaper:
+    processes that left the group or session are re-parented to it) and the process group, which
+    holds the leader itself."""
+    from runner.containment import descendants
 
     if containment.cgroup is not None:
         with contextlib.suppress(OSError):
             (containment.cgroup / "cgroup.kill").write_text("1")
-    kill_processes(containment.cgroup, None)
+    for pid in descendants(os.getpid()):
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
     os.killpg(0, signal.SIGKILL)
 
 
@@ -793,7 +801,7 @@ def _job_main(
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(line_buffering=True)
-    store.after_fork()
+    store.after_fork(job_process=True)
     logger = _child_logging(run_id, spec.name)
     ctx = JobContext(
         run_id=run_id,

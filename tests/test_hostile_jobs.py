@@ -123,17 +123,26 @@ def test_processes_that_left_the_group_and_session_are_killed(project: Project, 
 def _cgroup_v2_writable() -> bool:
     from runner.containment import Containment
 
-    containment = Containment.create()
+    containment = Containment.create(cgroup=True)
     try:
         return containment.cgroup is not None
     finally:
         containment.close()
 
 
-def test_escaped_processes_die_with_a_killed_supervisor_when_a_cgroup_holds_them(project: Project) -> None:
-    if not _cgroup_v2_writable():
+@pytest.mark.parametrize("contain", ["subreaper", "cgroup"])
+def test_escaped_processes_die_with_a_killed_supervisor(project: Project, contain: str) -> None:
+    """The group leader is a subreaper: a double-forked, setsid'd process is its child, and dies
+    with it when the supervisor is killed; a cgroup (where one can be made) holds them anyway."""
+    if contain == "cgroup" and not _cgroup_v2_writable():
         pytest.skip("cgroup v2 is not writable here: only the subreaper mechanism applies (see README)")
     _configure(project, "escaper")
+    project.configure(
+        f"[job:escaper]\npid_dir = {project.pid_dir()}\n",
+        contain=contain,
+        heartbeat="200ms",
+        stale_after="30s",
+    )
     supervisor = project.start("run", "escaper")
     wait_until(lambda: (project.pid_dir() / "job.pid").exists(), "the job to start its escapees")
     pids = _escaper_pids(project)
