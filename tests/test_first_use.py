@@ -157,6 +157,40 @@ def test_a_database_locked_by_another_program_waits_then_names_it(sqlite_project
     assert [row["status"] for row in sqlite_project.history()] == ["succeeded", "succeeded"]
 
 
+HOLD_QUEUE = textwrap.dedent(
+    """
+    import fcntl, sys, time
+    handle = open(sys.argv[1] + "-writers.lock", "a")
+    fcntl.flock(handle, fcntl.LOCK_EX)
+    print("holding", flush=True)
+    time.sleep(120)
+    """
+)
+
+
+def test_a_stuck_writer_of_ours_is_waited_for_within_lock_timeout(sqlite_project: Project) -> None:
+    """A runner process stopped in the middle of a write (SIGSTOP, a debugger) holds the writers'
+    queue: the others wait lock_timeout for it, not forever."""
+    sqlite_project.configure(ECHO_JOB, lock_timeout="1s")
+    assert sqlite_project.runner("run", "echo").returncode == 0
+    database = sqlite_project.database_url.removeprefix("sqlite:///")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_QUEUE, database],
+        stdout=subprocess.PIPE,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        done = sqlite_project.runner("run", "echo")
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+
+    assert_one_line_error(done, "is locked", f"pid {holder.pid}", exit_code=4)
+
+
 def test_an_unreachable_database_is_one_line_exit_5(sqlite_project: Project) -> None:
     sqlite_project.configure(ECHO_JOB, database="postgresql+psycopg://nobody:secret@127.0.0.1:1/none")
 
