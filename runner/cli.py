@@ -394,6 +394,7 @@ def _run_job(app: App, job: str, args: list[str]) -> int:
         (config_origin(settings, job), spec.config_params),
         ("-p", parse_assignments(options.pop("param"))),
     ]
+    _refuse_other_watched_folder(settings, spec, layers[1][1], options)
     as_json = options.pop("as_json")
     fire = _fire_of(app, job, options.pop("from_cron"), options.pop("fire_at"), options.pop("late"))
     for name, value in options.items():
@@ -436,6 +437,22 @@ def _run_job(app: App, job: str, args: list[str]) -> int:
         elif live:
             click.echo(f"runner: run {outcome.run_id} succeeded in {outcome.duration_s:.2f}s", err=True)
     return outcome.cli_exit_code
+
+
+def _refuse_other_watched_folder(settings: Any, spec: Any, assigned: dict[str, str], options: dict) -> None:
+    """A watch job's folder parameter is its watched folder: the files a run gets are there."""
+    from runner.errors import ParamError
+    from runner.jobapi import job_defaults
+
+    section = settings.jobs.get(spec.name)
+    param = getattr(job_defaults(spec.func), "watch_param", None)
+    if section is None or section.watch is None or param is None:
+        return
+    if param in assigned or options.get(param) is not None:
+        raise ParamError(
+            f"job {spec.name} reads its watched folder {section.watch.folders[0]}; it takes no other "
+            f"{param} (configure a section without `watch =` to ingest another folder)"
+        )
 
 
 CRON_LOOKBACK_S = 600.0  # how long after its minute a crontab line may start and still find it

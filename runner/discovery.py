@@ -13,7 +13,7 @@ from typing import Any
 
 from runner.config import JOB_PREFIX, ConfigError, Settings
 from runner.errors import BrokenJob, ParamError, UnknownJob
-from runner.jobapi import JobSpec, job_defaults
+from runner.jobapi import JobDefaults, JobSpec, job_defaults
 from runner.params import bind
 
 ENTRY_POINT_GROUP = "runner.jobs"
@@ -96,7 +96,43 @@ def build_spec(settings: Settings, name: str, func: Callable[..., Any]) -> JobSp
             )
         except ParamError as exc:
             raise ConfigError(str(exc)) from None
+        if section.watch is not None:
+            spec = _with_watched_folder(settings, spec, section)
     return spec
+
+
+def _with_watched_folder(settings: Settings, spec: JobSpec, section: Any) -> JobSpec:
+    """A job that reads one folder (`@job(watch_param=...)`) takes it from `watch =`: the files a
+    watch fire hands it are in that folder, and a different folder would skip every one of them."""
+    import dataclasses
+    from pathlib import Path
+    from types import MappingProxyType
+
+    param = (job_defaults(spec.func) or JobDefaults()).watch_param
+    if param is None:
+        return spec
+    where = {"path": settings.path, "section": JOB_PREFIX + spec.name}
+    folders = section.watch.folders
+    if len(folders) != 1 or section.watch.recursive:
+        raise ConfigError(
+            f"{spec.target} reads one folder (its {param!r} parameter): watch exactly one, not recursively",
+            key="watch",
+            value=" ".join(str(f) for f in folders),
+            **where,
+        )
+    configured = section.params.get(param)
+    if (
+        configured is not None
+        and (settings.path.parent / Path(configured).expanduser()).resolve() != folders[0]
+    ):
+        raise ConfigError(
+            f"{spec.name} reads the watched folder {folders[0]}; leave {param} out (it is taken from watch =)",
+            key=param,
+            value=configured,
+            **where,
+        )
+    params = MappingProxyType({**spec.config_params, param: str(folders[0])})
+    return dataclasses.replace(spec, config_params=params)
 
 
 def config_origin(settings: Settings, name: str) -> str:
