@@ -209,9 +209,14 @@ def show(app: App, job: str, as_json: bool) -> None:
 def history(app: App, job: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """Show recent runs, newest first (times in local time)."""
     records = app.reaped_store().history(job, status, limit)
+    if job and not records:
+        from runner.discovery import require_known_job
+
+        require_known_job(app.settings, job)  # a job's old runs stay listed after it is removed
     if as_json:
         _print_json([r.to_json() for r in records])
         return
+    filters = " ".join(filter(None, [job and f"of job {job}", status and f"with status {status}"]))
     _print_table(
         ["RUN", "JOB", "STATUS", "TRIGGER", "STARTED", "DURATION", "TRY", "ERROR"],
         [
@@ -227,7 +232,7 @@ def history(app: App, job: str | None, status: str | None, limit: int, as_json: 
             ]
             for r in records
         ],
-        empty="no runs yet: try `runner run hello`",
+        empty=f"no runs {filters}" if filters else "no runs yet: try `runner run hello`",
     )
 
 
@@ -301,12 +306,13 @@ def check(app: App, as_json: bool) -> int:
                 "problems": problems,
             }
         )
+    elif problems:  # no "ok" lines above a failure: only what is wrong
+        for problem in problems:
+            click.echo(f"runner: {problem}", err=True)
     else:
         click.echo(f"config    {settings.path}")
         click.echo(f"jobs      {len(catalog.jobs)} ok: {', '.join(sorted(catalog.jobs)) or '-'}")
         click.echo(f"database  {database}")
-        for problem in problems:
-            click.echo(f"runner: {problem}", err=True)
     return EXIT_USAGE if problems else 0
 
 
@@ -600,6 +606,10 @@ def next_fires(app: App, job: str | None, count: int, as_json: bool) -> None:
 
     settings = app.settings
     names = [job] if job else sorted(n for n, j in settings.jobs.items() if j.scheduled)
+    if job:
+        from runner.discovery import require_known_job
+
+        require_known_job(settings, job)
     if job and (job not in settings.jobs or not settings.jobs[job].scheduled):
         raise RunnerError(f"job {job} has no schedule; add `schedule = ...` to its [job:{job}] section")
     now = utcnow()

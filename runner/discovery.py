@@ -6,7 +6,7 @@ import importlib
 import pkgutil
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -173,8 +173,27 @@ def find_job(settings: Settings, name: str) -> JobSpec:
         return catalog.jobs[name]
     if name in catalog.broken:
         raise BrokenJob(f"job {name}: {catalog.broken[name]}")
-    known = ", ".join(sorted(catalog.jobs)) or "none"
-    raise UnknownJob(f"unknown job {name!r}; known jobs: {known} (see `runner list`)")
+    raise unknown_job(name, catalog.jobs)
+
+
+def unknown_job(name: str, known: Iterable[str]) -> UnknownJob:
+    """'unknown job 'helo'; did you mean hello? (known jobs: ...)' -- exit 2."""
+    import difflib
+
+    known = sorted(set(known))
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    listed = ", ".join(known) or "none"
+    return UnknownJob(f"unknown job {name!r}; {hint}known jobs: {listed} (see `runner list`)")
+
+
+def require_known_job(settings: Settings, name: str) -> None:
+    """Raise UnknownJob unless `name` is configured or discovered (imports every job module)."""
+    if name in settings.jobs or name in settings.unusable:
+        return
+    catalog = discover(settings)
+    if name not in catalog.jobs and name not in catalog.broken:
+        raise unknown_job(name, [*catalog.jobs, *settings.jobs])
 
 
 def discover(settings: Settings) -> Catalog:

@@ -419,3 +419,34 @@ def test_a_value_that_still_looks_like_a_comment_is_refused(sqlite_project: Proj
     done = sqlite_project.runner("run", "echo")
 
     assert_one_line_error(done, "[job:echo] timeout", "looks like a comment", "$")
+
+
+@pytest.mark.parametrize(
+    "command", [["history", "ecko"], ["next", "ecko"], ["run", "ecko"], ["show", "ecko"]]
+)
+def test_an_unknown_job_name_is_exit_2_with_did_you_mean(sqlite_project: Project, command: list[str]) -> None:
+    done = sqlite_project.runner(*command)
+
+    assert_one_line_error(done, "unknown job 'ecko'", "did you mean echo?")
+
+
+def test_an_empty_history_says_what_was_filtered(sqlite_project: Project) -> None:
+    assert sqlite_project.runner("run", "echo").returncode == 0
+
+    failed = sqlite_project.runner("history", "echo", "--status", "failed")
+    nothing = sqlite_project.runner("history", "counter")
+
+    assert failed.returncode == 0, failed
+    assert failed.stdout.strip() == "no runs of job echo with status failed"
+    assert nothing.returncode == 0, nothing
+    assert nothing.stdout.strip() == "no runs of job counter"
+
+
+def test_check_prints_no_ok_lines_before_failing(sqlite_project: Project) -> None:
+    sqlite_project.configure("[job:echo]\ncolour = red")
+
+    done = sqlite_project.runner("check")
+
+    assert done.returncode == 2, done
+    assert done.stdout == "", done
+    assert "colour" in done.stderr, done
