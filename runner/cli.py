@@ -158,12 +158,22 @@ def show(app: App, job: str, as_json: bool) -> None:
                 "help": param.help,
             }
         )
+    section_settings = app.settings.jobs.get(job)
+    runner_settings = app.settings.runner
     settings = {
         "function": spec.target,
         "timeout": format_duration(spec.timeout_s) if spec.timeout_s else None,
         "retries": spec.retries,
         "retry_backoff": format_duration(spec.retry_backoff_s),
         "overlap": spec.overlap,
+        # Effective values, defaults from [runner] included (they decide when a fire runs).
+        "timezone": section_settings.timezone if section_settings else runner_settings.timezone,
+        "jitter": format_duration(
+            section_settings.jitter_s if section_settings else runner_settings.jitter_s
+        ),
+        "catchup": format_duration(
+            section_settings.catchup_s if section_settings else runner_settings.catchup_s
+        ),
     }
     if as_json:
         _print_json(
@@ -239,9 +249,12 @@ def history(app: App, job: str | None, status: str | None, limit: int, as_json: 
 @cli.command()
 @click.argument("run_id", type=int)
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the run ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run and its whole log as JSON.")
 @pass_app
-def logs(app: App, run_id: int, follow: bool) -> None:
+def logs(app: App, run_id: int, follow: bool, as_json: bool) -> None:
     """Print the log of one run (its output, its log lines and any traceback)."""
+    if follow and as_json:
+        raise click.UsageError("--follow and --json do not go together")
     store = app.reaped_store()
     record = store.get_run(run_id)
     if record is None:
@@ -260,6 +273,9 @@ def logs(app: App, run_id: int, follow: bool) -> None:
         except FileNotFoundError:
             raise RunnerError(f"log of run {run_id} is gone: {path}") from None
         offset += len(data)
+        if as_json:
+            _print_json({**record.to_json(), "log_path": str(path), "log": data.decode("utf-8", "replace")})
+            return
         sys.stdout.write(data.decode("utf-8", "replace"))
         sys.stdout.flush()
         if not follow:
@@ -322,11 +338,14 @@ def db() -> None:
 
 
 @db.command("upgrade")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_app
-def db_upgrade(app: App) -> None:
+def db_upgrade(app: App, as_json: bool) -> None:
     """Create the tables or migrate them to this version (runs also do this on first use)."""
     before, after = app.store.upgrade()
-    if before == after:
+    if as_json:
+        _print_json({"before": before, "after": after, "changed": before != after})
+    elif before == after:
         click.echo(f"database already at revision {after}")
     else:
         click.echo(f"database upgraded from {before or 'empty'} to revision {after}")
@@ -413,7 +432,14 @@ def _run_job(app: App, job: str, args: list[str]) -> int:
     live = sys.stderr.isatty() and not as_json
     if fire.kind == "cron" and not fire.late and settings.jobs[job].jitter_s:
         time.sleep(random.uniform(0, settings.jobs[job].jitter_s))
-    outcome = execute(spec, params, fire, settings=settings.runner, store=app.store, live=live)
+    try:
+        outcome = execute(spec, params, fire, settings=settings.runner, store=app.store, live=live)
+    except RunnerError as exc:
+        if as_json:  # a script reading stdout learns why nothing ran (the line on stderr stays)
+            _print_json(
+                {"run_id": None, "status": "not_started", "exit_code": exc.exit_code, "error": str(exc)}
+            )
+        raise
     if as_json:
         _print_json(
             {
@@ -459,6 +485,11 @@ def _refuse_other_watched_folder(settings: Any, spec: Any, assigned: dict[str, s
             f"job {spec.name} reads its watched folder {section.watch.folders[0]}; it takes no other "
             f"{param} (configure a section without `watch =` to ingest another folder)"
         )
+
+
+def _shown_default(value: Any) -> str:
+    """How --help shows a default: paths and dates as written on a command line, text quoted."""
+    return repr(value) if isinstance(value, str) else str(value)
 
 
 CRON_LOOKBACK_S = 600.0  # how long after its minute a crontab line may start and still find it
@@ -530,7 +561,7 @@ def _job_command(spec: Any) -> click.Command:
     from runner.config import SECRET_MASK, is_secret
     from runner.params import REQUIRED
 
-    reserved = {"param", "as_json", "json", "help", "from_cron", "fire_at", "late"}
+    reserved = {"param", "as_json", "json", "help", "from_cron", "fire_at", "late", "config"}
     options: list[click.Parameter] = [
         click.Option(
             ["-p", "--param"],
@@ -551,7 +582,7 @@ def _job_command(spec: Any) -> click.Command:
         default = (
             "required"
             if param.default is REQUIRED
-            else f"default: {SECRET_MASK if is_secret(param.name) else repr(param.default)}"
+            else f"default: {SECRET_MASK if is_secret(param.name) else _shown_default(param.default)}"
         )
         configured = spec.config_params.get(param.name)
         if configured is not None:
@@ -854,12 +885,17 @@ def crontab() -> None:
 
 @crontab.command("show")
 @click.option("--placeholders", is_flag=True, help="Print /path/to/... instead of this machine's paths.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts (the block and the notes).")
 @pass_app
-def crontab_show(app: App, placeholders: bool) -> None:
+def crontab_show(app: App, placeholders: bool, as_json: bool) -> None:
     """Print the crontab lines for every cron-scheduled job (nothing is changed)."""
     from runner.crontab import render_block
 
     block = render_block(app.settings, placeholders=placeholders)
+    if as_json:
+        lines = [line for line in block.text.splitlines() if line and not line.startswith("#")]
+        _print_json({"block": block.text, "lines": lines, "notes": list(block.notes)})
+        return
     click.echo(block.text, nl=False)
     for note in block.notes:
         click.echo(f"runner: {note}", err=True)
@@ -980,12 +1016,25 @@ def _finish(call: Any) -> None:
     sys.exit(code or 0)
 
 
+def config_first(argv: list[str]) -> list[str]:
+    """`runner list --config X` means `runner --config X list`: move the first --config to the front
+    (anything after a `--` is left alone)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    for at, arg in enumerate(argv[:end]):
+        if arg == "--config" and at + 1 < end:
+            return [arg, argv[at + 1], *argv[:at], *argv[at + 2 :]]
+        if arg.startswith("--config="):
+            return [arg, *argv[:at], *argv[at + 1 :]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     # A crontab line pays start-up on every fire: no collections while we import and set up
     # (execution re-enables them before the job starts), and none of everything at exit.
     gc.disable()
     try:
-        _finish(lambda: cli.main(args=argv, prog_name="runner", standalone_mode=False))
+        args = config_first(list(sys.argv[1:] if argv is None else argv))
+        _finish(lambda: cli.main(args=args, prog_name="runner", standalone_mode=False))
     finally:
         gc.freeze()

@@ -688,7 +688,8 @@ def _child_main(
             code = exc.code if isinstance(exc.code, int) else 1
             message = {"error": f"exit code {code} (sys.exit({exc.code!r}))"}
     except BaseException as exc:
-        traceback.print_exc()
+        # From the job's own frame down: this function's frame is ours, not the job's.
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None)
         code, message = 1, {"error": _summary(exc)}
     message["acked_files_only"] = STOP.used_files
     _write_all(result_fd, json.dumps(message, default=str).encode())

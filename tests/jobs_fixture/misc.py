@@ -49,3 +49,9 @@ def big_result(size: int = 300_000) -> str:
 def unjsonable() -> set[int]:
     """Return something JSON cannot hold."""
     return {1, 2}
+
+
+@job
+def tidy(folder: Path = Path("exports"), older_than_days: int = 30) -> str:
+    """Return the folder it would tidy (a Path default, for --help)."""
+    return str(folder)
