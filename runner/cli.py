@@ -286,6 +286,80 @@ def logs(app: App, run_id: int, follow: bool, as_json: bool) -> None:
         time.sleep(0.5)
 
 
+FILE_STATES = ("claimed", "done", "pending", "failed")
+
+
+class _ListByDefault(click.Group):
+    """`runner files JOB` is `runner files list JOB`."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):  # type: ignore[no-untyped-def]
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["list", *args]
+        return super().resolve_command(ctx, args)
+
+
+@cli.group(cls=_ListByDefault)
+def files() -> None:
+    """The files a watch job was handed: list them (`runner files JOB`), retry the failed ones.
+
+    A file is claimed by one run, then done; when a run fails it goes back (pending) and is handed
+    out again; a file that was being processed when three runs failed is failed and left alone
+    until `runner files retry`.
+    """
+
+
+@files.command("list")
+@click.argument("job")
+@click.option("--state", type=click.Choice(FILE_STATES), help="Only files in this state.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_app
+def files_list(app: App, job: str, state: str | None, as_json: bool) -> None:
+    """List JOB's files: path, state, failed attempts, when claimed and done (local time)."""
+    from runner.discovery import require_known_job
+
+    require_known_job(app.settings, job)
+    rows = app.reaped_store().list_files(job, state)
+    if as_json:
+        _print_json(rows)
+        return
+    what = f"no files of job {job}" + (f" with state {state}" if state else "")
+    _print_table(
+        ["STATE", "ATTEMPTS", "CLAIMED", "DONE", "PATH"],
+        [[r["state"], r["attempts"], _local(r["claimed_at"]), _local(r["done_at"]), r["path"]] for r in rows],
+        empty=what,
+    )
+
+
+@files.command("retry")
+@click.argument("job")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_app
+def files_retry(app: App, job: str, paths: tuple[Path, ...], as_json: bool) -> None:
+    """Hand JOB's failed files (all of them, or the PATHs given) out again, attempts reset.
+
+    The daemon takes them at its next rescan; `runner run JOB` takes them at once.
+    """
+    from runner.discovery import require_known_job
+
+    require_known_job(app.settings, job)
+    wanted = [str(p.absolute()) for p in paths] or None
+    store = app.reaped_store()
+    if wanted:
+        failed = {r["path"] for r in store.list_files(job, "failed")}
+        if unknown := [p for p in wanted if p not in failed]:
+            raise RunnerError(
+                f"not a failed file of job {job}: {unknown[0]}; see `runner files {job} --state failed`"
+            )
+    changed = store.retry_files(job, wanted)
+    if as_json:
+        _print_json({"job": job, "retried": changed})
+    elif changed:
+        click.echo(f"{len(changed)} file(s) of job {job} will be handed out again")
+    else:
+        click.echo(f"no failed files of job {job}")
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_app

@@ -28,6 +28,17 @@ class _StopRequest:
     deferring = False
     requested: int | None = None
     used_files = False
+    report_fd: int | None = None  # the pipe to the supervisor: which file ctx.files() is on
+
+
+def _report_file(path: str | None) -> None:
+    """Tell the supervisor which file is being processed (None: the walk ended), so that a failing
+    run charges an attempt to that file only. One pipe write per file: no database round trip."""
+    if STOP.report_fd is not None:
+        import json
+        import os
+
+        os.write(STOP.report_fd, json.dumps({"file": path}).encode() + b"\n")
 
 
 STOP = _StopRequest()
@@ -123,8 +134,9 @@ class JobContext:
 
         Each file counts as processed when you ask for the next one (or the loop ends): if the
         run fails, times out or is stopped half-way, only the files not yet processed are handed
-        out again, and a retry of the run skips the ones already done. A stop request (SIGTERM)
-        waits for the current file to finish.
+        out again, and a retry of the run skips the ones already done. Only the file being
+        processed when the run failed counts a failed attempt; the others go back untouched.
+        A stop request (SIGTERM) waits for the current file to finish.
         """
         done: list[str] = []
         last_flush = time.monotonic()
@@ -135,6 +147,7 @@ class JobContext:
                 if str(path) in finished_before:  # an earlier attempt of this fire did it
                     continue
                 handed_out = time.monotonic()
+                _report_file(str(path))
                 yield path
                 done.append(str(path))
                 now = time.monotonic()
@@ -144,6 +157,7 @@ class JobContext:
                     done, last_flush = [], now
                 if STOP.requested:
                     raise SystemExit(128 + STOP.requested)
+            _report_file(None)
         finally:
             self._store.ack_files(self.job, self.fire.key, done)  # still deferring a stop: no half write
             STOP.deferring = False

@@ -58,6 +58,7 @@ class Outcome:
     duration_s: float
     stop_signal: int | None = None  # set when the supervisor itself was told to stop
     acked_files_only: bool = False  # the job went through ctx.files(): it said which it finished
+    file_in_progress: str | None = None  # the ctx.files() file it was on when it ended, if any
 
     @property
     def cli_exit_code(self) -> int:
@@ -108,7 +109,7 @@ def execute(
     if fire.paths:
         # With ctx.files() the job acknowledged each file it finished; the rest go back.
         finished = outcome.status is RunStatus.SUCCEEDED and not outcome.acked_files_only
-        store.settle_files(spec.name, fire.key, succeeded=finished)
+        store.settle_files(spec.name, fire.key, succeeded=finished, blame=outcome.file_in_progress)
     return outcome
 
 
@@ -353,6 +354,7 @@ def _attempt(
         duration,
         stops.received if status is RunStatus.KILLED else None,
         child.acked_files_only,
+        child.file_in_progress,
     )
 
 
@@ -447,6 +449,7 @@ class _Child:
         self.stopped_by: int | None = None
         self.result: Any = None
         self.acked_files_only = False
+        self.file_in_progress: str | None = None
 
     @classmethod
     def spawn(
@@ -576,9 +579,14 @@ class _Child:
         from runner.config import format_duration
 
         message: dict[str, Any] = {}
-        if self.payload:
+        # One JSON record a line: {"file": ...} as ctx.files() walks, then the result message.
+        for line in self.payload.decode("utf-8", "replace").splitlines():
             with contextlib.suppress(ValueError):
-                message = json.loads(self.payload.decode("utf-8", "replace"))
+                record = json.loads(line)
+                if isinstance(record, dict) and set(record) == {"file"}:
+                    self.file_in_progress = record["file"]
+                elif isinstance(record, dict):
+                    message = record
         self.result = message.get("result")
         self.acked_files_only = bool(message.get("acked_files_only"))
         status = self.wait_status or 0
@@ -666,6 +674,7 @@ def _child_main(
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(line_buffering=True)
     store.after_fork()
+    STOP.report_fd = result_fd
     logger = _child_logging(run_id, spec.name)
     ctx = JobContext(
         run_id=run_id,
@@ -692,7 +701,7 @@ def _child_main(
         traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None)
         code, message = 1, {"error": _summary(exc)}
     message["acked_files_only"] = STOP.used_files
-    _write_all(result_fd, json.dumps(message, default=str).encode())
+    _write_all(result_fd, b"\n" + json.dumps(message, default=str).encode())
     sys.stdout.flush()
     sys.stderr.flush()
     return code

@@ -450,11 +450,13 @@ class Store:
                 [{"b_path": p, "b_size": size, "b_mtime": mtime} for p, size, mtime in versions],
             )
             claimed = conn.execute(
-                sa.select(file_claims.c.path).where(
+                sa.select(file_claims.c.path)
+                .where(
                     file_claims.c.job == job,
                     file_claims.c.fire_key == fire_key,
                     file_claims.c.state == ClaimState.CLAIMED.value,
                 )
+                .order_by(file_claims.c.path)  # a run walks its files in name order, every time
             )
             return [row[0] for row in claimed]
 
@@ -486,9 +488,12 @@ class Store:
             )
             return {row[0] for row in rows}
 
-    def settle_files(self, job: str, fire_key: str, succeeded: bool, *, started: bool = True) -> None:
+    def settle_files(
+        self, job: str, fire_key: str, succeeded: bool, *, started: bool = True, blame: str | None = None
+    ) -> None:
         """After the run: its files are done, or (not acknowledged, run failed) claimable again.
-        A run that never started (overlap, already ran) does not count as an attempt."""
+        A run that never started (overlap, already ran) does not count as an attempt; a failed run
+        that was on file `blame` (ctx.files()) counts an attempt for that file only."""
         now = utcnow()
         mine = (
             (file_claims.c.job == job)
@@ -501,13 +506,15 @@ class Store:
                     sa.update(file_claims).where(mine).values(state=ClaimState.DONE.value, done_at=now)
                 )
                 return
-            if not started:
+            untouched = mine if blame is None else mine & (file_claims.c.path != blame)
+            if not started or blame is not None:  # claiming counted an attempt: take it back
                 conn.execute(
                     sa.update(file_claims)
-                    .where(mine)
+                    .where(untouched)
                     .values(state=ClaimState.PENDING.value, attempts=file_claims.c.attempts - 1)
                 )
-                return
+                if not started:
+                    return
             conn.execute(
                 sa.update(file_claims)
                 .where(mine)
@@ -557,6 +564,37 @@ class Store:
             )
             released += 1
         return released, held
+
+    def list_files(self, job: str, state: str | None = None) -> list[dict[str, Any]]:
+        """The job's file versions as claimed, oldest claim first (optionally of one state)."""
+        query = sa.select(
+            file_claims.c.path,
+            file_claims.c.size,
+            file_claims.c.mtime_ns,
+            file_claims.c.state,
+            file_claims.c.attempts,
+            file_claims.c.fire_key,
+            file_claims.c.claimed_at,
+            file_claims.c.done_at,
+        ).where(file_claims.c.job == job)
+        if state:
+            query = query.where(file_claims.c.state == state)
+        with self.begin() as conn:
+            rows = conn.execute(query.order_by(file_claims.c.claimed_at, file_claims.c.id)).mappings()
+            return [dict(row) for row in rows]
+
+    def retry_files(self, job: str, paths: list[str] | None = None) -> list[str]:
+        """Failed files (all of the job's, or those of `paths`) become claimable again, with their
+        attempts reset; returns the paths changed."""
+        failed = (file_claims.c.job == job) & (file_claims.c.state == ClaimState.FAILED.value)
+        if paths is not None:
+            failed = failed & file_claims.c.path.in_(paths)
+        with self.begin() as conn:
+            changed = [row[0] for row in conn.execute(sa.select(file_claims.c.path).where(failed))]
+            conn.execute(
+                sa.update(file_claims).where(failed).values(state=ClaimState.PENDING.value, attempts=0)
+            )
+            return changed
 
     def file_states(self, job: str) -> dict[str, int]:
         with self.begin() as conn:
