@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 PROGRESS_LOG_EVERY_S = 10.0
+LIVE_BAR_EVERY_S = 0.1  # how often a bar on a terminal is redrawn
 ACK_FLUSH_S = 0.5  # how often ctx.files() records the files finished so far
 SLOW_FILE_S = 0.05  # a file that took longer is recorded at once
 
@@ -31,14 +32,19 @@ class _StopRequest:
     report_fd: int | None = None  # the pipe to the supervisor: which file ctx.files() is on
 
 
-def _report_file(path: str | None) -> None:
-    """Tell the supervisor which file is being processed (None: the walk ended), so that a failing
-    run charges an attempt to that file only. One pipe write per file: no database round trip."""
+def _report(record: dict[str, Any]) -> None:
+    """One JSON line to the supervisor on the result pipe (no database round trip)."""
     if STOP.report_fd is not None:
         import json
         import os
 
-        os.write(STOP.report_fd, json.dumps({"file": path}).encode() + b"\n")
+        os.write(STOP.report_fd, json.dumps(record).encode() + b"\n")
+
+
+def _report_file(path: str | None) -> None:
+    """Tell the supervisor which file is being processed (None: the walk ended), so that a failing
+    run charges an attempt to that file only."""
+    _report({"file": path})
 
 
 STOP = _StopRequest()
@@ -162,16 +168,29 @@ class JobContext:
             self._store.ack_files(self.job, self.fire.key, done)  # still deferring a stop: no half write
             STOP.deferring = False
 
+    def _live_progress(self, items: Iterable[T], total: int | None, label: str) -> Iterator[T]:
+        """On a terminal: the supervisor draws the bar under the run's log lines; we describe it."""
+        from runner.terminal import render_bar
+
+        started = last = time.monotonic()
+        done = 0
+        _report({"bar": render_bar(label, 0, total, 0.0)})
+        for item in items:
+            yield item
+            done += 1
+            now = time.monotonic()
+            if now - last >= LIVE_BAR_EVERY_S:
+                _report({"bar": render_bar(label, done, total, now - started)})
+                last = now
+        _report({"bar": render_bar(label, done, total, time.monotonic() - started), "finished": True})
+
     def progress(self, items: Iterable[T], total: int | None = None, label: str = "") -> Iterator[T]:
         """Iterate `items` showing progress: a bar on a terminal, a log line every 10 s otherwise."""
         if total is None and hasattr(items, "__len__"):
             total = len(items)  # type: ignore[arg-type]
         label = label or self.job
-        if self._tty is not None:
-            import click
-
-            with click.progressbar(items, length=total, label=label, file=self._tty) as bar:
-                yield from bar
+        if self._tty is not None and STOP.report_fd is not None:
+            yield from self._live_progress(items, total, label)
             return
         started = last = time.monotonic()
         done = 0

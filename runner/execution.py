@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from runner.context import STOP, Fire, JobContext
 from runner.errors import AlreadyRan, OverlapSkipped, Stopped
 from runner.models import RunStatus, utcnow
+from runner.terminal import LiveTerminal
 
 if TYPE_CHECKING:
     from runner.config import RunnerSettings, Settings
@@ -320,7 +321,7 @@ def _attempt(
         ),
         heartbeat_s=settings.heartbeat_s,
         stops=stops,
-        tail=sys.stderr if live else None,
+        tail=LiveTerminal(sys.stderr) if live else None,
     )
     status, exit_code, sig, error = child.verdict(spec.timeout_s)
     ended = utcnow()
@@ -450,6 +451,7 @@ class _Child:
         self.result: Any = None
         self.acked_files_only = False
         self.file_in_progress: str | None = None
+        self._bars_seen = 0  # how much of payload _show_bars has looked at
 
     @classmethod
     def spawn(
@@ -528,6 +530,9 @@ class _Child:
                             self.payload += chunk
                         else:
                             poller.unregister(fd)
+                        if tail is not None:  # the log that is already written goes above the bar
+                            tail_offset = _tail(self.log_path, tail_offset, tail)
+                            self._show_bars(tail)
                     elif fd == stops.read_fd:
                         stops.drain()
                 if tail is not None:
@@ -566,6 +571,25 @@ class _Child:
             self._signal_group(signal.SIGKILL)
             if tail is not None:
                 _tail(self.log_path, tail_offset, tail)
+                self._show_bars(tail)
+                tail.close()
+
+    def _show_bars(self, terminal: LiveTerminal) -> None:
+        """Draw the newest progress bar the job described since the last look."""
+        end = self.payload.rfind(b"\n")
+        if end < self._bars_seen:
+            return
+        latest = None
+        for line in bytes(self.payload[self._bars_seen : end]).splitlines():
+            if line.startswith(b'{"bar"'):
+                with contextlib.suppress(ValueError):
+                    latest = json.loads(line)
+                    if latest.get("finished"):
+                        terminal.bar(latest["bar"], finished=True)
+                        latest = None
+        self._bars_seen = end + 1
+        if latest is not None:
+            terminal.bar(latest["bar"])
 
     def _reap(self) -> bool:
         pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -585,6 +609,8 @@ class _Child:
                 record = json.loads(line)
                 if isinstance(record, dict) and set(record) == {"file"}:
                     self.file_in_progress = record["file"]
+                elif isinstance(record, dict) and "bar" in record:
+                    continue
                 elif isinstance(record, dict):
                     message = record
         self.result = message.get("result")

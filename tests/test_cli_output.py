@@ -97,3 +97,67 @@ def test_a_job_traceback_starts_at_the_job(sqlite_project: Project) -> None:
     assert "_inner" in log.stdout, log
     assert "runner/execution.py" not in log.stdout, log
     assert "_child_main" not in log.stdout, log
+
+
+def screen(output: str) -> list[str]:
+    """What a terminal shows for `output`: \\r returns to the line's start, ESC[K clears to its end."""
+    lines, line, col = [], [], 0
+    at = 0
+    while at < len(output):
+        if output.startswith("\x1b[K", at):
+            del line[col:]
+            at += 3
+            continue
+        char = output[at]
+        at += 1
+        if char == "\r":
+            col = 0
+        elif char == "\n":
+            lines.append("".join(line))
+            line, col = [], 0
+        else:
+            line[col : col + 1] = [char]
+            col += 1
+    if line:
+        lines.append("".join(line))
+    return lines
+
+
+def run_on_a_terminal(project: Project, *args: str) -> tuple[int, str]:
+    """`runner ARGS` with stdout and stderr on a pseudo-terminal; (exit code, all it printed)."""
+    import os
+    import pty
+    import subprocess
+
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        project.argv(args), stdout=terminal, stderr=terminal, stdin=subprocess.DEVNULL, env=project.env()
+    )
+    os.close(terminal)
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: the last writer closed the terminal
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(controller)
+    return process.wait(timeout=60), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_log_lines_print_above_a_live_progress_bar(sqlite_project: Project) -> None:
+    code, output = run_on_a_terminal(sqlite_project, "run", "chatty", "-p", "items=15")
+
+    shown = screen(output)
+    assert code == 0, output
+    started = next(i for i, line in enumerate(shown) if "run 1 of job chatty started" in line)
+    bars = [i for i, line in enumerate(shown) if "%" in line and "chatty [" in line]
+    items = [i for i, line in enumerate(shown) if " item " in line]
+    assert len(items) == 15, shown
+    assert bars and started < bars[0], f"the bar came before the run's first line:\n{output!r}"
+    for line in shown:
+        assert not ("chatty [" in line and " item " in line), f"a log line ran into the bar: {line!r}"
+        assert line.count("chatty [") <= 1, f"two bars on one line: {line!r}"
+    assert "chatty [##############################] 100%" in "\n".join(shown), shown
