@@ -768,7 +768,8 @@ def daemon(app: App) -> int:
     Fires every scheduled job through the same execution path as `runner run`, at most
     [runner] max_workers at once; on start it runs fires missed while it was down (within each
     job's catchup window), marked late. SIGHUP reloads the config (an invalid one is logged and the
-    old schedules kept); SIGTERM lets running jobs finish for shutdown_grace, then kills them.
+    old schedules kept); SIGTERM or Ctrl-C lets running jobs finish for shutdown_grace, then kills
+    them, and a second one kills them at once.
     """
     from runner.daemon import run_daemon
 
