@@ -300,11 +300,11 @@ class _ListByDefault(click.Group):
 
 @cli.group(cls=_ListByDefault)
 def files() -> None:
-    """The files a watch job was handed: list them (`runner files JOB`), retry the failed ones.
+    """List a watch job's files (`runner files JOB`) and hand failed ones out again.
 
-    A file is claimed by one run, then done; when a run fails it goes back (pending) and is handed
-    out again; a file that was being processed when three runs failed is failed and left alone
-    until `runner files retry`.
+    Each file version is claimed by one run, then done. When a run fails, the file it was on counts
+    a failed attempt and its other files go back untouched (pending); after three failed attempts a
+    file is left alone (failed) until `runner files retry JOB`.
     """
 
 
@@ -314,7 +314,7 @@ def files() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_app
 def files_list(app: App, job: str, state: str | None, as_json: bool) -> None:
-    """List JOB's files: path, state, failed attempts, when claimed and done (local time)."""
+    """List JOB's files: state, attempts (runs that took the file on), when claimed and done."""
     from runner.discovery import require_known_job
 
     require_known_job(app.settings, job)
