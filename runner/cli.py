@@ -561,9 +561,10 @@ def _refuse_other_watched_folder(settings: Any, spec: Any, assigned: dict[str, s
         )
 
 
-def _shown_default(value: Any) -> str:
-    """How --help shows a default: paths and dates as written on a command line, text quoted."""
-    return repr(value) if isinstance(value, str) else str(value)
+def _shown_value(value: Any, annotation: Any) -> str:
+    """How --help shows a default or configured value: a str parameter's text quoted, anything
+    else (paths, numbers, dates) as it would be written on the command line."""
+    return repr(str(value)) if annotation is str else str(value)
 
 
 CRON_LOOKBACK_S = 600.0  # how long after its minute a crontab line may start and still find it
@@ -656,11 +657,12 @@ def _job_command(spec: Any) -> click.Command:
         default = (
             "required"
             if param.default is REQUIRED
-            else f"default: {SECRET_MASK if is_secret(param.name) else _shown_default(param.default)}"
+            else "default: "
+            + (SECRET_MASK if is_secret(param.name) else _shown_value(param.default, param.annotation))
         )
         configured = spec.config_params.get(param.name)
         if configured is not None:
-            shown = SECRET_MASK if is_secret(param.name) else repr(configured)
+            shown = SECRET_MASK if is_secret(param.name) else _shown_value(configured, param.annotation)
             default += f", configured: {shown}"
         text = f"[{param.type_name}; {default}] {param.help}".strip()
         if param.annotation is bool:
