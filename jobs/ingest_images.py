@@ -82,10 +82,10 @@ images = sa.Table(
 )
 
 
-@job
+@job(watch_param="inbox")
 def ingest_images(
     ctx: JobContext,
-    inbox: Path = Path("var/inbox"),
+    inbox: Path,
     processed: Path | None = None,
     quarantine: Path | None = None,
     thumbs: Path | None = None,
@@ -99,7 +99,7 @@ def ingest_images(
     """Check, measure, thumbnail and record the images in INBOX, then move each one on.
 
     Args:
-        inbox: where images arrive.
+        inbox: where images arrive (in a section with `watch =`, the watched folder).
         processed: where good images go, in YYYY/MM/DD folders (default: INBOX/../processed).
         quarantine: where bad files go, each with NAME.reason.txt (default: INBOX/../quarantine).
         thumbs: where thumbnails go (default: INBOX/../thumbs).
@@ -125,9 +125,12 @@ def ingest_images(
         quarantine=Path(os.path.abspath(quarantine or inbox.parent / "quarantine")),
         thumbs=Path(os.path.abspath(thumbs or inbox.parent / "thumbs")),
     )
-    for folder in (folders.inbox, folders.processed, folders.quarantine, folders.thumbs):
-        folder.mkdir(parents=True, exist_ok=True)
+    if not inbox.is_dir():
+        raise FileNotFoundError(f"inbox {inbox} is not a folder; create it or set inbox to another one")
     paths = [Path(os.path.abspath(p)) for p in ctx.fire.paths] if ctx.fire.paths else list_inbox(inbox)
+    if paths:  # an empty run leaves no folders behind
+        for folder in (folders.processed, folders.quarantine, folders.thumbs):
+            folder.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
     limits = Limits(max_bytes, max_pixels, thumb_size, thumb_format)
     # The pool forks before anything else opens a database connection or starts a thread.
@@ -147,6 +150,9 @@ def ingest_images(
         "%(quarantined)d quarantined, %(skipped)d skipped, %(bytes)d bytes in %(seconds).1fs",
         summary,
     )
+    if paths and ingest.left_alone == len(paths):
+        # Every file it was given was left where it was: that is a misconfiguration, not a success.
+        raise RuntimeError(f"left all {len(paths)} files alone; the first: {ingest.first_left_alone}")
     return summary
 
 
@@ -295,6 +301,7 @@ class Ingest:
             ("processed", "duplicates", "near_duplicates", "quarantined", "skipped", "recovered", "bytes"), 0
         )
         self.inbox_real = folders.inbox.resolve()
+        self.left_alone, self.first_left_alone = 0, ""  # skipped for a reason other than vanishing
         with ctx.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(images.c.id, images.c.dhash)
@@ -368,7 +375,7 @@ class Ingest:
         try:
             info = os.lstat(path)
         except FileNotFoundError:
-            self._skip(path, "it is no longer there")
+            self._skip(path, "it is no longer there", vanished=True)
             return ""
         if stat.S_ISDIR(info.st_mode):
             return ""
@@ -387,13 +394,16 @@ class Ingest:
             return "it is not a regular file (a device, pipe or socket); only image files belong here"
         return None
 
-    def _skip(self, path: Path, why: str) -> None:
+    def _skip(self, path: Path, why: str, *, vanished: bool = False) -> None:
         self.counts["skipped"] += 1
+        if not vanished:
+            self.left_alone += 1
+            self.first_left_alone = self.first_left_alone or f"{path}: {why}"
         self.ctx.log.warning("skipped %s: %s", path, why)
 
     def _quarantine(self, path: Path, reason: str) -> None:
         if not os.path.lexists(path):
-            self._skip(path, "it is no longer there")
+            self._skip(path, "it is no longer there", vanished=True)
             return
         target = moves.quarantine(path, self.folders.quarantine, reason)
         self.counts["quarantined"] += 1
@@ -403,7 +413,7 @@ class Ingest:
         try:
             info = os.lstat(path)
         except FileNotFoundError:
-            self._skip(path, "it disappeared while being measured")
+            self._skip(path, "it disappeared while being measured", vanished=True)
             return
         seen = measured.identity
         if (info.st_size, info.st_mtime_ns, info.st_ino, info.st_dev) != (

@@ -165,12 +165,22 @@ def show(app: App, job: str, as_json: bool) -> None:
                 "help": param.help,
             }
         )
+    section_settings = app.settings.jobs.get(job)
+    runner_settings = app.settings.runner
     settings = {
         "function": spec.target,
         "timeout": format_duration(spec.timeout_s) if spec.timeout_s else None,
         "retries": spec.retries,
         "retry_backoff": format_duration(spec.retry_backoff_s),
         "overlap": spec.overlap,
+        # Effective values, defaults from [runner] included (they decide when a fire runs).
+        "timezone": section_settings.timezone if section_settings else runner_settings.timezone,
+        "jitter": format_duration(
+            section_settings.jitter_s if section_settings else runner_settings.jitter_s
+        ),
+        "catchup": format_duration(
+            section_settings.catchup_s if section_settings else runner_settings.catchup_s
+        ),
     }
     if as_json:
         _print_json(
@@ -218,9 +228,14 @@ def show(app: App, job: str, as_json: bool) -> None:
 def history(app: App, job: str | None, status: str | None, limit: int, as_json: bool) -> None:
     """Show recent runs, newest first (times in local time)."""
     records = app.reaped_store().history(job, status, limit)
+    if job and not records:
+        from runner.discovery import require_known_job
+
+        require_known_job(app.settings, job)  # a job's old runs stay listed after it is removed
     if as_json:
         _print_json([r.to_json() for r in records])
         return
+    filters = " ".join(filter(None, [job and f"of job {job}", status and f"with status {status}"]))
     _print_table(
         ["RUN", "JOB", "STATUS", "TRIGGER", "STARTED", "DURATION", "TRY", "ERROR"],
         [
@@ -236,16 +251,19 @@ def history(app: App, job: str | None, status: str | None, limit: int, as_json: 
             ]
             for r in records
         ],
-        empty="no runs yet: try `runner run hello`",
+        empty=f"no runs {filters}" if filters else "no runs yet: try `runner run hello`",
     )
 
 
 @cli.command()
 @click.argument("run_id", type=click.IntRange(1, MAX_RUN_ID))
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the run ends.")
+@click.option("--json", "as_json", is_flag=True, help="Print the run and its whole log as JSON.")
 @pass_app
-def logs(app: App, run_id: int, follow: bool) -> None:
+def logs(app: App, run_id: int, follow: bool, as_json: bool) -> None:
     """Print the log of one run (its output, its log lines and any traceback)."""
+    if follow and as_json:
+        raise click.UsageError("--follow and --json do not go together")
     store = app.reaped_store()
     record = store.get_run(run_id)
     if record is None:
@@ -264,6 +282,9 @@ def logs(app: App, run_id: int, follow: bool) -> None:
         except FileNotFoundError:
             raise RunnerError(f"log of run {run_id} is gone: {path}") from None
         offset += len(data)
+        if as_json:
+            _print_json({**record.to_json(), "log_path": str(path), "log": data.decode("utf-8", "replace")})
+            return
         sys.stdout.write(data.decode("utf-8", "replace"))
         sys.stdout.flush()
         if not follow:
@@ -272,6 +293,80 @@ def logs(app: App, run_id: int, follow: bool) -> None:
         if record is None or (record.status not in ("queued", "running") and offset >= path.stat().st_size):
             return
         time.sleep(0.5)
+
+
+FILE_STATES = ("claimed", "done", "pending", "failed")
+
+
+class _ListByDefault(click.Group):
+    """`runner files JOB` is `runner files list JOB`."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]):  # type: ignore[no-untyped-def]
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["list", *args]
+        return super().resolve_command(ctx, args)
+
+
+@cli.group(cls=_ListByDefault)
+def files() -> None:
+    """List a watch job's files (`runner files JOB`) and hand failed ones out again.
+
+    Each file version is claimed by one run, then done. When a run fails, the file it was on counts
+    a failed attempt and its other files go back untouched (pending); after three failed attempts a
+    file is left alone (failed) until `runner files retry JOB`.
+    """
+
+
+@files.command("list")
+@click.argument("job")
+@click.option("--state", type=click.Choice(FILE_STATES), help="Only files in this state.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_app
+def files_list(app: App, job: str, state: str | None, as_json: bool) -> None:
+    """List JOB's files: state, attempts (runs that took the file on), when claimed and done."""
+    from runner.discovery import require_known_job
+
+    require_known_job(app.settings, job)
+    rows = app.reaped_store().list_files(job, state)
+    if as_json:
+        _print_json(rows)
+        return
+    what = f"no files of job {job}" + (f" with state {state}" if state else "")
+    _print_table(
+        ["STATE", "ATTEMPTS", "CLAIMED", "DONE", "PATH"],
+        [[r["state"], r["attempts"], _local(r["claimed_at"]), _local(r["done_at"]), r["path"]] for r in rows],
+        empty=what,
+    )
+
+
+@files.command("retry")
+@click.argument("job")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+@pass_app
+def files_retry(app: App, job: str, paths: tuple[Path, ...], as_json: bool) -> None:
+    """Hand JOB's failed files (all of them, or the PATHs given) out again, attempts reset.
+
+    The daemon takes them at its next rescan; `runner run JOB` takes them at once.
+    """
+    from runner.discovery import require_known_job
+
+    require_known_job(app.settings, job)
+    wanted = [str(p.absolute()) for p in paths] or None
+    store = app.reaped_store()
+    if wanted:
+        failed = {r["path"] for r in store.list_files(job, "failed")}
+        if unknown := [p for p in wanted if p not in failed]:
+            raise RunnerError(
+                f"not a failed file of job {job}: {unknown[0]}; see `runner files {job} --state failed`"
+            )
+    changed = store.retry_files(job, wanted)
+    if as_json:
+        _print_json({"job": job, "retried": changed})
+    elif changed:
+        click.echo(f"{len(changed)} file(s) of job {job} will be handed out again")
+    else:
+        click.echo(f"no failed files of job {job}")
 
 
 @cli.command()
@@ -319,12 +414,13 @@ def check(app: App, as_json: bool) -> int:
                 "problems": problems,
             }
         )
+    elif problems:  # no "ok" lines above a failure: only what is wrong
+        for problem in problems:
+            click.echo(f"runner: {problem}", err=True)
     else:
         click.echo(f"config    {settings.path}")
         click.echo(f"jobs      {len(catalog.jobs)} ok: {', '.join(sorted(catalog.jobs)) or '-'}")
         click.echo(f"database  {database}")
-        for problem in problems:
-            click.echo(f"runner: {problem}", err=True)
     return EXIT_USAGE if problems else 0
 
 
@@ -338,11 +434,14 @@ def db() -> None:
 
 
 @db.command("upgrade")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_app
-def db_upgrade(app: App) -> None:
+def db_upgrade(app: App, as_json: bool) -> None:
     """Create the tables or migrate them to this version (runs also do this on first use)."""
     before, after = app.store.upgrade()
-    if before == after:
+    if as_json:
+        _print_json({"before": before, "after": after, "changed": before != after})
+    elif before == after:
         click.echo(f"database already at revision {after}")
     else:
         click.echo(f"database upgraded from {before or 'empty'} to revision {after}")
@@ -417,6 +516,7 @@ def _run_job(app: App, job: str, args: list[str]) -> int:
         (config_origin(settings, job), spec.config_params),
         ("-p", parse_assignments(options.pop("param"))),
     ]
+    _refuse_other_watched_folder(settings, spec, layers[1][1], options)
     as_json = options.pop("as_json")
     fire = _fire_of(app, job, options.pop("from_cron"), options.pop("fire_at"), options.pop("late"))
     for name, value in options.items():
@@ -429,7 +529,14 @@ def _run_job(app: App, job: str, args: list[str]) -> int:
     live = sys.stderr.isatty() and not as_json
     if fire.kind == "cron" and not fire.late and settings.jobs[job].jitter_s:
         time.sleep(random.uniform(0, settings.jobs[job].jitter_s))
-    outcome = execute(spec, params, fire, settings=settings.runner, store=app.store, live=live)
+    try:
+        outcome = execute(spec, params, fire, settings=settings.runner, store=app.store, live=live)
+    except RunnerError as exc:
+        if as_json:  # a script reading stdout learns why nothing ran (the line on stderr stays)
+            _print_json(
+                {"run_id": None, "status": "not_started", "exit_code": exc.exit_code, "error": str(exc)}
+            )
+        raise
     if as_json:
         _print_json(
             {
@@ -459,6 +566,28 @@ def _run_job(app: App, job: str, args: list[str]) -> int:
         elif live:
             click.echo(f"runner: run {outcome.run_id} succeeded in {outcome.duration_s:.2f}s", err=True)
     return outcome.cli_exit_code
+
+
+def _refuse_other_watched_folder(settings: Any, spec: Any, assigned: dict[str, str], options: dict) -> None:
+    """A watch job's folder parameter is its watched folder: the files a run gets are there."""
+    from runner.errors import ParamError
+    from runner.jobapi import job_defaults
+
+    section = settings.jobs.get(spec.name)
+    param = getattr(job_defaults(spec.func), "watch_param", None)
+    if section is None or section.watch is None or param is None:
+        return
+    if param in assigned or options.get(param) is not None:
+        raise ParamError(
+            f"job {spec.name} reads its watched folder {section.watch.folders[0]}; it takes no other "
+            f"{param} (configure a section without `watch =` to ingest another folder)"
+        )
+
+
+def _shown_value(value: Any, annotation: Any) -> str:
+    """How --help shows a default or configured value: a str parameter's text quoted, anything
+    else (paths, numbers, dates) as it would be written on the command line."""
+    return repr(str(value)) if annotation is str else str(value)
 
 
 CRON_LOOKBACK_S = 600.0  # how long after its minute a crontab line may start and still find it
@@ -525,12 +654,12 @@ def _claim_present_files(app: App, job: str, key: str, watch: Any) -> tuple[Path
     return tuple(Path(p) for p in claimed)
 
 
-def _shown(name: str, value: Any) -> str:
-    """A parameter's value for --help: secrets and URL passwords masked, paths as plain text."""
+def _shown(name: str, value: Any, annotation: Any) -> str:
+    """A parameter's value for --help: secrets and URL passwords masked, then as written."""
     from runner.config import SECRET_MASK, mask_value
 
     masked = mask_value(name, str(value) if isinstance(value, Path) else value)
-    return SECRET_MASK if masked == SECRET_MASK else repr(masked)
+    return SECRET_MASK if masked == SECRET_MASK else _shown_value(masked, annotation)
 
 
 def _job_command(spec: Any) -> click.Command:
@@ -538,7 +667,7 @@ def _job_command(spec: Any) -> click.Command:
     from runner.config import is_secret
     from runner.params import REQUIRED
 
-    reserved = {"param", "as_json", "json", "help", "from_cron", "fire_at", "late"}
+    reserved = {"param", "as_json", "json", "help", "from_cron", "fire_at", "late", "config"}
     options: list[click.Parameter] = [
         click.Option(
             ["-p", "--param"],
@@ -556,10 +685,14 @@ def _job_command(spec: Any) -> click.Command:
         if param.name in reserved:
             continue
         flag = "--" + param.name.replace("_", "-")
-        default = "required" if param.default is REQUIRED else f"default: {_shown(param.name, param.default)}"
+        default = (
+            "required"
+            if param.default is REQUIRED
+            else f"default: {_shown(param.name, param.default, param.annotation)}"
+        )
         configured = spec.config_params.get(param.name)
         if configured is not None:
-            default += f", configured: {_shown(param.name, configured)}"
+            default += f", configured: {_shown(param.name, configured, param.annotation)}"
         text = f"[{param.type_name}; {default}] {param.help}".strip()
         if is_secret(param.name):
             text += f" A value given here shows in `ps` for the whole run: use -p {param.name}=@FILE."
@@ -611,6 +744,10 @@ def next_fires(app: App, job: str | None, count: int, as_json: bool) -> None:
 
     settings = app.settings
     names = [job] if job else sorted(n for n, j in settings.jobs.items() if j.scheduled)
+    if job:
+        from runner.discovery import require_known_job
+
+        require_known_job(settings, job)
     if job and (job not in settings.jobs or not settings.jobs[job].scheduled):
         raise RunnerError(f"job {job} has no schedule; add `schedule = ...` to its [job:{job}] section")
     now = utcnow()
@@ -664,7 +801,8 @@ def daemon(app: App) -> int:
     Fires every scheduled job through the same execution path as `runner run`, at most
     [runner] max_workers at once; on start it runs fires missed while it was down (within each
     job's catchup window), marked late. SIGHUP reloads the config (an invalid one is logged and the
-    old schedules kept); SIGTERM lets running jobs finish for shutdown_grace, then kills them.
+    old schedules kept); SIGTERM or Ctrl-C lets running jobs finish for shutdown_grace, then kills
+    them, and a second one kills them at once.
     """
     from runner.daemon import run_daemon
 
@@ -855,12 +993,17 @@ def crontab() -> None:
 
 @crontab.command("show")
 @click.option("--placeholders", is_flag=True, help="Print /path/to/... instead of this machine's paths.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts (the block and the notes).")
 @pass_app
-def crontab_show(app: App, placeholders: bool) -> None:
+def crontab_show(app: App, placeholders: bool, as_json: bool) -> None:
     """Print the crontab lines for every cron-scheduled job (nothing is changed)."""
     from runner.crontab import render_block
 
     block = render_block(app.settings, placeholders=placeholders)
+    if as_json:
+        lines = [line for line in block.text.splitlines() if line and not line.startswith("#")]
+        _print_json({"block": block.text, "lines": lines, "notes": list(block.notes)})
+        return
     click.echo(block.text, nl=False)
     for note in block.notes:
         click.echo(f"runner: {note}", err=True)
@@ -1002,12 +1145,25 @@ def _finish(call: Any) -> None:
     sys.exit(code or 0)
 
 
+def config_first(argv: list[str]) -> list[str]:
+    """`runner list --config X` means `runner --config X list`: move the first --config to the front
+    (anything after a `--` is left alone)."""
+    end = argv.index("--") if "--" in argv else len(argv)
+    for at, arg in enumerate(argv[:end]):
+        if arg == "--config" and at + 1 < end:
+            return [arg, argv[at + 1], *argv[:at], *argv[at + 2 :]]
+        if arg.startswith("--config="):
+            return [arg, *argv[:at], *argv[at + 1 :]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     # A crontab line pays start-up on every fire: no collections while we import and set up
     # (execution re-enables them before the job starts), and none of everything at exit.
     gc.disable()
     try:
-        _finish(lambda: cli.main(args=argv, prog_name="runner", standalone_mode=False))
+        args = config_first(list(sys.argv[1:] if argv is None else argv))
+        _finish(lambda: cli.main(args=args, prog_name="runner", standalone_mode=False))
     finally:
         gc.freeze()

@@ -83,6 +83,13 @@ _DURATION_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 60
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _CONTROL_PROBLEM = "holds a newline or control character; a path or URL must be one plain line"
+INLINE_COMMENT_PREFIXES = (";", "#")
+# After configparser took off every `;`/`#` comment that follows whitespace, a `;` or `#` glued to
+# the value and followed by a space is almost surely a comment missing its space: refuse it.
+# `$;` and `$#` are the documented literal forms.
+_GLUED_COMMENT = re.compile(r"(?<![\s$])[;#]\s")
+# Free text, where "a; b" is prose, not a comment.
+_PROSE_KEYS = ("description",)
 _MAX_INTERPOLATION_DEPTH = 10
 _URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)\S*@(?=[^@/\s]*(?:[/?#\s]|$))")
 
@@ -252,7 +259,9 @@ def find_config(explicit: str | os.PathLike[str] | None) -> Path:
 def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
     """Find, read, interpolate and validate the INI file (job functions are checked later)."""
     path = find_config(explicit)
-    parser = configparser.ConfigParser(interpolation=None, default_section="DEFAULT")
+    parser = configparser.ConfigParser(
+        interpolation=None, default_section="DEFAULT", inline_comment_prefixes=INLINE_COMMENT_PREFIXES
+    )
     try:
         with path.open(encoding="utf-8-sig") as handle:  # editors on Windows start files with a BOM
             parser.read_file(handle)
@@ -309,11 +318,24 @@ class _EnvMissing(ConfigError):
 def _interpolate(
     parser: configparser.ConfigParser, path: Path
 ) -> tuple[dict[str, dict[str, str]], dict[str, str]]:
-    """Resolve ${env:NAME}, ${section:key} and ${key} (same section); $$ is a literal $.
+    """Resolve ${env:NAME}, ${section:key} and ${key} (same section); $$, $; and $# are literal
+    $, ; and # (a `;` or `#` after whitespace starts a comment).
 
     Returns (sections, {job name: why it is unusable}): a job section whose environment variable is
     unset (a crontab line has a bare environment) leaves the other jobs working."""
     raw = {s: {k: parser.get(s, k) for k in parser.options(s)} for s in parser.sections()}
+    for section, keys in raw.items():
+        for key, value in keys.items():
+            if key not in _PROSE_KEYS and (glued := _GLUED_COMMENT.search(value)):
+                mark = glued.group()[0]
+                raise ConfigError(
+                    f"{mark!r} followed by a space looks like a comment; put a space before it to make "
+                    f"it one (`value  {mark} comment`), or write ${mark} for a literal {mark}",
+                    path=path,
+                    section=section,
+                    key=key,
+                    value=value,
+                )
 
     def resolve(section: str, key: str, depth: int) -> str:
         value = raw[section][key]
@@ -345,7 +367,7 @@ def _interpolate(
             return resolve(ref_section, ref_key, depth + 1)
 
         parts = value.split("$$")
-        return "$".join(_REFERENCE.sub(substitute, part) for part in parts)
+        return "$".join(_REFERENCE.sub(substitute, _unescape(part)) for part in parts)
 
     resolved: dict[str, dict[str, str]] = {}
     unusable: dict[str, str] = {}
@@ -357,6 +379,10 @@ def _interpolate(
                 raise
             unusable[section[len(JOB_PREFIX) :].strip()] = str(exc)
     return resolved, unusable
+
+
+def _unescape(text: str) -> str:
+    return text.replace("$;", ";").replace("$#", "#")
 
 
 def _runner_settings(values: Mapping[str, str], path: Path, base: Path) -> RunnerSettings:

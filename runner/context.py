@@ -18,19 +18,35 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 PROGRESS_LOG_EVERY_S = 10.0
+LIVE_BAR_EVERY_S = 0.1  # how often a bar on a terminal is redrawn
 ACK_FLUSH_S = 0.5  # how often ctx.files() records the files finished so far
 SLOW_FILE_S = 0.05  # a file that took longer is recorded at once
 
 
 class _StopRequest:
     """In a job's process: a SIGTERM that arrives inside ctx.files() waits for the file boundary.
-    `announce` tells the supervisor at once that the job acknowledges files one by one, so a job
-    that ends without returning (os._exit) settles only the files it acknowledged."""
+    The first ctx.files() tells the supervisor at once (on `report_fd`) that the job acknowledges
+    files one by one, so a job that ends without returning (os._exit) settles only those."""
 
     deferring = False
     requested: int | None = None
     used_files = False
-    announce: Callable[[], None] | None = None
+    report_fd: int | None = None  # the pipe to the supervisor: which file ctx.files() is on
+
+
+def _report(record: dict[str, Any]) -> None:
+    """One JSON line to the supervisor on the result pipe (no database round trip)."""
+    if STOP.report_fd is not None:
+        import json
+        import os
+
+        os.write(STOP.report_fd, json.dumps(record).encode() + b"\n")
+
+
+def _report_file(path: str | None) -> None:
+    """Tell the supervisor which file is being processed (None: the walk ended), so that a failing
+    run charges an attempt to that file only."""
+    _report({"file": path})
 
 
 STOP = _StopRequest()
@@ -161,20 +177,22 @@ class JobContext:
 
         Each file counts as processed when you ask for the next one (or the loop ends): if the
         run fails, times out or is stopped half-way, only the files not yet processed are handed
-        out again, and a retry of the run skips the ones already done. A stop request (SIGTERM)
-        waits for the current file to finish.
+        out again, and a retry of the run skips the ones already done. Only the file being
+        processed when the run failed counts a failed attempt; the others go back untouched.
+        A stop request (SIGTERM) waits for the current file to finish.
         """
         done: list[str] = []
         last_flush = time.monotonic()
         finished_before = self._store.done_files(self.job, self.fire.key) if self.attempt > 1 else set()
-        if not STOP.used_files and STOP.announce is not None:
-            STOP.announce()
+        if not STOP.used_files:  # from now on, only the files acknowledged count as done
+            _report({"acked_files_only": True})
         STOP.deferring = STOP.used_files = True
         try:
             for path in self.fire.paths:
                 if str(path) in finished_before:  # an earlier attempt of this fire did it
                     continue
                 handed_out = time.monotonic()
+                _report_file(str(path))
                 yield path
                 done.append(str(path))
                 now = time.monotonic()
@@ -184,20 +202,34 @@ class JobContext:
                     done, last_flush = [], now
                 if STOP.requested:
                     raise SystemExit(128 + STOP.requested)
+            _report_file(None)
         finally:
             self._store.ack_files(self.job, self.fire.key, done)  # still deferring a stop: no half write
             STOP.deferring = False
+
+    def _live_progress(self, items: Iterable[T], total: int | None, label: str) -> Iterator[T]:
+        """On a terminal: the supervisor draws the bar under the run's log lines; we describe it."""
+        from runner.terminal import render_bar
+
+        started = last = time.monotonic()
+        done = 0
+        _report({"bar": render_bar(label, 0, total, 0.0)})
+        for item in items:
+            yield item
+            done += 1
+            now = time.monotonic()
+            if now - last >= LIVE_BAR_EVERY_S:
+                _report({"bar": render_bar(label, done, total, now - started)})
+                last = now
+        _report({"bar": render_bar(label, done, total, time.monotonic() - started), "finished": True})
 
     def progress(self, items: Iterable[T], total: int | None = None, label: str = "") -> Iterator[T]:
         """Iterate `items` showing progress: a bar on a terminal, a log line every 10 s otherwise."""
         if total is None and hasattr(items, "__len__"):
             total = len(items)  # type: ignore[arg-type]
         label = label or self.job
-        if self._tty is not None:
-            import click
-
-            with click.progressbar(items, length=total, label=label, file=self._tty) as bar:
-                yield from bar
+        if self._tty is not None and STOP.report_fd is not None:
+            yield from self._live_progress(items, total, label)
             return
         started = last = time.monotonic()
         done = 0

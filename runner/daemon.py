@@ -43,6 +43,7 @@ class Daemon:
         self.config_path = config_path
         self.settings = load_settings(config_path)
         self.stop_signal: int | None = None
+        self.hurry = False  # a second SIGTERM or Ctrl-C: kill running jobs now
         self.reload_requested = False
         self._wake = threading.Event()
         self._stopping = False
@@ -108,6 +109,8 @@ class Daemon:
     def _on_stop(self, signum: int, _frame: Any) -> None:
         if self.stop_signal is None:
             self.stop_signal = signum
+        else:
+            self.hurry = True
         self._wake.set()
 
     def _on_reload(self, _signum: int, _frame: Any) -> None:
@@ -128,7 +131,10 @@ class Daemon:
     def _shutdown(self) -> int:
         grace = self.settings.runner.shutdown_grace_s
         log.info(
-            "stopping: no new fires; waiting up to %.0fs for %d running job(s)", grace, self.server.in_flight
+            "stopping: no new fires; waiting up to %.0fs for %d running job(s) (%s again kills them now)",
+            grace,
+            self.server.in_flight,
+            "Ctrl-C" if self.stop_signal == signal.SIGINT else "the same signal",
         )
         self._stopping = True
         if self.scheduler is not None:
@@ -137,7 +143,7 @@ class Daemon:
             self.watches.stop()
         reserve = min(2.0, grace / 4)
         deadline = time.monotonic() + max(0.0, grace - reserve)
-        while self.server.in_flight and time.monotonic() < deadline:
+        while self.server.in_flight and time.monotonic() < deadline and not self.hurry:
             time.sleep(0.1)
         if self.server.in_flight:
             log.warning("shutdown_grace is over: killing %d running job(s)", self.server.in_flight)

@@ -6,14 +6,14 @@ import importlib
 import pkgutil
 import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from runner.config import JOB_PREFIX, ConfigError, Settings, job_name_problem
 from runner.errors import BrokenJob, ParamError, UnknownJob
-from runner.jobapi import JobSpec, job_defaults
+from runner.jobapi import JobDefaults, JobSpec, job_defaults
 from runner.params import bind
 
 ENTRY_POINT_GROUP = "runner.jobs"
@@ -100,7 +100,43 @@ def build_spec(settings: Settings, name: str, func: Callable[..., Any]) -> JobSp
             )
         except ParamError as exc:
             raise ConfigError(str(exc)) from None
+        if section.watch is not None:
+            spec = _with_watched_folder(settings, spec, section)
     return spec
+
+
+def _with_watched_folder(settings: Settings, spec: JobSpec, section: Any) -> JobSpec:
+    """A job that reads one folder (`@job(watch_param=...)`) takes it from `watch =`: the files a
+    watch fire hands it are in that folder, and a different folder would skip every one of them."""
+    import dataclasses
+    from pathlib import Path
+    from types import MappingProxyType
+
+    param = (job_defaults(spec.func) or JobDefaults()).watch_param
+    if param is None:
+        return spec
+    where = {"path": settings.path, "section": JOB_PREFIX + spec.name}
+    folders = section.watch.folders
+    if len(folders) != 1 or section.watch.recursive:
+        raise ConfigError(
+            f"{spec.target} reads one folder (its {param!r} parameter): watch exactly one, not recursively",
+            key="watch",
+            value=" ".join(str(f) for f in folders),
+            **where,
+        )
+    configured = section.params.get(param)
+    if (
+        configured is not None
+        and (settings.path.parent / Path(configured).expanduser()).resolve() != folders[0]
+    ):
+        raise ConfigError(
+            f"{spec.name} reads the watched folder {folders[0]}; leave {param} out (it is taken from watch =)",
+            key=param,
+            value=configured,
+            **where,
+        )
+    params = MappingProxyType({**spec.config_params, param: str(folders[0])})
+    return dataclasses.replace(spec, config_params=params)
 
 
 def config_origin(settings: Settings, name: str) -> str:
@@ -141,8 +177,27 @@ def find_job(settings: Settings, name: str) -> JobSpec:
         return catalog.jobs[name]
     if name in catalog.broken:
         raise BrokenJob(f"job {name}: {catalog.broken[name]}")
-    known = ", ".join(sorted(catalog.jobs)) or "none"
-    raise UnknownJob(f"unknown job {name!r}; known jobs: {known} (see `runner list`)")
+    raise unknown_job(name, catalog.jobs)
+
+
+def unknown_job(name: str, known: Iterable[str]) -> UnknownJob:
+    """'unknown job 'helo'; did you mean hello? (known jobs: ...)' -- exit 2."""
+    import difflib
+
+    known = sorted(set(known))
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}? " if close else ""
+    listed = ", ".join(known) or "none"
+    return UnknownJob(f"unknown job {name!r}; {hint}known jobs: {listed} (see `runner list`)")
+
+
+def require_known_job(settings: Settings, name: str) -> None:
+    """Raise UnknownJob unless `name` is configured or discovered (imports every job module)."""
+    if name in settings.jobs or name in settings.unusable:
+        return
+    catalog = discover(settings)
+    if name not in catalog.jobs and name not in catalog.broken:
+        raise unknown_job(name, [*catalog.jobs, *settings.jobs])
 
 
 def discover(settings: Settings) -> Catalog:

@@ -26,6 +26,7 @@ from runner.context import STOP, Fire, JobContext
 from runner.errors import AlreadyRan, OverlapSkipped, Stopped, StorageError
 from runner.models import RunStatus, utcnow
 from runner.private import open_private, private_folder
+from runner.terminal import LiveTerminal
 
 if TYPE_CHECKING:
     from runner.config import RunnerSettings, Settings
@@ -62,6 +63,7 @@ class Outcome:
     duration_s: float
     stop_signal: int | None = None  # set when the supervisor itself was told to stop
     acked_files_only: bool = False  # the job went through ctx.files(): it said which it finished
+    file_in_progress: str | None = None  # the ctx.files() file it was on when it ended, if any
 
     @property
     def cli_exit_code(self) -> int:
@@ -115,7 +117,7 @@ def execute(
     if fire.paths:
         # With ctx.files() the job acknowledged each file it finished; the rest go back.
         finished = outcome.status is RunStatus.SUCCEEDED and not outcome.acked_files_only
-        store.settle_files(spec.name, fire.key, succeeded=finished)
+        store.settle_files(spec.name, fire.key, succeeded=finished, blame=outcome.file_in_progress)
     return outcome
 
 
@@ -353,7 +355,7 @@ def _attempt(
         heartbeat=heartbeat,
         heartbeat_s=settings.heartbeat_s,
         stops=stops,
-        tail=sys.stderr if live else None,
+        tail=LiveTerminal(sys.stderr) if live else None,
     )
     status, exit_code, sig, error = child.verdict(spec.timeout_s)
     ended = utcnow()
@@ -393,6 +395,7 @@ def _attempt(
         duration,
         stops.received if status is RunStatus.KILLED else None,
         child.acked_files_only,
+        child.file_in_progress,
     )
 
 
@@ -488,6 +491,8 @@ class _Child:
         self.result: Any = None
         self.acked_files_only = False
         self.containment: Containment
+        self.file_in_progress: str | None = None
+        self._bars_seen = 0  # how much of payload _show_bars has looked at
 
     @classmethod
     def spawn(
@@ -585,6 +590,9 @@ class _Child:
                             self.payload += chunk
                         else:
                             poller.unregister(fd)
+                        if tail is not None:  # the log that is already written goes above the bar
+                            tail_offset = _tail(self.log_path, tail_offset, tail)
+                            self._show_bars(tail)
                     elif fd == stops.read_fd:
                         stops.drain()
                 if tail is not None:
@@ -630,6 +638,25 @@ class _Child:
             self.containment.close()
             if tail is not None:
                 _tail(self.log_path, tail_offset, tail)
+                self._show_bars(tail)
+                tail.close()
+
+    def _show_bars(self, terminal: LiveTerminal) -> None:
+        """Draw the newest progress bar the job described since the last look."""
+        end = self.payload.rfind(b"\n")
+        if end < self._bars_seen:
+            return
+        latest = None
+        for line in bytes(self.payload[self._bars_seen : end]).splitlines():
+            if line.startswith(b'{"bar"'):
+                with contextlib.suppress(ValueError):
+                    latest = json.loads(line)
+                    if latest.get("finished"):
+                        terminal.bar(latest["bar"], finished=True)
+                        latest = None
+        self._bars_seen = end + 1
+        if latest is not None:
+            terminal.bar(latest["bar"])
 
     def _reap(self) -> bool:
         pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -643,9 +670,17 @@ class _Child:
         from runner.config import format_duration
 
         message: dict[str, Any] = {}
+        # One JSON record a line: {"file": ...} as ctx.files() walks, {"bar": ...} for a terminal,
+        # {"acked_files_only": true} when ctx.files() starts, then the result message.
         for line in self.payload.decode("utf-8", "replace").splitlines():
-            with contextlib.suppress(ValueError, TypeError):
-                message.update(json.loads(line))
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+                if isinstance(record, dict) and set(record) == {"file"}:
+                    self.file_in_progress = record["file"]
+                elif isinstance(record, dict) and "bar" in record:
+                    continue
+                elif isinstance(record, dict):
+                    message.update(record)
         self.result = message.get("result")
         self.acked_files_only = bool(message.get("acked_files_only"))
         status = self.wait_status or 0
@@ -802,6 +837,7 @@ def _job_main(
         with contextlib.suppress(AttributeError, ValueError):
             stream.reconfigure(line_buffering=True)
     store.after_fork(job_process=True)
+    STOP.report_fd = result_fd
     logger = _child_logging(run_id, spec.name)
     ctx = JobContext(
         run_id=run_id,
@@ -813,7 +849,6 @@ def _job_main(
         log=logger,
         tty=tty,
     )
-    STOP.announce = lambda: _write_all(result_fd, b'{"acked_files_only": true}\n')
     kwargs = dict(params)
     if spec.takes_ctx:
         kwargs["ctx"] = ctx
@@ -825,10 +860,11 @@ def _job_main(
             code = exc.code if isinstance(exc.code, int) else 1
             message = {"error": f"exit code {code} (sys.exit({exc.code!r}))"}
     except BaseException as exc:
-        traceback.print_exc()
+        # From the job's own frame down: this function's frame is ours, not the job's.
+        traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None)
         code, message = 1, {"error": _summary(exc)}
     message["acked_files_only"] = STOP.used_files
-    _write_all(result_fd, json.dumps(message, default=str).encode() + b"\n")
+    _write_all(result_fd, b"\n" + json.dumps(message, default=str).encode() + b"\n")
     sys.stdout.flush()
     sys.stderr.flush()
     return code

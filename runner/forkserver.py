@@ -184,6 +184,10 @@ class _Server:
         from runner.store import Store
 
         parent_death_signal(signal.SIGTERM)
+        # Out of the terminal's session: a Ctrl-C or hang-up is the daemon's to handle (it stops
+        # gracefully), never a signal to the workers that supervise running jobs.
+        with contextlib.suppress(OSError):
+            os.setsid()
         self._load()
         # Workers leave WAL checkpoints to the daemon's heartbeat (see Store.checkpoint).
         self.store = Store(

@@ -26,6 +26,7 @@ class JobDefaults:
     retries: int = 0
     retry_backoff: str | float | None = None
     overlap: str | None = None
+    watch_param: str | None = None
 
 
 @overload
@@ -38,10 +39,11 @@ def job(
     retries: int = 0,
     retry_backoff: str | float | None = None,
     overlap: str | None = None,
+    watch_param: str | None = None,
 ) -> Callable[[F], F]: ...
 
 
-def job(func=None, *, name=None, timeout=None, retries=0, retry_backoff=None, overlap=None):
+def job(func=None, *, name=None, timeout=None, retries=0, retry_backoff=None, overlap=None, watch_param=None):
     """Mark a function as a job. Its typed parameters become the job's parameters.
 
         @job
@@ -51,8 +53,11 @@ def job(func=None, *, name=None, timeout=None, retries=0, retry_backoff=None, ov
         def cleanup(ctx: JobContext, older_than_days: int = 30) -> dict: ...
 
     The `[job:NAME]` section of the INI file overrides every default given here.
+
+    `watch_param` names the parameter that holds the folder the job reads (e.g. "inbox"): in a
+    section with `watch = FOLDER` it is set to that folder, and a different value is refused.
     """
-    defaults = JobDefaults(name, timeout, retries, retry_backoff, overlap)
+    defaults = JobDefaults(name, timeout, retries, retry_backoff, overlap, watch_param)
 
     def mark(target: F) -> F:
         setattr(target, JOB_ATTR, defaults)

@@ -721,11 +721,13 @@ class Store:
                 [{"b_path": p, "b_size": size, "b_mtime": mtime} for p, size, mtime in versions],
             )
             claimed = conn.execute(
-                sa.select(file_claims.c.path).where(
+                sa.select(file_claims.c.path)
+                .where(
                     file_claims.c.job == job,
                     file_claims.c.fire_key == fire_key,
                     file_claims.c.state == ClaimState.CLAIMED.value,
                 )
+                .order_by(file_claims.c.path)  # a run walks its files in name order, every time
             )
             return [row[0] for row in claimed]
 
@@ -757,9 +759,12 @@ class Store:
             )
             return {row[0] for row in rows}
 
-    def settle_files(self, job: str, fire_key: str, succeeded: bool, *, started: bool = True) -> None:
+    def settle_files(
+        self, job: str, fire_key: str, succeeded: bool, *, started: bool = True, blame: str | None = None
+    ) -> None:
         """After the run: its files are done, or (not acknowledged, run failed) claimable again.
-        A run that never started (overlap, already ran) does not count as an attempt."""
+        A run that never started (overlap, already ran) does not count as an attempt; a failed run
+        that was on file `blame` (ctx.files()) counts an attempt for that file only."""
         now = utcnow()
         mine = (
             (file_claims.c.job == job)
@@ -772,13 +777,15 @@ class Store:
                     sa.update(file_claims).where(mine).values(state=ClaimState.DONE.value, done_at=now)
                 )
                 return
-            if not started:
+            untouched = mine if blame is None else mine & (file_claims.c.path != blame)
+            if not started or blame is not None:  # claiming counted an attempt: take it back
                 conn.execute(
                     sa.update(file_claims)
-                    .where(mine)
+                    .where(untouched)
                     .values(state=ClaimState.PENDING.value, attempts=file_claims.c.attempts - 1)
                 )
-                return
+                if not started:
+                    return
             conn.execute(
                 sa.update(file_claims)
                 .where(mine)
@@ -829,6 +836,37 @@ class Store:
             )
             released += 1
         return released, held
+
+    def list_files(self, job: str, state: str | None = None) -> list[dict[str, Any]]:
+        """The job's file versions as claimed, oldest claim first (optionally of one state)."""
+        query = sa.select(
+            file_claims.c.path,
+            file_claims.c.size,
+            file_claims.c.mtime_ns,
+            file_claims.c.state,
+            file_claims.c.attempts,
+            file_claims.c.fire_key,
+            file_claims.c.claimed_at,
+            file_claims.c.done_at,
+        ).where(file_claims.c.job == job)
+        if state:
+            query = query.where(file_claims.c.state == state)
+        with self.begin() as conn:
+            rows = conn.execute(query.order_by(file_claims.c.claimed_at, file_claims.c.id)).mappings()
+            return [dict(row) for row in rows]
+
+    def retry_files(self, job: str, paths: list[str] | None = None) -> list[str]:
+        """Failed files (all of the job's, or those of `paths`) become claimable again, with their
+        attempts reset; returns the paths changed."""
+        failed = (file_claims.c.job == job) & (file_claims.c.state == ClaimState.FAILED.value)
+        if paths is not None:
+            failed = failed & file_claims.c.path.in_(paths)
+        with self.begin() as conn:
+            changed = [row[0] for row in conn.execute(sa.select(file_claims.c.path).where(failed))]
+            conn.execute(
+                sa.update(file_claims).where(failed).values(state=ClaimState.PENDING.value, attempts=0)
+            )
+            return changed
 
     def file_states(self, job: str) -> dict[str, int]:
         with self.read() as conn:
@@ -961,6 +999,9 @@ class Store:
         query = sa.select(job_state.c.value).where(job_state.c.job == job, job_state.c.key == key)
         if conn is not None:
             if conn.dialect.name == "postgresql":
+                # A key not written yet has no row to lock: a lock on the key's name (held until the
+                # transaction ends) makes first writers take turns too.
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(sa.func.hashtext(f"{job}\x1f{key}"))))
                 query = query.with_for_update()
             row = conn.execute(query).first()
         else:
@@ -993,14 +1034,6 @@ class Store:
         if conn is None:
             with self.begin() as own:
                 return self.state_update(job, key, change, default, own)
-        if conn.dialect.name == "postgresql":  # a row to lock, even for a key never written
-            insert = _dialect_insert("postgresql")(job_state).values(
-                job=job, key=key, value=sa.null(), updated_at=utcnow()
-            )
-            if conn.execute(insert.on_conflict_do_nothing().returning(job_state.c.key)).first() is not None:
-                value = change(default)
-                self.state_set(job, key, value, conn)
-                return value
         missing = object()
         current = self.state_get(job, key, missing, conn)
         value = change(default if current is missing else current)

@@ -380,3 +380,72 @@ def test_an_unset_env_var_breaks_only_the_job_that_uses_it(sqlite_project: Proje
     assert statuses["plain"] == "ok" and statuses["needs_env"] == "broken", statuses
     check = sqlite_project.runner("check")
     assert check.returncode == 2 and UNSET_ENV in check.stderr, check
+
+
+def test_inline_comments_are_not_part_of_values(project: Project) -> None:
+    """`key = value   ; why` and `# why` are comments, as INI users expect; `$;` and `$#` are literal."""
+    project.write_config(
+        f"""
+[runner]
+database = {project.database_url}   ; the run history
+var_dir = var                ; beside this file
+timezone = Europe/Berlin     # where schedules are evaluated
+kill_grace = 1s              ; SIGTERM -> SIGKILL
+job_packages = jobs_fixture
+
+[job:echo]
+schedule = cron 0 7 * * mon  ; five fields
+           cron 0 18 * * fri # one a line
+text = a $; b $# c            ; the escapes
+other = a;b
+"""
+    )
+
+    shown = project.runner("show", "echo", "--json")
+    done = project.runner("run", "echo", "--json")
+
+    assert shown.returncode == 0, shown
+    assert shown.json()["section"]["schedule"] == "cron 0 7 * * mon\ncron 0 18 * * fri"
+    assert done.returncode == 0, done
+    assert done.json()["result"] == {"text": "a ; b # c", "other": "a;b"}
+    assert sorted(p.name for p in project.config_path.parent.iterdir()) == ["runner.ini", "var"]
+
+
+@pytest.mark.parametrize("value", ["15m; the longest", "15m;\tthe longest", "15m# the longest"])
+def test_a_value_that_still_looks_like_a_comment_is_refused(sqlite_project: Project, value: str) -> None:
+    sqlite_project.configure(job_section(f"timeout = {value}"))
+
+    done = sqlite_project.runner("run", "echo")
+
+    assert_one_line_error(done, "[job:echo] timeout", "looks like a comment", "$")
+
+
+@pytest.mark.parametrize(
+    "command", [["history", "ecko"], ["next", "ecko"], ["run", "ecko"], ["show", "ecko"]]
+)
+def test_an_unknown_job_name_is_exit_2_with_did_you_mean(sqlite_project: Project, command: list[str]) -> None:
+    done = sqlite_project.runner(*command)
+
+    assert_one_line_error(done, "unknown job 'ecko'", "did you mean echo?")
+
+
+def test_an_empty_history_says_what_was_filtered(sqlite_project: Project) -> None:
+    assert sqlite_project.runner("run", "echo").returncode == 0
+
+    failed = sqlite_project.runner("history", "echo", "--status", "failed")
+    nothing = sqlite_project.runner("history", "counter")
+
+    assert failed.returncode == 0, failed
+    assert failed.stdout.strip() == "no runs of job echo with status failed"
+    assert nothing.returncode == 0, nothing
+    assert nothing.stdout.strip() == "no runs of job counter"
+
+
+def test_check_prints_no_ok_lines_before_failing(sqlite_project: Project) -> None:
+    sqlite_project.configure("[job:echo]\ncolour = red")
+
+    done = sqlite_project.runner("check")
+
+    assert done.returncode == 2, done
+    assert done.stdout == "", done
+    assert "colour" in done.stderr, done

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Project, assert_processes_gone, read_pid, wait_until
+from conftest import Project, assert_processes_gone, process_gone, read_pid, wait_until
 
 
 def configure_tick(project: Project, schedule: str, *, out: Path, extra: str = "", **runner: str) -> None:
@@ -268,3 +268,111 @@ def test_sd_notify_ready_watchdog_and_stopping(sqlite_project: Project, tmp_path
         listener.close()
     assert messages[0].startswith("READY=1"), messages
     assert "STATUS=firing tick" in messages[0]
+
+
+class TerminalDaemon:
+    """`runner daemon` started from a terminal, as a user does: a pseudo-terminal is its
+    controlling terminal and its process group the foreground one, so ^C is a real Ctrl-C."""
+
+    def __init__(self, project: Project) -> None:
+        import fcntl
+        import os
+        import pty
+        import subprocess
+        import termios
+        import threading
+
+        self.controller, terminal = pty.openpty()
+
+        def own_terminal() -> None:
+            os.setsid()
+            fcntl.ioctl(terminal, termios.TIOCSCTTY, 0)
+
+        self.process = subprocess.Popen(
+            project.argv(("daemon",)),
+            stdin=terminal,
+            stdout=terminal,
+            stderr=terminal,
+            env=project.env(),
+            cwd=project.root,
+            preexec_fn=own_terminal,
+        )
+        project._processes.append(self.process)
+        os.close(terminal)
+        self.output = bytearray()
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        import os
+
+        while True:
+            try:
+                chunk = os.read(self.controller, 65536)
+            except OSError:
+                return
+            if not chunk:
+                return
+            self.output += chunk
+
+    def ctrl_c(self) -> None:
+        import os
+
+        os.write(self.controller, b"\x03")
+
+    def wait(self) -> int:
+        from conftest import COMMAND_TIMEOUT_S
+
+        return self.process.wait(timeout=COMMAND_TIMEOUT_S)
+
+    def printed(self, text: str) -> bool:
+        return text.encode() in self.output
+
+
+def configure_gate(project: Project, shutdown_grace: str) -> tuple[Path, Path]:
+    started, release = project.root / "started.txt", project.root / "release"
+    project.configure(
+        f"""
+        [job:gate]
+        schedule = every 1s
+        started = {started}
+        release = {release}
+        """,
+        shutdown_grace=shutdown_grace,
+    )
+    return started, release
+
+
+def test_ctrl_c_stops_the_daemon_gracefully_and_never_reaches_the_job(sqlite_project: Project):
+    project = sqlite_project
+    started, release = configure_gate(project, shutdown_grace="10m")
+    daemon = TerminalDaemon(project)
+    wait_until(started.exists, "the gate job to start")
+
+    daemon.ctrl_c()
+    wait_until(lambda: daemon.printed("stopping: no new fires"), "the daemon to start stopping")
+    job_pid = int(started.read_text().split()[0])
+    still_running = not process_gone(job_pid)
+    release.touch()
+    code = daemon.wait()
+
+    assert still_running, "Ctrl-C reached the job"
+    assert code == 0, daemon.output.decode(errors="replace")
+    runs = [r for r in project.history("gate") if r["status"] != "skipped"]
+    assert [r["status"] for r in runs] == ["succeeded"], runs
+
+
+def test_a_second_ctrl_c_kills_the_running_jobs_now(sqlite_project: Project):
+    project = sqlite_project
+    started, _ = configure_gate(project, shutdown_grace="10m")
+    daemon = TerminalDaemon(project)
+    wait_until(started.exists, "the gate job to start")
+
+    daemon.ctrl_c()
+    wait_until(lambda: daemon.printed("Ctrl-C again kills them now"), "the daemon to start stopping")
+    daemon.ctrl_c()
+    code = daemon.wait()
+
+    assert code == 0, daemon.output.decode(errors="replace")
+    assert_processes_gone({"job": int(started.read_text().split()[0])})
+    runs = [r for r in project.history("gate") if r["status"] != "skipped"]
+    assert [r["status"] for r in runs] == ["killed"], runs

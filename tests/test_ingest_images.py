@@ -195,6 +195,44 @@ def test_a_watch_job_run_by_hand_takes_its_files_through_ctx_files(sqlite_projec
     assert len(image_rows(sqlite_project)) == 4
 
 
+def test_a_watch_section_without_inbox_ingests_its_watched_folder(sqlite_project: Project) -> None:
+    """The README's [job:ingest]: `watch = FOLDER` and no `inbox`. The job reads the watched folder,
+    writes processed/quarantine/thumbs beside it and nowhere else, and refuses another inbox."""
+    conf = sqlite_project.config_path.parent
+    inbox = conf / "uploads"
+    inbox.mkdir(parents=True)
+    sqlite_project.configure(
+        "[job:ingest]\nuses = jobs.ingest_images:ingest_images\nwatch = uploads\nworkers = 1"
+    )
+    for seed in range(2):
+        rgb_image(50, 40, seed).save(inbox / f"w{seed}.png")
+
+    done = sqlite_project.runner("run", "ingest", "--json")
+    other = sqlite_project.runner("run", "ingest", "-p", f"inbox={sqlite_project.root}")
+    sqlite_project.configure(
+        "[job:ingest]\nuses = jobs.ingest_images:ingest_images\nwatch = uploads\ninbox = elsewhere"
+    )
+    checked = sqlite_project.runner("check")
+
+    assert done.returncode == 0, done
+    assert done.json()["result"]["processed"] == 2
+    assert files_under(inbox) == []
+    assert len(files_under(conf / "processed")) == 2
+    assert sorted(p.name for p in conf.iterdir()) == [
+        "processed",
+        "quarantine",
+        "runner.ini",
+        "thumbs",
+        "uploads",
+        "var",
+    ]
+    assert sorted(p.name for p in sqlite_project.root.iterdir()) == ["conf"], (
+        "nothing beside the working directory"
+    )
+    assert other.returncode == 2 and "reads its watched folder" in other.stderr, other
+    assert checked.returncode == 2 and "[job:ingest] inbox = 'elsewhere'" in checked.stderr, checked
+
+
 def test_kill_9_at_random_points_then_rerun_keeps_every_file_once(sqlite_project: Project) -> None:
     folders = configure(sqlite_project, workers=1, extra="overlap = allow")
     inbox = folders["inbox"]

@@ -248,3 +248,40 @@ def test_a_retry_skips_the_files_the_failed_attempt_finished(sqlite_project: Pro
     assert max(counts.values()) == 1
     attempts = [row["attempt"] for row in project.history("flaky")]
     assert sorted(attempts) == [1, 2]
+
+
+def test_one_bad_file_fails_alone_and_can_be_listed_and_retried(project: Project):
+    """A job that raises on bad.txt: only bad.txt counts attempts and ends `failed`; a.txt is done,
+    c.txt (never reached while bad.txt failed) goes back untouched and is done by a later run."""
+    inbox = project.root / "inbox"
+    inbox.mkdir(parents=True)
+    project.configure(
+        f"""
+        [job:picky]
+        uses = jobs_fixture.filerec:picky
+        watch = {inbox}
+        out = {project.root / "seen.txt"}
+        """
+    )
+    for name in ("a.txt", "bad.txt", "c.txt"):
+        (inbox / name).write_text(name)
+
+    runs = [project.runner("run", "picky") for _ in range(3)]
+    after_three = {row["path"]: row for row in project.runner("files", "picky", "--json").json()}
+    fourth = project.runner("run", "picky")
+    failed = project.runner("files", "picky", "--state", "failed", "--json")
+    table = project.runner("files", "picky")
+    retried = project.runner("files", "retry", "picky", str(inbox / "bad.txt"))
+    again = project.runner("files", "picky", "--state", "failed")
+    not_failed = project.runner("files", "retry", "picky", str(inbox / "a.txt"))
+
+    assert [done.returncode for done in runs] == [1, 1, 1], runs
+    states = {Path(p).name: (row["state"], row["attempts"]) for p, row in after_three.items()}
+    assert states == {"a.txt": ("done", 1), "bad.txt": ("failed", 3), "c.txt": ("pending", 0)}
+    assert fourth.returncode == 0, fourth
+    assert seen(project) == {"a.txt": 1, "c.txt": 1}
+    assert [Path(row["path"]).name for row in failed.json()] == ["bad.txt"]
+    assert "failed" in table.stdout and str(inbox / "bad.txt") in table.stdout, table
+    assert retried.returncode == 0 and "1 file(s)" in retried.stdout, retried
+    assert again.stdout.strip() == "no files of job picky with state failed", again
+    assert not_failed.returncode == 2 and "not a failed file" in not_failed.stderr, not_failed

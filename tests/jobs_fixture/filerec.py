@@ -37,3 +37,17 @@ def flaky_files(ctx: JobContext, out: Path, fail_after: int = 3) -> int:
             handle.flush()
             count += 1
     return count
+
+
+@job
+def picky(ctx: JobContext, out: Path) -> int:
+    """Like filerec, but raises on any file whose name starts with 'bad'."""
+    count = 0
+    with out.open("a", encoding="utf-8") as handle:
+        for path in ctx.files():
+            if path.name.startswith("bad"):
+                raise ValueError(f"cannot handle {path.name}")
+            handle.write(f"{path.name}\n")
+            handle.flush()
+            count += 1
+    return count

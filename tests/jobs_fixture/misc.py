@@ -55,3 +55,9 @@ def unjsonable() -> set[int]:
 def connects(db_url: str = "postgresql://app:default-pw@db/app", mirrors: list[str] | None = None) -> str:
     """Take a URL with a password; return the password part's length only."""
     return str(len(db_url))
+
+
+@job
+def tidy(folder: Path = Path("exports"), older_than_days: int = 30) -> str:
+    """Return the folder it would tidy (a Path default, for --help)."""
+    return str(folder)

@@ -15,3 +15,12 @@ def tick(ctx: JobContext, out: Path, seconds: float = 0.0) -> str:
         handle.write(f"{ctx.fire.key} {ctx.fire.kind} {ctx.fire.late}\n")
     time.sleep(seconds)
     return ctx.fire.key
+
+
+@job
+def chatty(ctx: JobContext, items: int = 20, pause_s: float = 0.05) -> int:
+    """Log one line per item while a progress bar runs over the items."""
+    for index in ctx.progress(range(items), label="chatty"):
+        ctx.log.info("item %d", index)
+        time.sleep(pause_s)
+    return items
