@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import os
 import random
 import sys
@@ -16,7 +15,7 @@ from typing import Any
 
 import click
 
-from runner import __version__
+from runner import __version__, jsonsafe
 from runner.errors import EXIT_USAGE, RunnerError
 
 STATUS_CHOICES = (
@@ -427,7 +426,9 @@ def _run_job(app: App, job: str, args: list[str]) -> int:
     else:
         if outcome.result is not None:
             click.echo(
-                outcome.result if isinstance(outcome.result, str) else json.dumps(outcome.result, indent=2)
+                outcome.result
+                if isinstance(outcome.result, str)
+                else jsonsafe.dumps(outcome.result, indent=2)
             )
         if outcome.status.value != "succeeded":
             click.echo(
@@ -902,7 +903,7 @@ def systemd_unit(app: App, user_unit: bool, run_as: str | None) -> None:
 
 
 def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(jsonsafe.dumps(data, indent=2))
 
 
 def _print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, empty: str) -> None:

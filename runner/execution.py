@@ -22,6 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner import jsonsafe
 from runner.context import STOP, Fire, JobContext
 from runner.errors import AlreadyRan, OverlapSkipped, Stopped
 from runner.models import RunStatus, utcnow
@@ -220,7 +221,7 @@ def masked_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters as history and logs show them: JSON values, secret-looking ones as ***."""
     from runner.config import SECRET_MASK, is_secret
 
-    plain = json.loads(json.dumps(dict(params), default=str))
+    plain = jsonsafe.jsonable(dict(params))
     return {key: SECRET_MASK if is_secret(key) else value for key, value in plain.items()}
 
 
@@ -682,7 +683,7 @@ def _child_main(
         kwargs["ctx"] = ctx
     code, message = 0, {}
     try:
-        message = {"result": _jsonable(spec.func(**kwargs))}
+        message = {"result": jsonsafe.jsonable(spec.func(**kwargs))}
     except SystemExit as exc:
         if exc.code not in (None, 0):
             code = exc.code if isinstance(exc.code, int) else 1
@@ -691,7 +692,7 @@ def _child_main(
         traceback.print_exc()
         code, message = 1, {"error": _summary(exc)}
     message["acked_files_only"] = STOP.used_files
-    _write_all(result_fd, json.dumps(message, default=str).encode())
+    _write_all(result_fd, jsonsafe.dumps(message).encode())
     sys.stdout.flush()
     sys.stderr.flush()
     return code
@@ -743,14 +744,7 @@ def _child_logging(run_id: int, job: str) -> logging.Logger:
 def _summary(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-    return line[:ERROR_SUMMARY_CHARS]
-
-
-def _jsonable(value: Any) -> Any:
-    try:
-        return json.loads(json.dumps(value, default=str))
-    except (TypeError, ValueError):
-        return repr(value)
+    return jsonsafe.text(line[:ERROR_SUMMARY_CHARS])  # a NUL would make PostgreSQL refuse the row
 
 
 def _write_all(fd: int, data: bytes) -> None:

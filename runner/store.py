@@ -16,6 +16,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from runner import jsonsafe
 from runner.config import DEFAULT_LOCK_TIMEOUT_S, format_duration
 from runner.errors import AlreadyRan, DatabaseBusy, DatabaseError, RunnerError, StorageError
 from runner.models import (
@@ -125,14 +126,16 @@ def create_engine(
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
             _private_database_file(Path(parsed.database))
-        engine = sa.create_engine(parsed, connect_args={"timeout": lock_timeout_s})
+        engine = sa.create_engine(
+            parsed, connect_args={"timeout": lock_timeout_s}, json_serializer=jsonsafe.dumps
+        )
         sa.event.listen(engine, "connect", partial(_sqlite_on_connect, lock_timeout_s=lock_timeout_s))
         if not autocheckpoint:
             sa.event.listen(engine, "connect", _sqlite_no_autocheckpoint)
         sa.event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     try:
-        return sa.create_engine(parsed, pool_pre_ping=True)
+        return sa.create_engine(parsed, pool_pre_ping=True, json_serializer=jsonsafe.dumps)
     except ModuleNotFoundError as exc:
         raise DatabaseError(
             f"the driver for {parsed.get_backend_name()} is not installed ({exc.name}); "
