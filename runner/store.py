@@ -854,6 +854,43 @@ class Store:
             rows = conn.execute(sa.select(job_state.c.key, job_state.c.value).where(job_state.c.job == job))
             return {key: value for key, value in rows}
 
+    def file_identity(self) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the SQLite file at the database's path now; None when there is no
+        file there (or the database is not a file)."""
+        if self._file is None:
+            return None
+        try:
+            info = os.stat(self._file)
+        except FileNotFoundError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def file_replaced(self, identity: tuple[int, int] | None) -> str | None:
+        """Why the file at the database's path is no longer the one whose identity was taken when
+        it was opened (deleted, or another file moved over it), or None while it is the same."""
+        if self._file is None or identity is None:
+            return None
+        now = self.file_identity()
+        if now == identity:
+            return None
+        if now is None:
+            return f"database file {self._file} was deleted while in use"
+        return (
+            f"database file {self._file} was replaced while in use "
+            f"(inode {identity[1]} on device {identity[0]}, now inode {now[1]} on device {now[0]})"
+        )
+
+    def drop_old_wal(self) -> list[str]:
+        """After the database file was deleted or replaced while in use: the -wal and -shm files at
+        its path are the old file's, and SQLite would replay that log into the new file when it
+        next opens it. Remove them, once no process of ours uses the old file any more."""
+        removed = []
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self._file}{suffix}")
+                removed.append(f"{self._file}{suffix}")
+        return removed
+
     def checkpoint(self) -> None:
         """Fold SQLite's write-ahead log into the database without blocking writers (PASSIVE)."""
         if not self.url.startswith("sqlite"):
