@@ -23,7 +23,8 @@ log = logging.getLogger("runner.watch")
 DEFAULT_PATTERNS = ("*",)
 DEFAULT_IGNORE = ("*.part", "*.tmp", "*.crdownload", "*.swp", "*~", ".*")
 HELD_RESCAN_S = 15.0  # rescan this soon while other runs still hold some of the files
-OPEN_STALE_S = 600.0  # an 'open' whose close we never saw stops blocking after this long
+OPEN_STALE_S = 600.0
+BUSY_RECHECK_S = 0.05  # while every worker is busy, how often to look for a free one  # an 'open' whose close we never saw stops blocking after this long
 WATCH_LIMIT_HELP = (
     "the inotify watch limit is reached; raise it with "
     "`sudo sysctl fs.inotify.max_user_watches=524288` (and in /etc/sysctl.d/ to keep it), "
@@ -394,10 +395,12 @@ class WatchService:
         return wait
 
     def _hand_out(self, watched: _Watched, now: float) -> float | None:
+        if self.free_slots() <= 0:  # before ready(): it looks at every pending file (10,000 in a burst)
+            return BUSY_RECHECK_S  # look again soon: a run will finish
         ready, wait = watched.tracker.ready(now)
         while ready:
             if self.free_slots() <= 0:
-                return 0.05  # look again soon: a run will finish
+                return BUSY_RECHECK_S
             chunk, ready = ready[: watched.settings.batch], ready[watched.settings.batch :]
             try:
                 fire_key, paths = self.claim(watched.name, chunk)

@@ -6,7 +6,9 @@ import collections
 import os
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -248,3 +250,48 @@ def test_a_retry_skips_the_files_the_failed_attempt_finished(sqlite_project: Pro
     assert max(counts.values()) == 1
     attempts = [row["attempt"] for row in project.history("flaky")]
     assert sorted(attempts) == [1, 2]
+
+
+@pytest.fixture
+def busy_cpus() -> Iterator[None]:
+    """Three CPU-bound processes for the test's duration: a 2-core machine under contention."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def assert_each_file_once(project: Project, names: set[str]) -> None:
+    counts = seen(project)
+    assert set(counts) == names, set(counts) ^ names
+    assert max(counts.values()) == 1
+    assert claim_states(project) == {"done": len(names)}
+    assert all(r["status"] == "succeeded" for r in project.history("files"))
+
+
+def test_a_burst_drains_beside_cpu_bound_processes(sqlite_project: Project, busy_cpus: None):
+    project = sqlite_project
+    inbox = configure(project, "events", settle="0", extra="batch = 200")
+    daemon = project.start("daemon")
+    wait_until(lambda: daemon_ready(project), "the daemon")
+    names = burst(inbox, BURST)
+    wait_until(lambda: len(seen(project)) >= BURST, "the burst to drain", timeout_s=240)
+    stop(project, daemon)
+    assert_each_file_once(project, names)
+
+
+def test_a_burst_split_into_many_runs_drains(sqlite_project: Project):
+    """Under contention the burst went out in more, smaller runs, and the daemon logs a line per
+    run: more lines than an unread output pipe holds must not stop it (batch = 2 forces that)."""
+    project = sqlite_project
+    inbox = configure(project, "events", settle="0", extra="batch = 2")
+    daemon = project.start("daemon")
+    wait_until(lambda: daemon_ready(project), "the daemon")
+    names = burst(inbox, 1500)
+    wait_until(lambda: len(seen(project)) >= len(names), "the burst to drain", timeout_s=240)
+    stop(project, daemon)
+    assert_each_file_once(project, names)
+    assert len(project.history("files")) >= 750
