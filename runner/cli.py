@@ -247,23 +247,18 @@ def logs(app: App, run_id: int, follow: bool) -> None:
     path = Path(record.log_path or run_log_path(app.settings.runner, record.job, run_id))
     if not path.exists() and record.started_at is None:
         raise RunnerError(f"run {run_id} ({record.status}) has no log: it never started")
-    offset = 0
-    while True:
-        try:
-            with path.open("rb") as handle:
-                handle.seek(offset)
-                data = handle.read()
-        except FileNotFoundError:
-            raise RunnerError(f"log of run {run_id} is gone: {path}") from None
-        offset += len(data)
-        sys.stdout.write(data.decode("utf-8", "replace"))
-        sys.stdout.flush()
-        if not follow:
-            return
-        record = store.get_run(run_id)
-        if record is None or (record.status not in ("queued", "running") and offset >= path.stat().st_size):
-            return
-        time.sleep(0.5)
+    from runner.runlog import stream
+
+    def running() -> bool:
+        now = store.get_run(run_id)
+        return now is not None and now.status in ("queued", "running")
+
+    try:
+        stream(path, sys.stdout.buffer, follow=running if follow else None)
+    except FileNotFoundError:
+        raise RunnerError(f"log of run {run_id} is gone: {path}") from None
+    except BrokenPipeError:  # `runner logs 42 | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 @cli.command()

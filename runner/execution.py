@@ -26,6 +26,7 @@ from runner import jsonsafe
 from runner.context import STOP, Fire, JobContext
 from runner.errors import AlreadyRan, OverlapSkipped, Stopped
 from runner.models import RunStatus, utcnow
+from runner.runlog import RunLog
 
 if TYPE_CHECKING:
     from runner.config import RunnerSettings, Settings
@@ -311,7 +312,9 @@ def _attempt(
         f"run {run_id} of job {spec.name} started: attempt {attempt}, "
         f"trigger {fire.kind}, fire {fire.key}, params {masked_params(params)!r}",
     )
-    child = _Child.spawn(spec, params, fire, run_id, attempt, store, log_path, live)
+    max_log_bytes = settings.max_log_bytes if spec.max_log_bytes is None else spec.max_log_bytes
+    runlog = RunLog(log_path, max_log_bytes, tail=sys.stderr if live else None)
+    child = _Child.spawn(spec, params, fire, run_id, attempt, store, runlog, live)
     child.supervise(
         timeout_s=spec.timeout_s,
         grace_s=settings.kill_grace_s,
@@ -320,7 +323,6 @@ def _attempt(
         ),
         heartbeat_s=settings.heartbeat_s,
         stops=stops,
-        tail=sys.stderr if live else None,
     )
     status, exit_code, sig, error = child.verdict(spec.timeout_s)
     ended = utcnow()
@@ -438,10 +440,10 @@ class _StopSignals:
 class _Child:
     """The forked process that runs the job body, in its own process group."""
 
-    def __init__(self, pid: int, result_fd: int, log_path: Path) -> None:
+    def __init__(self, pid: int, result_fd: int, runlog: RunLog) -> None:
         self.pid = pid
         self.result_fd = result_fd
-        self.log_path = log_path
+        self.runlog = runlog
         self.wait_status: int | None = None
         self.payload = bytearray()
         self.timed_out = False
@@ -458,10 +460,10 @@ class _Child:
         run_id: int,
         attempt: int,
         store: Store,
-        log_path: Path,
+        runlog: RunLog,
         live: bool,
     ) -> _Child:
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        output_fd, log_fd = RunLog.pipe()  # the job's stdout and stderr, copied into the log by runlog
         read_fd, write_fd = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -471,6 +473,7 @@ class _Child:
             code = CHILD_SETUP_FAILED
             try:
                 os.close(read_fd)
+                os.close(output_fd)
                 code = _child_main(
                     spec, params, fire, run_id, attempt, store, log_fd, write_fd, supervisor, live
                 )
@@ -478,9 +481,10 @@ class _Child:
                 os._exit(code)
         os.close(write_fd)
         os.close(log_fd)
+        runlog.start(output_fd)
         with contextlib.suppress(OSError):  # both sides set the group, whichever runs first
             os.setpgid(pid, pid)
-        return cls(pid, read_fd, log_path)
+        return cls(pid, read_fd, runlog)
 
     def _signal_group(self, signum: int) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -494,13 +498,11 @@ class _Child:
         heartbeat: Callable[[], None],
         heartbeat_s: float,
         stops: _StopSignals,
-        tail: Any,
     ) -> None:
         started = time.monotonic()
         deadline = started + timeout_s if timeout_s else None
         next_beat = started + heartbeat_s
         kill_at: float | None = None
-        tail_offset = 0
         poller = select.poll()
         pidfd = _pidfd_open(self.pid)
         if pidfd is not None:
@@ -516,7 +518,7 @@ class _Child:
                     wake.append(deadline)
                 if kill_at:
                     wake.append(kill_at)
-                if tail is not None or pidfd is None:
+                if pidfd is None:
                     wake.append(now + LIVE_TAIL_POLL_S)
                 events = poller.poll(max(0.0, min(wake) - now) * 1000)
                 for fd, _ in events:
@@ -528,8 +530,6 @@ class _Child:
                             poller.unregister(fd)
                     elif fd == stops.read_fd:
                         stops.drain()
-                if tail is not None:
-                    tail_offset = _tail(self.log_path, tail_offset, tail)
                 if self._reap():
                     break
                 now = time.monotonic()
@@ -562,8 +562,7 @@ class _Child:
             os.close(self.result_fd)
             # Whatever the job started and left behind in its group goes with it.
             self._signal_group(signal.SIGKILL)
-            if tail is not None:
-                _tail(self.log_path, tail_offset, tail)
+            self.runlog.close()
 
     def _reap(self) -> bool:
         pid, status = os.waitpid(self.pid, os.WNOHANG)
@@ -622,19 +621,6 @@ def _pidfd_open(pid: int) -> int | None:
         return os.pidfd_open(pid)
     except (AttributeError, OSError):
         return None  # old kernel: fall back to polling waitpid
-
-
-def _tail(path: Path, offset: int, stream: Any) -> int:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
-    except OSError:
-        return offset
-    if data:
-        stream.write(data.decode("utf-8", "replace"))
-        stream.flush()
-    return offset + len(data)
 
 
 # --- the child side ------------------------------------------------------------------------------
