@@ -688,7 +688,7 @@ def _die_with_supervisor(supervisor: int) -> None:
     """Ask the kernel for SIGTERM when the supervisor dies; then take the whole group down."""
 
     def on_term(signum: int, _frame: Any) -> None:
-        if os.getppid() != supervisor:
+        if os.getppid() != supervisor or _main_thread_gone(supervisor):
             os.killpg(0, signal.SIGKILL)
         if STOP.deferring:  # inside ctx.files(): stop at the next file boundary
             STOP.requested = signum
@@ -708,6 +708,16 @@ def _die_with_supervisor(supervisor: int) -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
     if os.getppid() != supervisor:  # it died before prctl took effect
         os.killpg(0, signal.SIGKILL)
+
+
+def _main_thread_gone(pid: int) -> bool:
+    """The supervisor is dying: the kernel sends the parent-death signal when the thread that forked
+    us ends, and hands us to another of its threads (the log copier), so getppid() is unchanged."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return stat.read().rsplit(b")", 1)[1].split()[0] in (b"Z", b"X")
+    except (OSError, IndexError):
+        return True
 
 
 def _child_logging(run_id: int, job: str) -> logging.Logger:
