@@ -7,6 +7,7 @@ import os
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
@@ -942,6 +943,17 @@ class _WriterQueue:
         self._pid = 0
         self._depth = 0
         self._thread_lock = threading.RLock()
+        queue = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (alive := queue()) is not None and alive._forget_parent())
+
+    def _forget_parent(self) -> None:
+        """In a forked child: close the parent's lock file. The child shares its open file, and
+        with it the parent's lock: a daemon killed mid-write left the lock held by its fork server
+        and workers, which then waited for it until lock_timeout."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd, self._pid, self._depth = None, 0, 0
 
     @contextlib.contextmanager
     def begin(self, engine: sa.Engine) -> Iterator[sa.Connection]:
