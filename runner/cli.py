@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import json
 import os
 import random
 import sys
@@ -16,7 +15,7 @@ from typing import Any
 
 import click
 
-from runner import __version__
+from runner import __version__, jsonsafe
 from runner.errors import EXIT_USAGE, RunnerError
 
 MAX_LIMIT = 100_000  # history rows one command prints
@@ -273,26 +272,25 @@ def logs(app: App, run_id: int, follow: bool, as_json: bool) -> None:
     path = Path(record.log_path or run_log_path(app.settings.runner, record.job, run_id))
     if not path.exists() and record.started_at is None:
         raise RunnerError(f"run {run_id} ({record.status}) has no log: it never started")
-    offset = 0
-    while True:
+    if as_json:  # one JSON document: the log is read whole (it is capped at max_log_bytes)
         try:
-            with path.open("rb") as handle:
-                handle.seek(offset)
-                data = handle.read()
+            data = path.read_bytes()
         except FileNotFoundError:
             raise RunnerError(f"log of run {run_id} is gone: {path}") from None
-        offset += len(data)
-        if as_json:
-            _print_json({**record.to_json(), "log_path": str(path), "log": data.decode("utf-8", "replace")})
-            return
-        sys.stdout.write(data.decode("utf-8", "replace"))
-        sys.stdout.flush()
-        if not follow:
-            return
-        record = store.get_run(run_id)
-        if record is None or (record.status not in ("queued", "running") and offset >= path.stat().st_size):
-            return
-        time.sleep(0.5)
+        _print_json({**record.to_json(), "log_path": str(path), "log": data.decode("utf-8", "replace")})
+        return
+    from runner.runlog import stream
+
+    def running() -> bool:
+        now = store.get_run(run_id)
+        return now is not None and now.status in ("queued", "running")
+
+    try:
+        stream(path, sys.stdout.buffer, follow=running if follow else None)
+    except FileNotFoundError:
+        raise RunnerError(f"log of run {run_id} is gone: {path}") from None
+    except BrokenPipeError:  # `runner logs 42 | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
 
 
 FILE_STATES = ("claimed", "done", "pending", "failed")
@@ -555,7 +553,9 @@ def _run_job(app: App, job: str, args: list[str]) -> int:
     else:
         if outcome.result is not None:
             click.echo(
-                outcome.result if isinstance(outcome.result, str) else json.dumps(outcome.result, indent=2)
+                outcome.result
+                if isinstance(outcome.result, str)
+                else jsonsafe.dumps(outcome.result, indent=2)
             )
         if outcome.status.value != "succeeded":
             click.echo(
@@ -1092,7 +1092,7 @@ def systemd_unit(app: App, user_unit: bool, run_as: str | None) -> None:
 
 
 def _print_json(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, default=str))
+    click.echo(jsonsafe.dumps(data, indent=2))
 
 
 def _print_table(headers: Sequence[str], rows: Iterable[Sequence[Any]], *, empty: str) -> None:

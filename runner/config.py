@@ -23,6 +23,8 @@ CONFIG_ENV = "RUNNER_CONFIG"
 JOB_PREFIX = "job:"
 CONTAIN_CHOICES = ("subreaper", "cgroup")
 DEFAULT_LOCK_TIMEOUT_S = 60.0  # how long a write waits for another writer of the database
+DEFAULT_MAX_LOG_BYTES = 50 * 1024 * 1024  # a run's log keeps its head and tail beyond this
+MIN_MAX_LOG_BYTES = 16 * 1024
 
 OVERLAP_POLICIES = ("skip", "queue", "allow")
 RUNNER_KEYS = {
@@ -41,6 +43,7 @@ RUNNER_KEYS = {
     "lock_timeout": "how long a write waits for another writer of the database before giving up",
     "contain": "how every process a job starts is kept within reach: subreaper or cgroup",
     "data_database": "SQLAlchemy URL for the jobs' own tables and state (default: beside the history)",
+    "max_log_bytes": "largest a run's log may grow: beyond it the head and the tail are kept (0 = no cap)",
 }
 JOB_KEYS = {
     "uses": "package.module:function that implements the job",
@@ -48,6 +51,7 @@ JOB_KEYS = {
     "retries": "how many more attempts after a failure",
     "retry_backoff": "wait before the first retry; doubles each time, with jitter",
     "overlap": "what a fire does while the previous run still runs: skip, queue or allow",
+    "max_log_bytes": "largest a run's log may grow (default: [runner] max_log_bytes)",
     "description": "one line shown by `runner list`",
     "schedule": "when it fires: 'cron M H DoM Mon DoW', 'every 15m' or 'at 2026-12-01 09:00', one a line",
     "timezone": "IANA timezone its schedule is evaluated in (default: [runner] timezone)",
@@ -79,6 +83,7 @@ SECRET_PATTERNS = ("*password*", "*passwd*", "*token*", "*secret*", "*_key", "ke
 SECRET_MASK = "***"
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
 _DURATION_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -117,6 +122,21 @@ def parse_duration(text: str) -> float:
 
 class DurationTooLong(ValueError):
     """A well-formed duration beyond MAX_DURATION_S."""
+
+
+def parse_size(text: str) -> int:
+    """'50MiB', '200k', '1G', '4096' -> bytes (K, M, G are powers of 1024, with or without 'iB'/'B')."""
+    found = _SIZE.fullmatch(text.strip())
+    if found is None:
+        raise ValueError(text)
+    return int(float(found.group(1)) * 1024 ** " kmgt".index(found.group(2).lower() or " "))
+
+
+def format_size(size: int) -> str:
+    for unit, factor in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if size >= factor:
+            return f"{size / factor:.4g}{unit}"
+    return f"{size}B"
 
 
 def format_duration(seconds: float) -> str:
@@ -192,6 +212,7 @@ class RunnerSettings:
     lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
     data_database: str | None = None  # None: NAME-jobs.db beside a SQLite history, else the same
     contain: str = "subreaper"  # or "cgroup": a cgroup v2 per attempt as well, where one can be made
+    max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +232,7 @@ class JobSettings:
     jitter_s: float = 0.0
     catchup_s: float = DEFAULT_CATCHUP_S
     watch: WatchSettings | None = None
+    max_log_bytes: int = DEFAULT_MAX_LOG_BYTES  # 0: no cap
 
     @property
     def scheduled(self) -> bool:
@@ -444,6 +466,7 @@ def _runner_settings(values: Mapping[str, str], path: Path, base: Path) -> Runne
         data_database=_absolute_sqlite_url(values["data_database"].strip(), base)
         if values.get("data_database", "").strip()
         else None,
+        max_log_bytes=_default(_size(values, "max_log_bytes", path, "runner"), DEFAULT_MAX_LOG_BYTES),
     )
 
 
@@ -518,6 +541,7 @@ def _job_settings(
         overlap=overlap,
         description=values.get("description"),
         params=MappingProxyType(params),
+        max_log_bytes=_default(_size(values, "max_log_bytes", path, section), runner.max_log_bytes),
     )
 
 
@@ -595,6 +619,29 @@ def _at_least(seconds: float | None, minimum: float, values, key, path, section)
             value=values[key],
         )
     return seconds
+
+
+def _size(values: Mapping[str, str], key: str, path: Path, section: str) -> int | None:
+    """The key's size in bytes (0 = no cap), None when absent; a one-line error when it is not one."""
+    if key not in values:
+        return None
+    try:
+        size = parse_size(values[key])
+    except ValueError:
+        size = -1
+    if size != 0 and size < MIN_MAX_LOG_BYTES:
+        raise ConfigError(
+            f"expected a size like 50MiB, 200KiB or 0 (no cap), at least {format_size(MIN_MAX_LOG_BYTES)}",
+            path=path,
+            section=section,
+            key=key,
+            value=values[key],
+        )
+    return size
+
+
+def _default(value: int | None, default: int) -> int:
+    return default if value is None else value
 
 
 def _int(values, key, default, path, section, *, minimum, maximum):

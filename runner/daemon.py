@@ -20,7 +20,7 @@ from typing import Any
 
 from runner.config import Settings, load_settings
 from runner.context import Fire
-from runner.errors import EXIT_NOT_STARTED, EXIT_USAGE, RunnerError
+from runner.errors import EXIT_NOT_STARTED, EXIT_STORAGE, EXIT_USAGE, RunnerError
 from runner.forkserver import ForkServer
 from runner.models import Trigger, utcnow
 from runner.spool import replay
@@ -52,6 +52,7 @@ class Daemon:
         self.scheduler: Any = None
         self.watches: Any = None
         self.daemon_id: int | None = None
+        self.exit_code = 0
 
     # -- life cycle --
     def run(self) -> int:
@@ -69,6 +70,7 @@ class Daemon:
         )
         self.store.ensure_schema()
         self.store.engine.dispose()
+        self.database_identity = self.store.file_identity()  # SQLite: the file we opened
         self.server.start()  # forks before any thread exists, then starts its reply reader
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop)
@@ -100,6 +102,8 @@ class Daemon:
             if self.reload_requested:
                 self.reload_requested = False
                 self._reload()
+            if self._database_replaced():
+                break
             self._heartbeat()
             if watchdog_s:
                 notify("WATCHDOG=1")
@@ -116,6 +120,18 @@ class Daemon:
     def _on_reload(self, _signum: int, _frame: Any) -> None:
         self.reload_requested = True
         self._wake.set()
+
+    def _database_replaced(self) -> bool:
+        """A SQLite file deleted or replaced under us: we would go on recording into the old one,
+        unseen. Stop, failing, so that the service manager starts us again on the file now there."""
+        problem = self.store.file_replaced(self.database_identity)
+        if problem is None:
+            return False
+        log.error(
+            "%s; stopping with exit code %d so the daemon restarts on the new file", problem, EXIT_STORAGE
+        )
+        self.exit_code = EXIT_STORAGE
+        return True
 
     def _heartbeat(self) -> None:
         try:
@@ -150,10 +166,15 @@ class Daemon:
         self.server.stop(timeout_s=reserve + self.settings.runner.kill_grace_s + 5)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        with contextlib.suppress(Exception):
-            self.store.daemon_heartbeat(self.daemon_id, stopped=True)
+        if self.exit_code == EXIT_STORAGE:  # the database file now at the path holds no row of ours
+            removed = self.store.drop_old_wal()
+            if removed:
+                log.warning("removed the old database file's log: %s", ", ".join(removed))
+        else:
+            with contextlib.suppress(Exception):
+                self.store.daemon_heartbeat(self.daemon_id, stopped=True)
         log.info("daemon %s stopped", self.daemon_id)
-        return 0
+        return self.exit_code
 
     def _reload(self) -> None:
         from runner.discovery import discover

@@ -22,10 +22,12 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner import jsonsafe
 from runner.context import STOP, Fire, JobContext
 from runner.errors import AlreadyRan, OverlapSkipped, Stopped, StorageError
 from runner.models import RunStatus, utcnow
 from runner.private import open_private, private_folder
+from runner.runlog import RunLog
 from runner.terminal import LiveTerminal
 
 if TYPE_CHECKING:
@@ -229,7 +231,7 @@ def masked_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters as history and logs show them: JSON values, secret-looking ones and URL passwords as ***."""
     from runner.config import mask_value
 
-    plain = json.loads(json.dumps(dict(params), default=str))
+    plain = jsonsafe.jsonable(dict(params))
     return {key: mask_value(key, value) for key, value in plain.items()}
 
 
@@ -317,14 +319,19 @@ def _attempt(
     if attempt > 1:  # the first attempt's row was marked running when it was claimed
         store.update_run(run_id, status=RunStatus.RUNNING.value, started_at=started, heartbeat_at=started)
     containment = Containment.create(cgroup=settings.contain == "cgroup")
+    terminal = LiveTerminal(sys.stderr) if live else None
     try:
         private_folder(log_path.parent)  # job output may hold secrets: 0700, files 0600
-        _append(
-            log_path,
+        started_line = (
             f"run {run_id} of job {spec.name} started: attempt {attempt}, "
-            f"trigger {fire.kind}, fire {fire.key}, params {masked_params(params)!r}",
+            f"trigger {fire.kind}, fire {fire.key}, params {masked_params(params)!r}"
         )
-        child = _Child.spawn(spec, params, fire, run_id, attempt, store, log_path, live, containment)
+        _append(log_path, started_line)
+        if terminal is not None:  # the started line goes above any progress bar
+            terminal.write(log_path.read_text(encoding="utf-8", errors="replace"))
+        max_log_bytes = settings.max_log_bytes if spec.max_log_bytes is None else spec.max_log_bytes
+        runlog = RunLog(log_path, max_log_bytes, tail=terminal)
+        child = _Child.spawn(spec, params, fire, run_id, attempt, store, runlog, live, containment)
     except OSError as exc:  # a full or read-only log folder: the job cannot start
         containment.close()
         error = f"cannot write the run log {log_path}: {exc.strerror or exc}"
@@ -355,7 +362,7 @@ def _attempt(
         heartbeat=heartbeat,
         heartbeat_s=settings.heartbeat_s,
         stops=stops,
-        tail=LiveTerminal(sys.stderr) if live else None,
+        tail=terminal,
     )
     status, exit_code, sig, error = child.verdict(spec.timeout_s)
     ended = utcnow()
@@ -480,10 +487,10 @@ class _StopSignals:
 class _Child:
     """The forked process that runs the job body, in its own process group."""
 
-    def __init__(self, pid: int, result_fd: int, log_path: Path) -> None:
+    def __init__(self, pid: int, result_fd: int, runlog: RunLog) -> None:
         self.pid = pid
         self.result_fd = result_fd
-        self.log_path = log_path
+        self.runlog = runlog
         self.wait_status: int | None = None
         self.payload = bytearray()
         self.timed_out = False
@@ -503,11 +510,11 @@ class _Child:
         run_id: int,
         attempt: int,
         store: Store,
-        log_path: Path,
+        runlog: RunLog,
         live: bool,
         containment: Containment,
     ) -> _Child:
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        output_fd, log_fd = RunLog.pipe()  # the job's stdout and stderr, copied into the log by runlog
         read_fd, write_fd = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -517,6 +524,7 @@ class _Child:
             code = CHILD_SETUP_FAILED
             try:
                 os.close(read_fd)
+                os.close(output_fd)
                 code = _leader_main(
                     spec,
                     params,
@@ -534,10 +542,11 @@ class _Child:
                 os._exit(code)
         os.close(write_fd)
         os.close(log_fd)
+        runlog.start(output_fd)
         with contextlib.suppress(OSError):  # both sides set the group, whichever runs first
             os.setpgid(pid, pid)
         containment.job_pid = pid
-        child = cls(pid, read_fd, log_path)
+        child = cls(pid, read_fd, runlog)
         child.containment = containment
         return child
 
@@ -558,13 +567,12 @@ class _Child:
         heartbeat: Callable[[], None],
         heartbeat_s: float,
         stops: _StopSignals,
-        tail: Any,
+        tail: LiveTerminal | None,
     ) -> None:
         started = time.monotonic()
         deadline = started + timeout_s if timeout_s else None
         next_beat = started + heartbeat_s  # the first beat also records the job's pid and cgroup
         kill_at: float | None = None
-        tail_offset = 0
         poller = select.poll()
         pidfd = _pidfd_open(self.pid)
         if pidfd is not None:
@@ -580,7 +588,7 @@ class _Child:
                     wake.append(deadline)
                 if kill_at:
                     wake.append(kill_at)
-                if tail is not None or pidfd is None:
+                if pidfd is None:
                     wake.append(now + LIVE_TAIL_POLL_S)
                 events = poller.poll(max(0.0, min(wake) - now) * 1000)
                 for fd, _ in events:
@@ -590,13 +598,10 @@ class _Child:
                             self.payload += chunk
                         else:
                             poller.unregister(fd)
-                        if tail is not None:  # the log that is already written goes above the bar
-                            tail_offset = _tail(self.log_path, tail_offset, tail)
+                        if tail is not None:
                             self._show_bars(tail)
                     elif fd == stops.read_fd:
                         stops.drain()
-                if tail is not None:
-                    tail_offset = _tail(self.log_path, tail_offset, tail)
                 if self._reap():
                     break
                 now = time.monotonic()
@@ -636,8 +641,8 @@ class _Child:
             # every descendant that reparented to this subreaper.
             self.containment.kill_all()
             self.containment.close()
+            self.runlog.close()  # the output still in the pipe goes to the log (and the terminal)
             if tail is not None:
-                _tail(self.log_path, tail_offset, tail)
                 self._show_bars(tail)
                 tail.close()
 
@@ -723,19 +728,6 @@ def _pidfd_open(pid: int) -> int | None:
         return os.pidfd_open(pid)
     except (AttributeError, OSError):
         return None  # old kernel: fall back to polling waitpid
-
-
-def _tail(path: Path, offset: int, stream: Any) -> int:
-    try:
-        with open(path, "rb") as handle:
-            handle.seek(offset)
-            data = handle.read()
-    except OSError:
-        return offset
-    if data:
-        stream.write(data.decode("utf-8", "replace"))
-        stream.flush()
-    return offset + len(data)
 
 
 # --- the child side ------------------------------------------------------------------------------
@@ -854,7 +846,7 @@ def _job_main(
         kwargs["ctx"] = ctx
     code, message = 0, {}
     try:
-        message = {"result": _jsonable(spec.func(**kwargs))}
+        message = {"result": jsonsafe.jsonable(spec.func(**kwargs))}
     except SystemExit as exc:
         if exc.code not in (None, 0):
             code = exc.code if isinstance(exc.code, int) else 1
@@ -864,7 +856,7 @@ def _job_main(
         traceback.print_exception(type(exc), exc, exc.__traceback__.tb_next if exc.__traceback__ else None)
         code, message = 1, {"error": _summary(exc)}
     message["acked_files_only"] = STOP.used_files
-    _write_all(result_fd, b"\n" + json.dumps(message, default=str).encode() + b"\n")
+    _write_all(result_fd, b"\n" + jsonsafe.dumps(message).encode() + b"\n")
     sys.stdout.flush()
     sys.stderr.flush()
     return code
@@ -912,14 +904,7 @@ def _child_logging(run_id: int, job: str) -> logging.Logger:
 def _summary(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     line = f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
-    return line[:ERROR_SUMMARY_CHARS]
-
-
-def _jsonable(value: Any) -> Any:
-    try:
-        return json.loads(json.dumps(value, default=str))
-    except (TypeError, ValueError):
-        return repr(value)
+    return jsonsafe.text(line[:ERROR_SUMMARY_CHARS])  # a NUL would make PostgreSQL refuse the row
 
 
 def _write_all(fd: int, data: bytes) -> None:

@@ -86,6 +86,7 @@ class JobSpec:
     description: str
     config_params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     base_dir: Path | None = None
+    max_log_bytes: int | None = None  # None: [runner] max_log_bytes
 
     @classmethod
     def build(
@@ -129,4 +130,5 @@ class JobSpec:
             description=description,
             config_params=settings.params if settings else MappingProxyType({}),
             base_dir=base_dir,
+            max_log_bytes=getattr(settings, "max_log_bytes", None),
         )

@@ -8,6 +8,7 @@ import signal
 import socket
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
@@ -17,6 +18,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from runner import jsonsafe
 from runner.config import DEFAULT_LOCK_TIMEOUT_S, format_duration
 from runner.errors import AlreadyRan, DatabaseBusy, DatabaseError, RunnerError, StorageError
 from runner.models import (
@@ -161,7 +163,9 @@ def create_engine(
                     f"cannot create the folder of database {parsed.database}: {exc.strerror}; "
                     "check [runner] database"
                 ) from None
-        engine = sa.create_engine(parsed, connect_args={"timeout": lock_timeout_s})
+        engine = sa.create_engine(
+            parsed, connect_args={"timeout": lock_timeout_s}, json_serializer=jsonsafe.dumps
+        )
         sa.event.listen(engine, "connect", partial(_sqlite_on_connect, lock_timeout_s=lock_timeout_s))
         if not autocheckpoint:
             sa.event.listen(engine, "connect", _sqlite_no_autocheckpoint)
@@ -169,7 +173,9 @@ def create_engine(
         return engine
     try:
         connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
-        return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+        return sa.create_engine(
+            parsed, pool_pre_ping=True, connect_args=connect_args, json_serializer=jsonsafe.dumps
+        )
     except sa.exc.NoSuchModuleError:
         raise DatabaseError(
             f"database = {parsed.render_as_string(hide_password=True)!r}: no such database kind "
@@ -1053,6 +1059,43 @@ class Store:
             rows = conn.execute(sa.select(job_state.c.key, job_state.c.value).where(job_state.c.job == job))
             return {key: value for key, value in rows}
 
+    def file_identity(self) -> tuple[int, int] | None:
+        """(st_dev, st_ino) of the SQLite file at the database's path now; None when there is no
+        file there (or the database is not a file)."""
+        if self._file is None:
+            return None
+        try:
+            info = os.stat(self._file)
+        except FileNotFoundError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def file_replaced(self, identity: tuple[int, int] | None) -> str | None:
+        """Why the file at the database's path is no longer the one whose identity was taken when
+        it was opened (deleted, or another file moved over it), or None while it is the same."""
+        if self._file is None or identity is None:
+            return None
+        now = self.file_identity()
+        if now == identity:
+            return None
+        if now is None:
+            return f"database file {self._file} was deleted while in use"
+        return (
+            f"database file {self._file} was replaced while in use "
+            f"(inode {identity[1]} on device {identity[0]}, now inode {now[1]} on device {now[0]})"
+        )
+
+    def drop_old_wal(self) -> list[str]:
+        """After the database file was deleted or replaced while in use: the -wal and -shm files at
+        its path are the old file's, and SQLite would replay that log into the new file when it
+        next opens it. Remove them, once no process of ours uses the old file any more."""
+        removed = []
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"{self._file}{suffix}")
+                removed.append(f"{self._file}{suffix}")
+        return removed
+
     def checkpoint(self) -> None:
         """Fold SQLite's write-ahead log into the database without blocking writers (PASSIVE)."""
         if not self.url.startswith("sqlite"):
@@ -1096,9 +1139,9 @@ class _WriterQueue:
     """Writers to one SQLite file take turns on a lock file before BEGIN IMMEDIATE.
 
     SQLite's own busy handler polls with sleeps of up to 100 ms, which is what a busy moment's
-    slowest runs wait; the next writer here tries the lock every few milliseconds. SQLite's locking
-    still guards correctness: a writer that does not queue (another program) is merely slower.
-    A writer gives up after `lock_timeout` with DatabaseBusy, whoever holds the lock.
+    slowest runs wait; flock() wakes the next writer here the moment the lock is free. SQLite's
+    locking still guards correctness: a writer that does not queue (another program, a job
+    process) is merely slower. A writer gives up after `lock_timeout` with DatabaseBusy.
     """
 
     def __init__(self, path: Path, timeout_s: float, busy: Any) -> None:
@@ -1109,6 +1152,17 @@ class _WriterQueue:
         self._pid = 0
         self._depth = 0
         self._thread_lock = threading.RLock()
+        queue = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (alive := queue()) is not None and alive._forget_parent())
+
+    def _forget_parent(self) -> None:
+        """In a forked child: close the parent's lock file. The child shares its open file, and
+        with it the parent's lock: a daemon killed mid-write left the lock held by its fork server
+        and workers, which then waited for it until lock_timeout."""
+        if self._fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._fd)
+        self._fd, self._pid, self._depth = None, 0, 0
 
     @contextlib.contextmanager
     def begin(self, engine: sa.Engine) -> Iterator[sa.Connection]:

@@ -6,6 +6,7 @@ run's log to the terminal, owns the screen: to print, it clears the bar's line, 
 
 from __future__ import annotations
 
+import threading
 from typing import IO
 
 BAR_WIDTH = 30
@@ -29,33 +30,38 @@ class LiveTerminal:
         self.stream = stream
         self.bar_text: str | None = None
         self.partial = ""  # a log line not yet ended: printed once its newline comes
+        # The log copier thread writes lines while the supervisor's loop draws the bar.
+        self._lock = threading.RLock()
 
     def write(self, text: str) -> None:
-        lines = (self.partial + text).split("\n")
-        self.partial = lines.pop()
-        if lines:
-            self._print("".join(line + "\n" for line in lines))
+        with self._lock:
+            lines = (self.partial + text).split("\n")
+            self.partial = lines.pop()
+            if lines:
+                self._print("".join(line + "\n" for line in lines))
 
     def flush(self) -> None:
         self.stream.flush()
 
     def bar(self, text: str | None, *, finished: bool = False) -> None:
         """Show `text` as the bar (None hides it); a finished bar stays on screen as a line."""
-        if finished and text:
-            self.bar_text = None
-            self.stream.write(CLEAR_LINE + text + "\n")
+        with self._lock:
+            if finished and text:
+                self.bar_text = None
+                self.stream.write(CLEAR_LINE + text + "\n")
+                self.stream.flush()
+                return
+            self.bar_text = text
+            self.stream.write(CLEAR_LINE + (text or ""))
             self.stream.flush()
-            return
-        self.bar_text = text
-        self.stream.write(CLEAR_LINE + (text or ""))
-        self.stream.flush()
 
     def close(self) -> None:
         """The run ended: the last unfinished log line is printed, the bar taken away."""
-        tail, self.partial = self.partial, ""
-        self.bar_text = None
-        self.stream.write(CLEAR_LINE + (tail + "\n" if tail else ""))
-        self.stream.flush()
+        with self._lock:
+            tail, self.partial = self.partial, ""
+            self.bar_text = None
+            self.stream.write(CLEAR_LINE + (tail + "\n" if tail else ""))
+            self.stream.flush()
 
     def _print(self, text: str) -> None:
         if self.bar_text is None:

@@ -25,6 +25,8 @@ DEFAULT_PATTERNS = ("*",)
 DEFAULT_IGNORE = ("*.part", "*.tmp", "*.crdownload", "*.swp", "*~", ".*")
 HELD_RESCAN_S = 15.0  # rescan this soon while other runs still hold some of the files
 OPEN_STALE_S = 600.0  # an 'open' whose close we never saw stops blocking after this long
+BUSY_RECHECK_S = 0.05  # while every worker is busy, how often to look for a free one
+MARKER_PREFIX = ".runner-overflow-"  # a file we create and delete to mark a point in the event stream
 WATCH_LIMIT_HELP = (
     "the inotify watch limit is reached; raise it with "
     "`sudo sysctl fs.inotify.max_user_watches=524288` (and in /etc/sysctl.d/ to keep it), "
@@ -104,10 +106,24 @@ def _scan_folder(folder: str, settings: WatchSettings) -> Iterator[FileVersion]:
             if settings.recursive and not any(fnmatch.fnmatch(entry.name, p) for p in settings.ignore):
                 yield from _scan_folder(entry.path, settings)
             continue
-        if settings.wants(entry.path):
+        if settings.wants(entry.path) and not entry.name.startswith(MARKER_PREFIX):
             version = version_of(entry.path, settings)
             if version is not None:
                 yield version
+
+
+def mark_event_stream(settings: WatchSettings) -> None:
+    """watchdog reports an overflow at once, while events read before it still wait in its queues:
+    an 'opened' among them, whose 'closed' the overflow lost, would arrive after our reset. A file
+    created (and deleted) now reaches the handler after all of them, which resets open counts
+    again, however late that is."""
+    for folder in settings.folders:
+        marker = folder / f"{MARKER_PREFIX}{os.getpid()}"
+        try:
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
+            os.unlink(marker)
+        except OSError as exc:  # a read-only folder: the reset at the overflow is all we have
+            log.warning("cannot mark the event stream in %s: %s", folder, exc)
 
 
 def check_folders(settings: WatchSettings) -> str | None:
@@ -201,7 +217,8 @@ class Tracker:
                     self.pending[version.path] = _Candidate(version.size, version.mtime_ns, now)
 
     def reset_opens(self) -> None:
-        """After lost events (queue overflow) open counts cannot be trusted."""
+        """After lost events (queue overflow) open counts cannot be trusted: an 'opened' whose
+        'closed' was lost would hold its file back for OPEN_STALE_S."""
         with self.lock:
             for candidate in self.pending.values():
                 candidate.opens = 0
@@ -259,6 +276,11 @@ def start_observer(settings: WatchSettings, tracker: Tracker, wake: Callable[[],
             if event.is_directory:
                 return
             src = os.fsdecode(event.src_path)
+            if os.path.basename(src).startswith(MARKER_PREFIX):
+                if event.event_type == "created":  # every event from before the overflow is in
+                    tracker.reset_opens()
+                    wake()
+                return
             dest = os.fsdecode(event.dest_path) if event.event_type == "moved" else None
             tracker.event(event.event_type, src, dest)
             wake()
@@ -408,6 +430,7 @@ class WatchService:
                 continue
             if overflowed:
                 watched.tracker.reset_opens()
+                mark_event_stream(watched.settings)
             if overflowed or now >= watched.next_rescan:
                 self._rescan(watched, now)
             next_due = self._hand_out(watched, now)
@@ -415,10 +438,12 @@ class WatchService:
         return wait
 
     def _hand_out(self, watched: _Watched, now: float) -> float | None:
+        if self.free_slots() <= 0:  # before ready(): it looks at every pending file (10,000 in a burst)
+            return BUSY_RECHECK_S  # look again soon: a run will finish
         ready, wait = watched.tracker.ready(now)
         while ready:
             if self.free_slots() <= 0:
-                return 0.05  # look again soon: a run will finish
+                return BUSY_RECHECK_S
             chunk, ready = ready[: watched.settings.batch], ready[watched.settings.batch :]
             try:
                 fire_key, paths = self.claim(watched.name, chunk)

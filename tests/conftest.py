@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import uuid
@@ -200,22 +201,28 @@ class Project:
         return Done(shown or tuple(argv), done.returncode, done.stdout, done.stderr)
 
     def start(self, *args: str) -> subprocess.Popen[str]:
-        """Start `runner ARGS...` in the background; the fixture kills it if the test did not end it."""
+        """Start `runner ARGS...` in the background; the fixture kills it if the test did not end it.
+
+        Its output goes to files, not pipes: a pipe nobody reads until the end holds 64 KiB, and a
+        daemon that logs more (one line a run) would block on it and stop working."""
+        output = (tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+"))  # noqa: SIM115 (closed by finish)
         process = subprocess.Popen(
             self.argv(args),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
+            stdout=output[0],
+            stderr=output[1],
             text=True,
             env=self.env(),
             cwd=self.root,
             stdin=subprocess.DEVNULL,
         )
+        process.output = output  # type: ignore[attr-defined]
         self._processes.append(process)
         return process
 
     @staticmethod
     def finish(process: subprocess.Popen[str]) -> Done:
-        stdout, stderr = process.communicate(timeout=COMMAND_TIMEOUT_S)
+        process.wait(timeout=COMMAND_TIMEOUT_S)
+        stdout, stderr = (_read_all(handle) for handle in process.output)  # type: ignore[attr-defined]
         return Done(tuple(process.args), process.returncode, stdout, stderr)
 
     def history(self, job: str | None = None) -> list[dict[str, Any]]:
@@ -289,6 +296,13 @@ class Gate:
 
 
 # --- processes and waiting ------------------------------------------------------------------------
+
+
+def _read_all(handle: Any) -> str:
+    handle.seek(0)
+    text = handle.read()
+    handle.close()
+    return text
 
 
 def wait_until(predicate: Callable[[], T], what: str, timeout_s: float = DEADLINE_S) -> T:

@@ -6,7 +6,9 @@ import collections
 import os
 import signal
 import subprocess
+import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -68,6 +70,21 @@ def daemon_ready(project: Project) -> bool:
     return bool(project.runner("status", "--json").json()["daemons"])
 
 
+def wait_drained(project: Project, daemon: subprocess.Popen[str], count: int, timeout_s: float) -> None:
+    """Wait until `count` files were processed; on giving up, say what the daemon was doing."""
+    try:
+        wait_until(lambda: len(seen(project)) >= count, "the burst to drain", timeout_s=timeout_s)
+    except pytest.fail.Exception:
+        err = daemon.output[1]  # type: ignore[attr-defined]
+        err.seek(0)
+        log = [line for line in err.read().splitlines() if " INFO runner.daemon: run=" not in line]
+        pytest.fail(
+            f"gave up after {timeout_s:g}s waiting for the burst to drain: {len(seen(project))} of "
+            f"{count} seen, claims {claim_states(project)}, {len(project.history('files'))} runs; "
+            "the daemon's log without its run lines:\n" + "\n".join(log[-60:])
+        )
+
+
 def burst(inbox: Path, count: int, start: int = 0) -> set[str]:
     """Half written in place, half written under a .part name and renamed; plus ignored names."""
     names = set()
@@ -114,7 +131,7 @@ def test_a_burst_of_ten_thousand_files_each_once(sqlite_project: Project, mode: 
     daemon = project.start("daemon")
     wait_until(lambda: daemon_ready(project), "the daemon")
     names = burst(inbox, BURST)
-    wait_until(lambda: len(seen(project)) >= BURST, "the burst to drain", timeout_s=180)
+    wait_drained(project, daemon, BURST, timeout_s=180)
     time.sleep(1.5)
     stop(project, daemon)
     counts = seen(project)
@@ -285,3 +302,72 @@ def test_one_bad_file_fails_alone_and_can_be_listed_and_retried(project: Project
     assert retried.returncode == 0 and "1 file(s)" in retried.stdout, retried
     assert again.stdout.strip() == "no files of job picky with state failed", again
     assert not_failed.returncode == 2 and "not a failed file" in not_failed.stderr, not_failed
+
+
+@pytest.fixture
+def busy_cpus() -> Iterator[None]:
+    """Three CPU-bound processes for the test's duration: a 2-core machine under contention."""
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(3)]
+    try:
+        yield
+    finally:
+        for hog in hogs:
+            hog.kill()
+            hog.wait()
+
+
+def assert_each_file_once(project: Project, names: set[str]) -> None:
+    counts = seen(project)
+    assert set(counts) == names, set(counts) ^ names
+    assert max(counts.values()) == 1
+    assert claim_states(project) == {"done": len(names)}
+    assert all(r["status"] == "succeeded" for r in project.history("files"))
+
+
+def test_a_burst_drains_beside_cpu_bound_processes(sqlite_project: Project, busy_cpus: None):
+    project = sqlite_project
+    inbox = configure(project, "events", settle="0", extra="batch = 200")
+    daemon = project.start("daemon")
+    wait_until(lambda: daemon_ready(project), "the daemon")
+    names = burst(inbox, BURST)
+    wait_drained(project, daemon, BURST, timeout_s=240)
+    stop(project, daemon)
+    assert_each_file_once(project, names)
+
+
+def test_a_burst_split_into_many_runs_drains(sqlite_project: Project):
+    """Under contention the burst went out in more, smaller runs, and the daemon logs a line per
+    run: more lines than an unread output pipe holds must not stop it (batch = 2 forces that)."""
+    project = sqlite_project
+    inbox = configure(project, "events", settle="0", extra="batch = 2")
+    daemon = project.start("daemon")
+    wait_until(lambda: daemon_ready(project), "the daemon")
+    names = burst(inbox, 1500)
+    wait_drained(project, daemon, len(names), timeout_s=240)
+    stop(project, daemon)
+    assert_each_file_once(project, names)
+    assert len(project.history("files")) >= 750
+
+
+def test_an_open_whose_close_an_overflow_lost_stops_blocking_at_the_stream_mark(tmp_path: Path):
+    """watchdog reports an overflow at once but delivers the events it read before it later (a
+    busy CPU makes that later still): an 'opened' among them, whose 'closed' was lost, arrived after
+    the reset and held its file back for OPEN_STALE_S. The mark resets again after all of them."""
+    from runner.watch import Tracker, WatchSettings, mark_event_stream, start_observer
+
+    inbox = tmp_path / "inbox"
+    inbox.mkdir()
+    (inbox / "a.jpg").write_bytes(b"a")
+    settings = WatchSettings(folders=(inbox,), settle_s=0.0)
+    tracker = Tracker(settings)
+    observer = start_observer(settings, tracker, lambda: None)
+    try:
+        tracker.event("opened", str(inbox / "a.jpg"))  # delivered after the overflow's reset
+        assert tracker.ready(time.monotonic())[0] == []
+        mark_event_stream(settings)
+        ready = wait_until(lambda: tracker.ready(time.monotonic())[0], "the file to be ready")
+    finally:
+        observer.stop()
+        observer.join()
+    assert [Path(v.path).name for v in ready] == ["a.jpg"]
+    assert sorted(p.name for p in inbox.iterdir()) == ["a.jpg"]  # the mark is gone

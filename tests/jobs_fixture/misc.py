@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import date
+import os
+from datetime import UTC, date, datetime
+from decimal import Decimal
 from pathlib import Path
 
-from runner import job
+from runner import JobContext, job
 
 
 @job
@@ -61,3 +63,34 @@ def connects(db_url: str = "postgresql://app:default-pw@db/app", mirrors: list[s
 def tidy(folder: Path = Path("exports"), older_than_days: int = 30) -> str:
     """Return the folder it would tidy (a Path default, for --help)."""
     return str(folder)
+
+
+@job
+def odd_values(ctx: JobContext, fail: bool = False) -> dict[str, object]:
+    """Return (and keep in ctx.state) values JSON cannot hold as they are: NaN, infinities, NumPy,
+    Decimal, dates, bytes, sets, undecodable file names; return the state the previous run kept.
+    With fail, raise an error whose message holds a NUL and an undecodable file name."""
+    import numpy as np
+
+    previous = ctx.state.get("odd")
+    odd = {
+        "nan": float("nan"),
+        "inf": float("inf"),
+        "-inf": float("-inf"),
+        "np_mean": np.array([1.0, 2.0]).mean(),
+        "np_int": np.int64(7),
+        "np_nan": np.float32("nan"),
+        "np_array": np.array([[1.5, np.nan], [np.inf, 2]]),
+        "decimal": Decimal("1.10"),
+        "when": datetime(2026, 11, 26, 12, 30, tzinfo=UTC),
+        "day": date(2026, 11, 26),
+        "bytes": b"ab\xff",
+        "set": {3, 1, 2},
+        "tuple": (1, "a"),
+        "name": os.fsdecode(b"caf\xe9.jpg"),
+        7: "int key",
+    }
+    if fail:
+        raise RuntimeError(f"bad\x00byte in {odd['name']}")
+    ctx.state["odd"] = odd
+    return {"value": odd, "previous": previous}
