@@ -384,7 +384,7 @@ def test_systemd_unit_quotes_odd_paths_and_lets_jobs_write_their_folders(tmp_pat
 
         [job:ingest]
         uses = jobs.ingest_images:ingest_images
-        watch = {inbox}
+        watch = "{inbox}"
         inbox = {inbox}
         processed = ../done 50%
         """,
