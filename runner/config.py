@@ -43,6 +43,7 @@ JOB_KEYS = {
     "retries": "how many more attempts after a failure",
     "retry_backoff": "wait before the first retry; doubles each time, with jitter",
     "overlap": "what a fire does while the previous run still runs: skip, queue or allow",
+    "max_queue": "with overlap = queue: most fires waiting for the previous run; more are skipped",
     "description": "one line shown by `runner list`",
     "schedule": "when it fires: 'cron M H DoM Mon DoW', 'every 15m' or 'at 2026-12-01 09:00', one a line",
     "timezone": "IANA timezone its schedule is evaluated in (default: [runner] timezone)",
@@ -58,6 +59,7 @@ JOB_KEYS = {
     "rescan": "how often the folders are listed in full, to catch anything events missed",
 }
 DEFAULT_CATCHUP_S = 3600.0
+DEFAULT_MAX_QUEUE = 3  # a queue of fires longer than this only ever grows: record them skipped
 WATCH_MODES = ("events", "polling")
 SECRET_PATTERNS = ("*password*", "*passwd*", "*token*", "*secret*", "*_key", "key")
 SECRET_MASK = "***"
@@ -158,6 +160,7 @@ class JobSettings:
     jitter_s: float = 0.0
     catchup_s: float = DEFAULT_CATCHUP_S
     watch: WatchSettings | None = None
+    max_queue: int = DEFAULT_MAX_QUEUE
 
     @property
     def scheduled(self) -> bool:
@@ -409,6 +412,7 @@ def _job_settings(
         uses=uses.strip() if uses else None,
         timeout_s=timeout,
         retries=_int(values, "retries", None, path, section, minimum=0),
+        max_queue=_int(values, "max_queue", DEFAULT_MAX_QUEUE, path, section, minimum=1),
         retry_backoff_s=duration("retry_backoff"),
         overlap=overlap,
         description=values.get("description"),
