@@ -41,7 +41,7 @@ JOB_KEYS = {
     "uses": "package.module:function that implements the job",
     "timeout": "longest a run may take before it is stopped",
     "retries": "how many more attempts after a failure",
-    "retry_backoff": "wait before the first retry; doubles each time, with jitter",
+    "retry_backoff": "least wait before the first retry; doubles each time, up to 25% jitter on top",
     "overlap": "what a fire does while the previous run still runs: skip, queue or allow",
     "max_queue": "with overlap = queue: most fires waiting for the previous run; more are skipped",
     "description": "one line shown by `runner list`",
