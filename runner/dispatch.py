@@ -35,7 +35,7 @@ IDLE_WAIT_S = 1.0  # the hand-out loop also wakes this often, to notice a reload
 class _Waiting:
     fire: Fire
     due: datetime  # UTC: scheduled time plus the jitter delay
-    since: float  # monotonic: when this job started waiting (the oldest fire a coalesced one replaced)
+    since: datetime  # UTC: since when this job waits (the oldest due time a coalesced fire replaced)
 
 
 @dataclass(slots=True)
@@ -43,6 +43,8 @@ class _JobLine:
     waiting: deque[_Waiting] = field(default_factory=deque)
     running: int = 0
     running_key: str | None = None
+    last_start: float = 0.0  # monotonic: of two jobs waiting since the same moment, the one that
+    # started least recently goes first
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,15 +92,16 @@ class Dispatcher:
         if settings is None:
             return
         delay = random.uniform(0, settings.jitter_s if jitter_s is None else jitter_s)
-        scheduled = fire.scheduled_at or utcnow()
-        waiting = _Waiting(fire, scheduled + timedelta(seconds=delay), time.monotonic() + delay)
+        due = (fire.scheduled_at or utcnow()) + timedelta(seconds=delay)
+        waiting = _Waiting(fire, due, due)
+        ready_at = time.monotonic() + delay
         with self._cond:
             if fire.scheduled_at is not None:
                 self.last_seen[job] = max(self.last_seen.get(job, fire.scheduled_at), fire.scheduled_at)
             if self._closed:
                 self._skips.append(Skip(job, fire, SkipReason.SHUTDOWN, "due while the daemon was stopping"))
             elif delay > 0:
-                heapq.heappush(self._delayed, (waiting.since, next(self._seq), job, waiting))
+                heapq.heappush(self._delayed, (ready_at, next(self._seq), job, waiting))
             else:
                 self._admit(job, waiting)
             self._cond.notify()
@@ -159,17 +162,17 @@ class Dispatcher:
         picks = []
         while free > 0:
             ready = [
-                (line.waiting[0].since, job)
+                (line.waiting[0].since, line.last_start, job)
                 for job, line in self._lines.items()
                 if line.waiting and (line.running == 0 or self.policies.get(job) == "allow")
             ]
             if not ready:
                 break
-            _, job = min(ready)
+            *_, job = min(ready)
             line = self._lines[job]
             waiting = line.waiting.popleft()
             if line.waiting:  # the queue's next fire waits from now on for its own turn
-                line.waiting[0].since = max(line.waiting[0].since, time.monotonic())
+                line.waiting[0].since = max(line.waiting[0].since, utcnow())
             catchup_s = self.settings.jobs[job].catchup_s
             late_s = (utcnow() - waiting.due).total_seconds()
             if not waiting.fire.late and catchup_s and late_s > catchup_s:
@@ -178,6 +181,7 @@ class Dispatcher:
                 continue
             line.running += 1
             line.running_key = waiting.fire.key
+            line.last_start = time.monotonic()
             self.changed = True
             picks.append((job, waiting))
             free -= 1
