@@ -347,3 +347,18 @@ def test_a_claimed_file_deleted_before_it_is_handed_out_is_recorded_vanished(sql
     assert sorted(line.split()[0] for line in seen.read_text().splitlines()) == ["a.txt", "b.txt"]
     watching = project.runner("status", "--json").json()["watching"]
     assert watching[0]["files"] == {"done": 2, "vanished": 1}, watching
+
+
+def test_a_retry_stopped_before_it_started_is_not_offered_as_a_log(project: Project):
+    project.configure("[job:fail]\nretries = 1\nretry_backoff = 10m")
+    run = project.start("run", "fail")
+    wait_until(lambda: any(r["attempt"] == 2 for r in project.history("fail")), "the retry to be queued")
+    run.send_signal(signal.SIGTERM)
+    done = project.finish(run)
+
+    assert done.returncode == 128 + signal.SIGTERM, done
+    retry = next(r for r in project.history("fail") if r["attempt"] == 2)
+    assert f"runner logs {retry['id']}" not in done.stderr, done
+    assert retry["reason"] is None, "a manual run's retry is not resumed by a daemon"
+    logs = project.runner("logs", str(retry["id"]))
+    assert logs.returncode == 0 and "never started" in logs.stdout, logs
