@@ -78,6 +78,7 @@ class Dispatcher:
         self._seq = itertools.count()
         self._skips: list[Skip] = []
         self._closed = False
+        self._events = 0  # counts notifications, so none is lost while `busy` is asked unlocked
         self.changed = False  # something started or stopped waiting since the last snapshot
         self.last_seen: dict[str, datetime] = {}  # per job: the newest scheduled time handed to us
         self._thread = threading.Thread(target=self._loop, name="dispatch", daemon=True)
@@ -104,6 +105,7 @@ class Dispatcher:
                 heapq.heappush(self._delayed, (ready_at, next(self._seq), job, waiting))
             else:
                 self._admit(job, waiting)
+            self._events += 1
             self._cond.notify()
 
     def _admit(self, job: str, waiting: _Waiting) -> None:
@@ -132,13 +134,18 @@ class Dispatcher:
     # -- fires out --
     def _loop(self) -> None:
         while True:
+            # Asked outside our lock: the fork server's lock is held while it fails its futures,
+            # whose callbacks take ours.
+            with self._cond:
+                seen = self._events
+            busy = self._busy()
             with self._cond:
                 if self._closed and not self._skips:
                     return
                 self._ripen()
-                picks = self._pick()
+                picks = self._pick(busy)
                 skips, self._skips = self._skips, []
-                if not picks and not skips:
+                if not picks and not skips and self._events == seen:
                     wait = IDLE_WAIT_S
                     if self._delayed:
                         wait = min(wait, max(0.0, self._delayed[0][0] - time.monotonic()))
@@ -156,9 +163,9 @@ class Dispatcher:
             if job in self.settings.jobs:
                 self._admit(job, waiting)
 
-    def _pick(self) -> list[tuple[str, _Waiting]]:
+    def _pick(self, busy: int) -> list[tuple[str, _Waiting]]:
         """Fires to start now: while workers are free, the eligible job that has waited longest."""
-        free = self.settings.runner.max_workers - self._busy()
+        free = self.settings.runner.max_workers - busy
         picks = []
         while free > 0:
             ready = [
@@ -204,10 +211,12 @@ class Dispatcher:
             if line is not None and line.running:
                 line.running -= 1
             self.changed = True
+            self._events += 1
             self._cond.notify()
 
     def wake(self) -> None:
         with self._cond:
+            self._events += 1
             self._cond.notify()
 
     def _safe_record(self, skips: list[Skip]) -> None:
@@ -243,6 +252,7 @@ class Dispatcher:
             heapq.heapify(kept)
             self._delayed = kept
             self.changed = True
+            self._events += 1
             self._cond.notify()
 
     def close(self) -> None:
@@ -257,6 +267,7 @@ class Dispatcher:
                 self._skips.append(Skip(job, waiting.fire, SkipReason.SHUTDOWN, _SHUTDOWN_ERROR))
             self._delayed.clear()
             self.changed = True
+            self._events += 1
             self._cond.notify()
         self._thread.join(timeout=60)
 

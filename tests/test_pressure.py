@@ -81,7 +81,9 @@ def test_queue_runs_in_fire_order_without_holding_workers_and_is_bounded(project
     assert full and all(r["status"] == "skipped" and "max_queue = 2" in r["error"] for r in full)
     # Queued fires of slow never held the second worker: the other job ran each of its fires.
     other = rows_of(project, "other")
-    assert all(r["status"] == "succeeded" for r in other if r["reason"] != "shutdown"), other
+    # (An overlap skip can happen on a loaded machine: a run of other that took over 2 s.)
+    waited = [r for r in other if r["status"] != "succeeded" and r["reason"] not in ("overlap", "shutdown")]
+    assert not waited, [(r["fire_key"], r["status"], r["reason"], r["error"]) for r in other]
     first, last = at(other[0]["scheduled_at"]), at(other[-1]["scheduled_at"])
     assert len(other) == (last - first).total_seconds() / 2 + 1, [r["fire_key"] for r in other]
 
