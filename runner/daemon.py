@@ -186,11 +186,15 @@ class Daemon:
             notify("READY=1")
             return
         self._note_restart_settings(settings)
+        now = utcnow()
+        for name, job in settings.jobs.items():  # a new schedule's fires count from now
+            if self.settings.job(name) is None or self.settings.jobs[name].schedules != job.schedules:
+                self.dispatcher.last_seen[name] = now
+        for job in self.scheduler.get_jobs():  # no fire of an old schedule is submitted after this
+            job.remove()
         self.settings = settings
         self.dispatcher.reload(settings, _policies(catalog))
         self.server.command("reload")
-        for job in self.scheduler.get_jobs():
-            job.remove()
         self._add_jobs()
         if self.watches is not None:
             self.watches.stop()
@@ -248,8 +252,8 @@ class Daemon:
 
         A job's misses count from its last recorded fire; a job with none yet (new in the config)
         counts from when a scheduler last ran or the config file changed, whichever is later.
-        Fires that came due while this daemon started up are no downtime: the newest of them
-        runs as an ordinary fire."""
+        Fires that came due while this daemon started up are no downtime: when they are all that
+        was missed, the newest of them runs as an ordinary fire."""
         from runner.catchup import find_missed, known_since, missed_fires
 
         now = utcnow()
@@ -264,14 +268,12 @@ class Daemon:
                 continue
             fires = missed_fires(job, start, now)
             newest = fires.pop() if fires and fires[-1] == missed.latest else missed.latest
-            late = newest < self.started_at
-            runnable = not late or missed.runnable
             down = missed.count - sum(1 for at in (*fires, newest) if at >= self.started_at)
+            late = down > 0  # the newest fire stands in for fires nobody ran
+            runnable = not late or missed.runnable
             if down:
                 last_down = max((at for at in (*fires, newest) if at < self.started_at), default=newest)
-                log.warning(
-                    "job=%s %s", name, self._miss_message(job, down, last_down, newest, late, runnable)
-                )
+                log.warning("job=%s %s", name, self._miss_message(job, down, last_down, newest, runnable))
             for at in fires:
                 what = f"missed the fire of {at.astimezone():%Y-%m-%d %H:%M:%S} while no scheduler ran"
                 if runnable and job.catchup_s and (now - at).total_seconds() <= job.catchup_s:
@@ -291,13 +293,11 @@ class Daemon:
                 self.store.record_skipped(name, fire.kind, [(fire.key, newest)], SkipReason.CATCHUP, error)
 
     @staticmethod
-    def _miss_message(
-        job: Any, down: int, last_down: datetime, newest: datetime, late: bool, runnable: bool
-    ) -> str:
+    def _miss_message(job: Any, down: int, last_down: datetime, newest: datetime, runnable: bool) -> str:
         more = f" and {down - 1} earlier" if down > 1 else ""
         what = f"missed the fire of {last_down.astimezone():%Y-%m-%d %H:%M:%S}{more} while no scheduler ran"
-        if not late:
-            return f"{what}; the newer fire {fire_key(newest)} runs instead"
+        if runnable and newest != last_down:
+            return f"{what}; running the newer fire {fire_key(newest)} late instead"
         if runnable:
             return f"{what}; running it late"
         return f"{what}; outside catchup = {format_duration(job.catchup_s) if job.catchup_s else '0 (never)'}"

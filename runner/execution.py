@@ -105,7 +105,8 @@ def execute(
         params=stored_params,
         paths=[str(p) for p in fire.paths] or None,
         scheduled_at=fire.scheduled_at,
-        late=fire.late or (late_s is not None and late_s > LATE_AFTER_S),
+        # A daemon fire (it knows when it was due) that waited is late; a cron line says so itself.
+        late=fire.late or (fire.due_at is not None and late_s is not None and late_s > LATE_AFTER_S),
         late_s=late_s,
     )
     ttl_s = settings.stale_after_s if lease else None

@@ -349,13 +349,10 @@ class Store:
         ]
         with self.begin() as conn:
             insert = _dialect_insert(conn.dialect.name)(runs).on_conflict_do_nothing()
-            added = conn.execute(insert, rows).rowcount
-            conn.execute(
-                sa.update(runs)
-                .where(runs.c.job == job, runs.c.first_run_id.is_(None), runs.c.attempt == 1)
-                .values(first_run_id=runs.c.id)
-            )
-        return max(added, 0)
+            added = conn.execute(insert.returning(runs.c.id), rows).scalars().all()
+            if added:
+                conn.execute(sa.update(runs).where(runs.c.id.in_(added)).values(first_run_id=runs.c.id))
+        return len(added)
 
     def skipped_since(self, since: datetime) -> dict[str, dict[str, int]]:
         """Per job, how many fires were recorded skipped since `since`, by reason."""
