@@ -94,7 +94,7 @@ def test_queue_runs_in_fire_order_without_holding_workers_and_is_bounded(project
 def test_backlog_coalesces_records_lateness_and_reload_drops_stale_fires(sqlite_project: Project):
     project = sqlite_project
     a_out, b_out = project.root / "a.txt", project.root / "b.txt"
-    sections = tick_section("a", a_out, seconds=3) + tick_section("b", b_out, schedule="every 5s", seconds=2)
+    sections = tick_section("a", a_out, seconds=3) + tick_section("b", b_out, schedule="every 3s", seconds=2)
     project.configure(sections, timezone="UTC", max_workers="1")
     daemon = project.start("daemon")
     wait_until(lambda: [r for r in project.history() if r["reason"] == "coalesced"], "a coalesced fire")
