@@ -19,6 +19,8 @@ import click
 from runner import __version__
 from runner.errors import EXIT_USAGE, RunnerError
 
+MAX_LIMIT = 100_000  # history rows one command prints
+MAX_RUN_ID = 2**63 - 1  # the history's id column (BIGINT on PostgreSQL)
 STATUS_CHOICES = (
     "queued",
     "running",
@@ -52,14 +54,21 @@ class App:
         if self._store is None:
             from runner.store import Store
 
-            self._store = Store(self.settings.runner.database)
+            self._store = Store(
+                self.settings.runner.database,
+                lock_timeout_s=self.settings.runner.lock_timeout_s,
+                data_url=self.settings.runner.data_database,
+            )
         return self._store
 
     def reaped_store(self):
         """The store, after marking lost the runs whose supervisor is gone."""
         store = self.store
         store.ensure_schema()
-        store.reap_lost(self.settings.runner.stale_after_s)
+        from runner.spool import replay
+
+        replay(self.settings.runner.var_dir, store)
+        store.reap_lost(self.settings.runner.stale_after_s, wait=False)
         return store
 
 
@@ -134,7 +143,7 @@ def list_jobs(app: App, as_json: bool) -> None:
 @pass_app
 def show(app: App, job: str, as_json: bool) -> None:
     """Show one job's resolved settings (secrets hidden) and its parameters."""
-    from runner.config import JOB_PREFIX, SECRET_MASK, format_duration, is_secret
+    from runner.config import JOB_PREFIX, format_duration, mask_value
     from runner.discovery import find_job
     from runner.params import REQUIRED
 
@@ -142,12 +151,10 @@ def show(app: App, job: str, as_json: bool) -> None:
     section = app.settings.printable().get(JOB_PREFIX + job, {})
     params = []
     for param in spec.params:
-        configured = spec.config_params.get(param.name)
-        if configured is not None and is_secret(param.name):
-            configured = SECRET_MASK
+        configured = mask_value(param.name, spec.config_params.get(param.name))
         default = None if param.default is REQUIRED else param.default
-        if default not in (None, "") and is_secret(param.name):
-            default = SECRET_MASK
+        if default not in (None, ""):
+            default = mask_value(param.name, str(default))
         params.append(
             {
                 "name": param.name,
@@ -203,7 +210,9 @@ def show(app: App, job: str, as_json: bool) -> None:
 @cli.command()
 @click.argument("job", required=False)
 @click.option("--status", type=click.Choice(STATUS_CHOICES), help="Only runs with this status.")
-@click.option("--limit", type=click.IntRange(1), default=20, show_default=True, help="How many runs.")
+@click.option(
+    "--limit", type=click.IntRange(1, MAX_LIMIT), default=20, show_default=True, help="How many runs."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_app
 def history(app: App, job: str | None, status: str | None, limit: int, as_json: bool) -> None:
@@ -232,7 +241,7 @@ def history(app: App, job: str | None, status: str | None, limit: int, as_json: 
 
 
 @cli.command()
-@click.argument("run_id", type=int)
+@click.argument("run_id", type=click.IntRange(1, MAX_RUN_ID))
 @click.option("-f", "--follow", is_flag=True, help="Keep printing until the run ends.")
 @pass_app
 def logs(app: App, run_id: int, follow: bool) -> None:
@@ -272,6 +281,7 @@ def logs(app: App, run_id: int, follow: bool) -> None:
 @pass_app
 def check(app: App, as_json: bool) -> int:
     """Validate the config and every job; exit 2 if anything is wrong."""
+    from runner.config import sqlite_path
     from runner.discovery import discover
     from runner.models import SCHEMA_REVISION
 
@@ -285,12 +295,20 @@ def check(app: App, as_json: bool) -> int:
         if job.watch is not None and (problem := check_folders(job.watch)):
             problems.append(f"{settings.path}: [job:{name}] watch: {problem}")
     try:
+        sqlite_file = sqlite_path(settings.runner.database)
+        if sqlite_file is not None and not sqlite_file.exists():
+            # checking must not create it (nor its folder): the first run does
+            raise _NotCreated(
+                f"not created yet: {sqlite_file} (the first run, or `runner db upgrade`, creates it)"
+            )
         revision = app.store.schema_revision()
         database = (
             "ok"
             if revision == SCHEMA_REVISION
             else f"at revision {revision or 'none'}; `runner db upgrade` (or any run) brings it to {SCHEMA_REVISION}"
         )
+    except _NotCreated as exc:
+        database = str(exc)
     except RunnerError as exc:
         database = str(exc)
         problems.append(database)
@@ -310,6 +328,10 @@ def check(app: App, as_json: bool) -> int:
         for problem in problems:
             click.echo(f"runner: {problem}", err=True)
     return EXIT_USAGE if problems else 0
+
+
+class _NotCreated(RunnerError):
+    """The SQLite file does not exist yet: not a problem for `check`."""
 
 
 @cli.group()
@@ -333,7 +355,8 @@ def db_upgrade(app: App) -> None:
 RUN_HELP = """Run JOB now, supervised and recorded in the history.
 
 Parameters come from the job's [job:JOB] section, then -p key=value, then --key value options
-(`runner run JOB --help` lists them). Exit status: 0 succeeded, 1 the job failed, 2 bad usage or
+(`runner run JOB --help` lists them). A command line is visible to every user in `ps` for the
+whole run: pass secrets as -p key=@FILE (read from FILE) or ${env:NAME} in the config. Exit status: 0 succeeded, 1 the job failed, 2 bad usage or
 config, 3 not started (the same fire already ran, or the previous run still holds the lock)."""
 
 
@@ -505,9 +528,17 @@ def _claim_present_files(app: App, job: str, key: str, watch: Any) -> tuple[Path
     return tuple(Path(p) for p in claimed)
 
 
+def _shown(name: str, value: Any) -> str:
+    """A parameter's value for --help: secrets and URL passwords masked, paths as plain text."""
+    from runner.config import SECRET_MASK, mask_value
+
+    masked = mask_value(name, str(value) if isinstance(value, Path) else value)
+    return SECRET_MASK if masked == SECRET_MASK else repr(masked)
+
+
 def _job_command(spec: Any) -> click.Command:
     """A click command whose options are the job's parameters (all parsed as text, converted later)."""
-    from runner.config import SECRET_MASK, is_secret
+    from runner.config import is_secret
     from runner.params import REQUIRED
 
     reserved = {"param", "as_json", "json", "help", "from_cron", "fire_at", "late"}
@@ -516,7 +547,7 @@ def _job_command(spec: Any) -> click.Command:
             ["-p", "--param"],
             multiple=True,
             metavar="KEY=VALUE",
-            help="Set a parameter (repeatable).",
+            help="Set a parameter (repeatable); KEY=@FILE reads the value from FILE.",
         ),
         click.Option(["--json", "as_json"], is_flag=True, help="Print the outcome as JSON."),
         # For crontab lines and `runner catchup`: which scheduled fire this run is.
@@ -528,16 +559,13 @@ def _job_command(spec: Any) -> click.Command:
         if param.name in reserved:
             continue
         flag = "--" + param.name.replace("_", "-")
-        default = (
-            "required"
-            if param.default is REQUIRED
-            else f"default: {SECRET_MASK if is_secret(param.name) else repr(param.default)}"
-        )
+        default = "required" if param.default is REQUIRED else f"default: {_shown(param.name, param.default)}"
         configured = spec.config_params.get(param.name)
         if configured is not None:
-            shown = SECRET_MASK if is_secret(param.name) else repr(configured)
-            default += f", configured: {shown}"
+            default += f", configured: {_shown(param.name, configured)}"
         text = f"[{param.type_name}; {default}] {param.help}".strip()
+        if is_secret(param.name):
+            text += f" A value given here shows in `ps` for the whole run: use -p {param.name}=@FILE."
         if param.annotation is bool:
             options.append(
                 click.Option(
@@ -889,26 +917,32 @@ def crontab_show(app: App, placeholders: bool) -> None:
         click.echo(f"runner: {note}", err=True)
 
 
-@crontab.command("install")
-@click.option(
-    "--file",
-    "file",
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="Write an /etc/cron.d file (with a user field) instead of the user's crontab. "
-    "Debian's cron ignores names with dots: use e.g. /etc/cron.d/runner.",
+CRON_D_HELP = (
+    "Write our block (with a user field) into an /etc/cron.d file instead of your crontab. "
+    "Debian's cron ignores names with dots: use e.g. /etc/cron.d/runner."
 )
-@click.option("--user", help="The user field for --file (default: you).")
+
+
+@crontab.command("install")
+@click.option("--file", "file", type=click.Path(dir_okay=False, path_type=Path), help=CRON_D_HELP)
+@click.option("--user", help="The user field of the --file lines (default: you).")
+@click.option(
+    "--force", is_flag=True, help="Add our block to a --file that holds none (it is backed up first)."
+)
 @pass_app
-def crontab_install(app: App, file: Path | None, user: str | None) -> None:
+def crontab_install(app: App, file: Path | None, user: str | None, force: bool) -> None:
     """Merge our lines into your crontab, inside a managed block; other lines are kept as they are.
 
     Idempotent: installing twice changes nothing. The previous crontab is saved under var_dir.
     """
     from runner import crontab as cron
 
+    if not file and (user or force):
+        raise click.UsageError(f"{'--user' if user else '--force'} only goes with --file")
     if file:
-        block = cron.write_cron_d(app.settings, file, user)
-        click.echo(f"wrote {file}")
+        changed, saved, block = cron.install_cron_d(app.settings, file.absolute(), user, force=force)
+        done = f"wrote {file}" + (f" (previous one saved as {saved})" if saved else "")
+        click.echo(done if changed else f"{file} already up to date")
     else:
         changed, saved, block = cron.install(app.settings)
         click.echo(
@@ -919,14 +953,27 @@ def crontab_install(app: App, file: Path | None, user: str | None) -> None:
 
 
 @crontab.command("remove")
+@click.option(
+    "--file",
+    "file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Remove our block from this /etc/cron.d file (deleted if nothing else is left in it).",
+)
 @pass_app
-def crontab_remove(app: App) -> None:
-    """Remove our managed block from your crontab; nothing else is touched."""
+def crontab_remove(app: App, file: Path | None) -> None:
+    """Remove our managed block from your crontab; nothing else is touched.
+
+    A crontab that held nothing but our block is removed, as it was before `crontab install`.
+    """
     from runner import crontab as cron
 
-    changed, saved = cron.remove(app.settings)
+    if file:
+        changed, saved = cron.remove_cron_d(app.settings, file.absolute())
+    else:
+        changed, saved = cron.remove(app.settings)
+    what = file or "crontab"
     click.echo(
-        f"removed our block (previous crontab saved as {saved})" if changed else "no block of ours to remove"
+        f"removed our block (previous {what} saved as {saved})" if changed else "no block of ours to remove"
     )
 
 
@@ -940,11 +987,13 @@ def systemd_unit(app: App, user_unit: bool, run_as: str | None) -> None:
     """Print a systemd unit that runs `runner daemon` for this config (see README for installing it)."""
     import getpass
 
-    from runner.systemd import render_unit
+    from runner.systemd import private_tmp_warning, render_unit
 
     if run_as is None and not user_unit and os.geteuid() != 0:
         run_as = getpass.getuser()
     click.echo(render_unit(app.settings, user_unit=user_unit, user=run_as), nl=False)
+    if warning := private_tmp_warning(app.settings):
+        click.echo(f"runner: warning: {warning}", err=True)
 
 
 # --- output helpers -----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 DEFAULT_CONFIG = Path("config/runner.ini")
 CONFIG_ENV = "RUNNER_CONFIG"
 JOB_PREFIX = "job:"
+DEFAULT_LOCK_TIMEOUT_S = 60.0  # how long a write waits for another writer of the database
 
 OVERLAP_POLICIES = ("skip", "queue", "allow")
 RUNNER_KEYS = {
@@ -36,6 +37,8 @@ RUNNER_KEYS = {
     "jitter": "default random delay added to each scheduled fire",
     "catchup": "default for how late a missed fire may still run (0 = never)",
     "shutdown_grace": "how long the daemon lets running jobs finish when it stops",
+    "lock_timeout": "how long a write waits for another writer of the database before giving up",
+    "data_database": "SQLAlchemy URL for the jobs' own tables and state (default: beside the history)",
 }
 JOB_KEYS = {
     "uses": "package.module:function that implements the job",
@@ -57,9 +60,21 @@ JOB_KEYS = {
     "batch": "most files handed to one run",
     "watch_mode": "events (inotify) or polling (NFS/SMB shares, some containers)",
     "rescan": "how often the folders are listed in full, to catch anything events missed",
+    "follow_symlinks": "hand out symlinks whose target is a regular file inside a watched folder (true/false)",
 }
 DEFAULT_CATCHUP_S = 3600.0
 DEFAULT_MAX_QUEUE = 3  # a queue of fires longer than this only ever grows: record them skipped
+MAX_QUEUE = 1000
+# Bounds (documented in the README): a value outside them is a typo, and some would overflow dates.
+MAX_DURATION_S = 366 * 86400.0  # longest duration or interval any setting takes: a year and a day
+MIN_INTERVAL_S = 1.0  # shortest `every`: a fire per second is already a busy daemon
+MIN_HEARTBEAT_S = 0.1  # a heartbeat is a database write
+MIN_RESCAN_S = 1.0  # a rescan lists whole folders
+MAX_JOB_NAME_CHARS = 200  # the history's job columns (PostgreSQL enforces the length)
+JOB_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*")
+MAX_WORKERS = 1024
+MAX_RETRIES = 100
+MAX_BATCH = 100_000
 WATCH_MODES = ("events", "polling")
 SECRET_PATTERNS = ("*password*", "*passwd*", "*token*", "*secret*", "*_key", "key")
 SECRET_MASK = "***"
@@ -67,7 +82,10 @@ SECRET_MASK = "***"
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)", re.IGNORECASE)
 _DURATION_UNIT_S = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_PROBLEM = "holds a newline or control character; a path or URL must be one plain line"
 _MAX_INTERPOLATION_DEPTH = 10
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)\S*@(?=[^@/\s]*(?:[/?#\s]|$))")
 
 
 def parse_duration(text: str) -> float:
@@ -86,7 +104,13 @@ def parse_duration(text: str) -> float:
             raise ValueError(text) from None
     if value < 0 or value != value:
         raise ValueError(text)
+    if value > MAX_DURATION_S:
+        raise DurationTooLong(f"must be at most {format_duration(MAX_DURATION_S)}")
     return value
+
+
+class DurationTooLong(ValueError):
+    """A well-formed duration beyond MAX_DURATION_S."""
 
 
 def format_duration(seconds: float) -> str:
@@ -103,8 +127,26 @@ def is_secret(key: str) -> bool:
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in SECRET_PATTERNS)
 
 
-def mask_url_password(url: str) -> str:
-    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1" + SECRET_MASK + "@", url)
+def mask_url_password(text: str) -> str:
+    """`scheme://user:PASSWORD@host` -> `scheme://user:***@host` wherever a URL appears in `text`
+    (a password may itself hold '@' or '/': everything up to the last '@' before the host goes)."""
+    return _URL_PASSWORD.sub(lambda m: m.group(1) + SECRET_MASK + "@", text)
+
+
+def mask_value(key: str, value: object) -> object:
+    """A setting or parameter as it may be printed or stored: secret-looking keys wholly masked,
+    URL passwords masked in any text (also inside lists and mappings)."""
+    if value is None:
+        return None
+    if is_secret(key):
+        return SECRET_MASK
+    if isinstance(value, str):
+        return mask_url_password(value)
+    if isinstance(value, list | tuple):
+        return type(value)(mask_value("", v) for v in value)
+    if isinstance(value, dict):
+        return {k: mask_value(str(k), v) for k, v in value.items()}
+    return value
 
 
 def system_timezone() -> str:
@@ -141,6 +183,8 @@ class RunnerSettings:
     jitter_s: float = 0.0
     catchup_s: float = DEFAULT_CATCHUP_S
     shutdown_grace_s: float = 30.0
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+    data_database: str | None = None  # None: NAME-jobs.db beside a SQLite history, else the same
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +255,7 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
     path = find_config(explicit)
     parser = configparser.ConfigParser(interpolation=None, default_section="DEFAULT")
     try:
-        with path.open(encoding="utf-8") as handle:
+        with path.open(encoding="utf-8-sig") as handle:  # editors on Windows start files with a BOM
             parser.read_file(handle)
     except configparser.Error as exc:
         first_line = str(exc).splitlines()[0].rstrip(".")
@@ -234,15 +278,29 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
     for section, values in sections.items():
         if section.startswith(JOB_PREFIX):
             name = section[len(JOB_PREFIX) :].strip()
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", name):
+            if problem := job_name_problem(name):
+                raise ConfigError(problem, path=path, section=section)
+            if name in jobs:
                 raise ConfigError(
-                    "job names use letters, digits, '_', '-' and '.'", path=path, section=section
+                    f"a second section for job {name} (spaces in section names do not count)",
+                    path=path,
+                    section=section,
                 )
             jobs[name] = _job_settings(name, section, values, path, runner)
     frozen = {k: MappingProxyType(dict(v)) for k, v in sections.items()}
     return Settings(
         path, runner, MappingProxyType(jobs), MappingProxyType(frozen), MappingProxyType(unusable)
     )
+
+
+def job_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a job's name (it goes into crontab lines, log paths and a 200-character
+    column), or None."""
+    if not JOB_NAME.fullmatch(name):
+        return "job names use letters, digits, '_', '-' and '.'"
+    if len(name) > MAX_JOB_NAME_CHARS:
+        return f"job names are at most {MAX_JOB_NAME_CHARS} characters"
+    return None
 
 
 class _EnvMissing(ConfigError):
@@ -310,6 +368,8 @@ def _runner_settings(values: Mapping[str, str], path: Path, base: Path) -> Runne
 
     def get_path(key: str, default: Path) -> Path:
         value = values.get(key, "").strip()
+        if _CONTROL.search(value):
+            raise ConfigError(_CONTROL_PROBLEM, path=path, section="runner", key=key, value=value)
         return (base / value).resolve() if value else default
 
     def get_duration(key: str, default: float) -> float:
@@ -319,16 +379,19 @@ def _runner_settings(values: Mapping[str, str], path: Path, base: Path) -> Runne
     var_dir = get_path("var_dir", (base / "var").resolve())
     log_dir = get_path("log_dir", var_dir / "log")
     database = values.get("database", "").strip() or f"sqlite:///{var_dir / 'runner.db'}"
+    _check_database_url(database, path)
     database = _absolute_sqlite_url(database, base)
     timezone = values.get("timezone", "").strip() or system_timezone()
     _check_timezone(timezone, path, "runner")
-    max_workers = _int(values, "max_workers", 4, path, "runner", minimum=1)
+    max_workers = _int(values, "max_workers", 4, path, "runner", minimum=1, maximum=MAX_WORKERS)
     packages = tuple(values.get("job_packages", "jobs").replace(",", " ").split())
     if not packages:
         raise ConfigError(
             "expected at least one package name", path=path, section="runner", key="job_packages"
         )
-    heartbeat = get_duration("heartbeat", 5.0)
+    heartbeat = _at_least(
+        get_duration("heartbeat", 5.0), MIN_HEARTBEAT_S, values, "heartbeat", path, "runner"
+    )
     stale_after = get_duration("stale_after", max(30.0, heartbeat * 4))
     if stale_after <= heartbeat:
         raise ConfigError(
@@ -345,12 +408,16 @@ def _runner_settings(values: Mapping[str, str], path: Path, base: Path) -> Runne
         timezone=timezone,
         max_workers=max_workers,
         job_packages=packages,
-        heartbeat_s=heartbeat or 5.0,
+        heartbeat_s=heartbeat,
         stale_after_s=stale_after,
         kill_grace_s=get_duration("kill_grace", 10.0),
         jitter_s=get_duration("jitter", 0.0),
         catchup_s=get_duration("catchup", DEFAULT_CATCHUP_S),
         shutdown_grace_s=get_duration("shutdown_grace", 30.0),
+        lock_timeout_s=get_duration("lock_timeout", DEFAULT_LOCK_TIMEOUT_S),
+        data_database=_absolute_sqlite_url(values["data_database"].strip(), base)
+        if values.get("data_database", "").strip()
+        else None,
     )
 
 
@@ -397,7 +464,16 @@ def _job_settings(
     jitter, catchup = duration("jitter"), duration("catchup")
     watch = _watch_settings(values, path, section, duration) if values.get("watch", "").strip() else None
     if watch is None:
-        for key in ("patterns", "ignore", "recursive", "settle", "batch", "watch_mode", "rescan"):
+        for key in (
+            "patterns",
+            "ignore",
+            "recursive",
+            "settle",
+            "batch",
+            "watch_mode",
+            "rescan",
+            "follow_symlinks",
+        ):
             if key in values:
                 raise ConfigError(
                     "only means something with `watch = FOLDER`", path=path, section=section, key=key
@@ -411,8 +487,8 @@ def _job_settings(
         name=name,
         uses=uses.strip() if uses else None,
         timeout_s=timeout,
-        retries=_int(values, "retries", None, path, section, minimum=0),
-        max_queue=_int(values, "max_queue", DEFAULT_MAX_QUEUE, path, section, minimum=1),
+        retries=_int(values, "retries", None, path, section, minimum=0, maximum=MAX_RETRIES),
+        max_queue=_int(values, "max_queue", DEFAULT_MAX_QUEUE, path, section, minimum=1, maximum=MAX_QUEUE),
         retry_backoff_s=duration("retry_backoff"),
         overlap=overlap,
         description=values.get("description"),
@@ -444,25 +520,27 @@ def _watch_settings(values: Mapping[str, str], path: Path, section: str, duratio
             key="watch_mode",
             value=values["watch_mode"],
         )
-    recursive_text = values.get("recursive", "false").strip().lower()
-    if recursive_text not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
-        raise ConfigError(
-            "expected true or false", path=path, section=section, key="recursive", value=values["recursive"]
-        )
-    settle, rescan = duration("settle"), duration("rescan")
-    if rescan == 0:
-        raise ConfigError(
-            "must be longer than 0s", path=path, section=section, key="rescan", value=values["rescan"]
-        )
+
+    def flag(key: str) -> bool:
+        text = values.get(key, "false").strip().lower()
+        if text not in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+            raise ConfigError(
+                "expected true or false", path=path, section=section, key=key, value=values[key]
+            )
+        return text in ("true", "yes", "1", "on")
+
+    settle = duration("settle")
+    rescan = _at_least(duration("rescan"), MIN_RESCAN_S, values, "rescan", path, section)
     return WatchSettings(
         folders=folders,
         patterns=tuple(values["patterns"].split())
         if values.get("patterns", "").strip()
         else DEFAULT_PATTERNS,
         ignore=tuple(values["ignore"].split()) if "ignore" in values else DEFAULT_IGNORE,
-        recursive=recursive_text in ("true", "yes", "1", "on"),
+        recursive=flag("recursive"),
+        follow_symlinks=flag("follow_symlinks"),
         settle_s=2.0 if settle is None else settle,
-        batch=_int(values, "batch", 100, path, section, minimum=1),
+        batch=_int(values, "batch", 100, path, section, minimum=1, maximum=MAX_BATCH),
         mode=mode,
         rescan_s=600.0 if rescan is None else rescan,
     )
@@ -474,22 +552,39 @@ def _duration(values: Mapping[str, str], key: str, path: Path, section: str) -> 
         return None
     try:
         return parse_duration(values[key])
+    except DurationTooLong as exc:
+        raise ConfigError(str(exc), path=path, section=section, key=key, value=values[key]) from None
     except ValueError:
         raise ConfigError(
             "expected a duration like 90s, 15m, 2h", path=path, section=section, key=key, value=values[key]
         ) from None
 
 
-def _int(values, key, default, path, section, *, minimum):
+def _at_least(seconds: float | None, minimum: float, values, key, path, section) -> float | None:
+    if seconds is not None and seconds < minimum:
+        raise ConfigError(
+            f"must be at least {format_duration(minimum)}",
+            path=path,
+            section=section,
+            key=key,
+            value=values[key],
+        )
+    return seconds
+
+
+def _int(values, key, default, path, section, *, minimum, maximum):
     if key not in values:
         return default
-    try:
-        number = int(values[key].strip())
-    except ValueError:
-        number = None
-    if number is None or number < minimum:
-        expected = "a whole number" if minimum is None else f"a whole number >= {minimum}"
-        raise ConfigError(f"expected {expected}", path=path, section=section, key=key, value=values[key])
+    text = values[key].strip()
+    number = int(text) if re.fullmatch(r"[+-]?[0-9]{1,20}", text) else None
+    if number is None or not minimum <= number <= maximum:
+        raise ConfigError(
+            f"expected a whole number from {minimum} to {maximum}",
+            path=path,
+            section=section,
+            key=key,
+            value=values[key],
+        )
     return number
 
 
@@ -506,6 +601,34 @@ def _check_timezone(name: str, path: Path, section: str) -> None:
             key="timezone",
             value=name,
         ) from None
+
+
+def sqlite_path(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory SQLite)."""
+    prefix, sep, rest = url.partition(":///")
+    file_part = rest.partition("?")[0]
+    if not sep or not prefix.startswith("sqlite") or file_part in ("", ":memory:"):
+        return None
+    return Path(file_part)
+
+
+def _check_database_url(url: str, path: Path) -> None:
+    """A URL we can hand to SQLAlchemy; the error never shows its password."""
+    from urllib.parse import urlsplit
+
+    def refuse(problem: str) -> ConfigError:
+        # Not a URL we can parse, so we cannot tell where its password is: mask ':...@' whole.
+        shown = re.sub(r":[^@]*@", f":{SECRET_MASK}@", url)
+        return ConfigError(problem, path=path, section="runner", key="database", value=shown)
+
+    if _CONTROL.search(url):
+        raise refuse(_CONTROL_PROBLEM)
+    if not re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", url):
+        raise refuse("expected a SQLAlchemy URL like sqlite:///var/runner.db or postgresql://user@host/db")
+    try:
+        _ = urlsplit(url).port
+    except ValueError:
+        raise refuse("the port must be a number from 0 to 65535") from None
 
 
 def _absolute_sqlite_url(url: str, base: Path) -> str:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -23,11 +23,14 @@ SLOW_FILE_S = 0.05  # a file that took longer is recorded at once
 
 
 class _StopRequest:
-    """In a job's process: a SIGTERM that arrives inside ctx.files() waits for the file boundary."""
+    """In a job's process: a SIGTERM that arrives inside ctx.files() waits for the file boundary.
+    `announce` tells the supervisor at once that the job acknowledges files one by one, so a job
+    that ends without returning (os._exit) settles only the files it acknowledged."""
 
     deferring = False
     requested: int | None = None
     used_files = False
+    announce: Callable[[], None] | None = None
 
 
 STOP = _StopRequest()
@@ -46,23 +49,46 @@ class Fire:
 
 
 class JobState:
-    """Small persistent key/value store of one job, kept in the run-history database.
+    """Small persistent key/value store of one job, kept in the job-data database (see
+    `ctx.transaction()`).
 
-    Values are anything JSON can hold. Reads and writes are their own transaction, unless you pass
-    `conn=` from `ctx.transaction()` to advance a cursor together with the data it covers.
+    Values are anything JSON can hold. Outside `ctx.transaction()` each call is its own
+    transaction: `get` then `set` is *not* atomic when two runs of the job overlap — use
+    `update(key, fn)` or `incr(key)`, which are. Inside `with ctx.transaction():` every call joins
+    that transaction by itself (no `conn=` needed), and `get` locks the key until it ends, so a
+    cursor advances together with the data it covers and concurrent runs take turns.
     """
 
-    def __init__(self, store: Store, job: str) -> None:
-        self._store, self._job = store, job
+    def __init__(self, store: Store, job: str, current: Callable[[], sa.Connection | None]) -> None:
+        self._history, self._job, self._current = store, job, current
+
+    @property
+    def _store(self) -> Store:
+        return self._history.job_data()
 
     def get(self, key: str, default: Any = None, *, conn: sa.Connection | None = None) -> Any:
-        return self._store.state_get(self._job, key, default, conn)
+        return self._store.state_get(self._job, key, default, conn or self._current())
 
     def set(self, key: str, value: Any, *, conn: sa.Connection | None = None) -> None:
-        self._store.state_set(self._job, key, value, conn)
+        self._store.state_set(self._job, key, value, conn or self._current())
+
+    def update(
+        self,
+        key: str,
+        change: Callable[[Any], Any],
+        default: Any = None,
+        *,
+        conn: sa.Connection | None = None,
+    ) -> Any:
+        """Atomically set `key` to `change(current value, or default)`; returns the new value."""
+        return self._store.state_update(self._job, key, change, default, conn or self._current())
+
+    def incr(self, key: str, by: int | float = 1, *, conn: sa.Connection | None = None) -> Any:
+        """Atomically add `by` to a number (a missing key counts as 0); returns the new value."""
+        return self.update(key, lambda value: (value or 0) + by, conn=conn)
 
     def delete(self, key: str, *, conn: sa.Connection | None = None) -> None:
-        self._store.state_delete(self._job, key, conn)
+        self._store.state_delete(self._job, key, conn or self._current())
 
     def items(self) -> dict[str, Any]:
         return self._store.state_items(self._job)
@@ -103,21 +129,33 @@ class JobContext:
         self.fire = fire
         self.params = dict(params)
         self.log = log
-        self.state = JobState(store, job)
+        self._conn: sa.Connection | None = None  # the open ctx.transaction(), if any
+        self.state = JobState(store, job, lambda: self._conn)
         self._store = store
         self._tty = tty
 
     @property
     def engine(self) -> sa.Engine:
-        """The run-history database's SQLAlchemy engine, for the job's own tables."""
-        self._store.ensure_schema()
-        return self._store.engine
+        """The job-data database's SQLAlchemy engine, for the job's own tables.
+
+        On PostgreSQL it is the run history's database; with the embedded SQLite it is a second
+        file beside it (`runner-jobs.db`), so a job's long write transaction never holds up the
+        run history. `[runner] data_database` names another one."""
+        return self._store.job_data().engine
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sa.Connection]:
-        """One transaction on the run-history database: write your rows and `ctx.state` together."""
-        with self._store.begin() as conn:
-            yield conn
+        """One write transaction on the job-data database: write your rows and `ctx.state`
+        together. Other jobs' writes to it wait for it (at most `lock_timeout` on SQLite)."""
+        if self._conn is not None:  # nested: one transaction
+            yield self._conn
+            return
+        with self._store.job_data().begin() as conn:
+            self._conn = conn
+            try:
+                yield conn
+            finally:
+                self._conn = None
 
     def files(self) -> Iterator[Path]:
         """The files this run was handed (`ctx.fire.paths`), one at a time.
@@ -130,6 +168,8 @@ class JobContext:
         done: list[str] = []
         last_flush = time.monotonic()
         finished_before = self._store.done_files(self.job, self.fire.key) if self.attempt > 1 else set()
+        if not STOP.used_files and STOP.announce is not None:
+            STOP.announce()
         STOP.deferring = STOP.used_files = True
         try:
             for path in self.fire.paths:

@@ -17,11 +17,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from runner.config import format_duration, load_settings
+from runner.config import Settings, format_duration, load_settings
 from runner.context import Fire
 from runner.errors import EXIT_NOT_STARTED, RunnerError
 from runner.forkserver import ForkServer
 from runner.models import SkipReason, Trigger, utcnow
+from runner.spool import replay
 from runner.triggers import fire_key
 
 log = logging.getLogger("runner.daemon")
@@ -65,7 +66,11 @@ class Daemon:
         catalog = discover(self.settings)
         for name, reason in catalog.broken.items():
             log.error("job %s is broken and will not fire: %s", name, reason)
-        self.store = Store(self.settings.runner.database)
+        self.store = Store(
+            self.settings.runner.database,
+            lock_timeout_s=self.settings.runner.lock_timeout_s,
+            data_url=self.settings.runner.data_database,
+        )
         self.store.ensure_schema()
         self.store.engine.dispose()
         self.server.start()  # forks before any thread exists, then starts its reply reader
@@ -141,6 +146,7 @@ class Daemon:
         try:
             self.store.daemon_heartbeat(self.daemon_id, queues=self.dispatcher.snapshot(), notes=self.notes)
             self.store.checkpoint()
+            replay(self.settings.runner.var_dir, self.store)  # outcomes kept while the database was away
             lost = self.store.reap_lost(self.settings.runner.stale_after_s)
             if lost:
                 log.warning("marked lost (their supervisor is gone): runs %s", ", ".join(map(str, lost)))
@@ -185,7 +191,28 @@ class Daemon:
             log.error("reload failed, keeping the previous schedules: %s", exc)
             notify("READY=1")
             return
+        except Exception:  # a bug must not take the running daemon down with it
+            log.exception("reload failed, keeping the previous schedules")
+            notify("READY=1")
+            return
         self._note_restart_settings(settings)
+        previous, previous_policies = self.settings, self.dispatcher.policies
+        try:
+            self._apply(settings, _policies(catalog))
+        except Exception:
+            log.exception("reload failed while applying it; going back to the previous schedules")
+            self._apply(previous, previous_policies)
+        else:
+            log.info(
+                "reloaded %s: jobs %s; max_workers = %d",
+                self.config_path,
+                ", ".join(self._scheduled_names()) or "none",
+                settings.runner.max_workers,
+            )
+            self._publish()
+        notify("READY=1")
+
+    def _apply(self, settings: Settings, policies: dict[str, str]) -> None:
         now = utcnow()
         for name, job in settings.jobs.items():  # a new schedule's fires count from now
             if self.settings.job(name) is None or self.settings.jobs[name].schedules != job.schedules:
@@ -193,21 +220,13 @@ class Daemon:
         for job in self.scheduler.get_jobs():  # no fire of an old schedule is submitted after this
             job.remove()
         self.settings = settings
-        self.dispatcher.reload(settings, _policies(catalog))
+        self.dispatcher.reload(settings, policies)
         self.server.command("reload")
         self._add_jobs()
         if self.watches is not None:
             self.watches.stop()
         self._start_watches()
-        log.info(
-            "reloaded %s: jobs %s; max_workers = %d",
-            self.config_path,
-            ", ".join(self._scheduled_names()) or "none",
-            settings.runner.max_workers,
-        )
         self.dispatcher.wake()  # a larger max_workers frees workers for what waits
-        self._publish()
-        notify("READY=1")
 
     def _note_restart_settings(self, settings: Any) -> None:
         for key in RESTART_SETTINGS:

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from runner.config import JOB_PREFIX, ConfigError, Settings
+from runner.config import JOB_PREFIX, ConfigError, Settings, job_name_problem
 from runner.errors import BrokenJob, ParamError, UnknownJob
 from runner.jobapi import JobSpec, job_defaults
 from runner.params import bind
@@ -81,6 +81,10 @@ def _section_error(settings: Settings, name: str, key: str, value: str | None, e
 
 def build_spec(settings: Settings, name: str, func: Callable[..., Any]) -> JobSpec:
     """A JobSpec for `func` under `name`, with its INI section checked against the signature."""
+    if problem := job_name_problem(name):
+        raise ConfigError(
+            f"@job name {name[:40]!r}{'…' if len(name) > 40 else ''}: {problem}", path=spec_where(func)
+        )
     section = settings.job(name)
     try:
         spec = JobSpec.build(name, func, section, base_dir=settings.path.parent)

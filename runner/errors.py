@@ -6,6 +6,8 @@ EXIT_OK = 0
 EXIT_JOB_FAILED = 1
 EXIT_USAGE = 2
 EXIT_NOT_STARTED = 3
+EXIT_DATABASE_BUSY = 4
+EXIT_STORAGE = 5
 
 
 class RunnerError(Exception):
@@ -77,3 +79,19 @@ class Stopped(RunnerError):
     def __init__(self, message: str, signum: int) -> None:
         super().__init__(message)
         self.exit_code = 128 + signum
+
+
+class DatabaseError(RunnerError):
+    """The configured database URL cannot be used: not a URL, or its driver is missing."""
+
+
+class StorageError(RunnerError):
+    """The database or the disk failed us: unreachable, read-only, full, or replaced."""
+
+    exit_code = EXIT_STORAGE
+
+
+class DatabaseBusy(StorageError):
+    """Another process held the database's write lock for longer than `lock_timeout`."""
+
+    exit_code = EXIT_DATABASE_BUSY

@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.context import STOP, Fire, JobContext
-from runner.errors import AlreadyRan, FilesVanished, OverlapSkipped, Stopped
+from runner.errors import AlreadyRan, FilesVanished, OverlapSkipped, Stopped, StorageError
 from runner.models import RunStatus, SkipReason, Trigger, utcnow
+from runner.private import open_private, private_folder
 
 if TYPE_CHECKING:
     from runner.config import RunnerSettings, Settings
+    from runner.containment import Containment
     from runner.jobapi import JobSpec
     from runner.store import Store
 
@@ -41,6 +43,8 @@ LATE_AFTER_S = 1.0  # a fire that starts this much after it was due is recorded 
 ERROR_SUMMARY_CHARS = 500
 PR_SET_PDEATHSIG = 1
 CHILD_SETUP_FAILED = 70  # EX_SOFTWARE: the child died before the job body started
+BUSY_BEAT_RETRY_S = 0.5  # a heartbeat skipped because the database was busy is retried this soon
+PR_SET_PDEATHSIG_SIGNAL = signal.SIGRTMIN + 1  # the leader's own notice that the supervisor died
 LOG_FORMAT = "%(asctime)s run=%(run_id)s job=%(job)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -85,7 +89,10 @@ def execute(
     run running); after it ends, one more (record the outcome, release the lease). `resume` is
     the row of a retry a stop cut short: that attempt runs now, in that row.
     """
+    from runner.spool import replay
+
     store.ensure_schema()
+    replay(settings.var_dir, store)
     if reap:
         store.reap_lost(settings.stale_after_s)
     if not gc.isenabled():  # the CLI starts with collections off; the job gets them back
@@ -135,13 +142,14 @@ def execute(
 
 def _resumed(record: Any) -> dict[str, Any]:
     """A stopped retry's row, made this supervisor's queued run again."""
-    from runner.store import HOSTNAME
+    from runner.store import HOSTNAME, PIDNS
 
     now = utcnow()
     return dict(
         status=RunStatus.QUEUED.value,
         host=HOSTNAME,
         pid=os.getpid(),
+        pidns=PIDNS,
         heartbeat_at=now,
         ended_at=None,
         late=True,
@@ -288,11 +296,11 @@ def record_missed(
 
 
 def masked_params(params: Mapping[str, Any]) -> dict[str, Any]:
-    """Parameters as history and logs show them: JSON values, secret-looking ones as ***."""
-    from runner.config import SECRET_MASK, is_secret
+    """Parameters as history and logs show them: JSON values, secret-looking ones and URL passwords as ***."""
+    from runner.config import mask_value
 
     plain = json.loads(json.dumps(dict(params), default=str))
-    return {key: SECRET_MASK if is_secret(key) else value for key, value in plain.items()}
+    return {key: mask_value(key, value) for key, value in plain.items()}
 
 
 def retry_delay(backoff_s: float, retry_number: int) -> float:
@@ -373,23 +381,49 @@ def _attempt(
     *,
     release_lease: bool,
 ) -> Outcome:
+    from runner.containment import Containment
+    from runner.spool import record_outcome
+
     log_path = run_log_path(settings, spec.name, run_id)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
     started = utcnow()
     if attempt > 1:  # the first attempt's row was marked running when it was claimed
         store.update_run(run_id, status=RunStatus.RUNNING.value, started_at=started, heartbeat_at=started)
-    _append(
-        log_path,
-        f"run {run_id} of job {spec.name} started: attempt {attempt}, "
-        f"trigger {fire.kind}, fire {fire.key}, params {masked_params(params)!r}",
-    )
-    child = _Child.spawn(spec, params, fire, run_id, attempt, store, log_path, live)
+    containment = Containment.create()
+    try:
+        private_folder(log_path.parent)  # job output may hold secrets: 0700, files 0600
+        _append(
+            log_path,
+            f"run {run_id} of job {spec.name} started: attempt {attempt}, "
+            f"trigger {fire.kind}, fire {fire.key}, params {masked_params(params)!r}",
+        )
+        child = _Child.spawn(spec, params, fire, run_id, attempt, store, log_path, live, containment)
+    except OSError as exc:  # a full or read-only log folder: the job cannot start
+        containment.close()
+        error = f"cannot write the run log {log_path}: {exc.strerror or exc}"
+        record_outcome(
+            store,
+            settings.var_dir,
+            run_id,
+            dict(status=RunStatus.FAILED.value, ended_at=utcnow(), error=error),
+            release_lease_of=spec.name if spec.overlap != "allow" else None,
+            patience_s=settings.lock_timeout_s,
+        )
+        raise StorageError(f"job {spec.name}: {error}; run {run_id} is recorded failed") from None
+    # The first beat records where the job's processes are, for whoever reaps a dead supervisor.
+    unrecorded = {"job_pid": child.pid, "cgroup": str(containment.cgroup) if containment.cgroup else None}
+
+    def heartbeat() -> bool:
+        lease_job = spec.name if spec.overlap != "allow" else None
+        extra = unrecorded.copy()
+        if store.heartbeat(run_id, lease_job, settings.stale_after_s, wait=False, **extra):
+            unrecorded.clear()
+            return True
+        return False
+
     child.supervise(
         timeout_s=spec.timeout_s,
         grace_s=settings.kill_grace_s,
-        heartbeat=lambda: store.heartbeat(
-            run_id, spec.name if spec.overlap != "allow" else None, settings.stale_after_s
-        ),
+        heartbeat=heartbeat,
         heartbeat_s=settings.heartbeat_s,
         stops=stops,
         tail=sys.stderr if live else None,
@@ -397,21 +431,27 @@ def _attempt(
     status, exit_code, sig, error = child.verdict(spec.timeout_s)
     ended = utcnow()
     duration = (ended - started).total_seconds()
-    store.finish(
+    with contextlib.suppress(OSError):  # a full disk must not change what is recorded
+        _append(
+            log_path,
+            f"run {run_id} {status.value} in {duration:.2f}s" + (f": {error}" if error else ""),
+        )
+    record_outcome(
+        store,
+        settings.var_dir,
         run_id,
+        dict(
+            status=status.value,
+            ended_at=ended,
+            heartbeat_at=ended,
+            exit_code=exit_code,
+            signal=sig,
+            error=error,
+            result=child.result,
+            log_path=str(log_path),
+        ),
         release_lease_of=spec.name if release_lease else None,
-        status=status.value,
-        ended_at=ended,
-        heartbeat_at=ended,
-        exit_code=exit_code,
-        signal=sig,
-        error=error,
-        result=child.result,
-        log_path=str(log_path),
-    )
-    _append(
-        log_path,
-        f"run {run_id} {status.value} in {duration:.2f}s" + (f": {error}" if error else ""),
+        patience_s=settings.lock_timeout_s,
     )
     return Outcome(
         run_id,
@@ -435,7 +475,7 @@ def run_log_path(settings: RunnerSettings, job: str, run_id: int) -> Path:
 
 def _append(path: Path, line: str) -> None:
     stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-    with open(path, "a", encoding="utf-8") as handle:
+    with os.fdopen(open_private(path, os.O_WRONLY | os.O_APPEND), "a", encoding="utf-8") as handle:
         handle.write(f"{stamp} runner: {line}\n")
 
 
@@ -520,6 +560,7 @@ class _Child:
         self.stopped_by: int | None = None
         self.result: Any = None
         self.acked_files_only = False
+        self.containment: Containment
 
     @classmethod
     def spawn(
@@ -532,8 +573,9 @@ class _Child:
         store: Store,
         log_path: Path,
         live: bool,
+        containment: Containment,
     ) -> _Child:
-        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         read_fd, write_fd = os.pipe()
         sys.stdout.flush()
         sys.stderr.flush()
@@ -543,8 +585,18 @@ class _Child:
             code = CHILD_SETUP_FAILED
             try:
                 os.close(read_fd)
-                code = _child_main(
-                    spec, params, fire, run_id, attempt, store, log_fd, write_fd, supervisor, live
+                code = _leader_main(
+                    spec,
+                    params,
+                    fire,
+                    run_id,
+                    attempt,
+                    store,
+                    log_fd,
+                    write_fd,
+                    supervisor,
+                    live,
+                    containment,
                 )
             finally:
                 os._exit(code)
@@ -552,11 +604,19 @@ class _Child:
         os.close(log_fd)
         with contextlib.suppress(OSError):  # both sides set the group, whichever runs first
             os.setpgid(pid, pid)
-        return cls(pid, read_fd, log_path)
+        containment.job_pid = pid
+        child = cls(pid, read_fd, log_path)
+        child.containment = containment
+        return child
 
     def _signal_group(self, signum: int) -> None:
+        """Signal every process of the attempt: the job's group, and those that left it (found in
+        the run's cgroup, or as descendants of this subreaper)."""
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.pid, signum)
+        for pid in self.containment.pids():
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(pid, signum)
 
     def supervise(
         self,
@@ -570,7 +630,7 @@ class _Child:
     ) -> None:
         started = time.monotonic()
         deadline = started + timeout_s if timeout_s else None
-        next_beat = started + heartbeat_s
+        next_beat = started  # the first beat records the job's pid and cgroup
         kill_at: float | None = None
         tail_offset = 0
         poller = select.poll()
@@ -619,11 +679,16 @@ class _Child:
                     self._signal_group(signal.SIGKILL)
                     kill_at = None
                 if now >= next_beat:
+                    # Never waits for the database (its child may hold the write lock): a busy
+                    # database skips this beat and the next try comes sooner.
+                    beat = False
                     try:
-                        heartbeat()
+                        beat = heartbeat()
                     except Exception as exc:  # a database hiccup must not kill the run
                         log.warning("heartbeat failed: %s", exc)
-                    next_beat = now + heartbeat_s
+                    next_beat = time.monotonic() + (
+                        heartbeat_s if beat else min(heartbeat_s, BUSY_BEAT_RETRY_S)
+                    )
         finally:
             if pidfd is not None:
                 os.close(pidfd)
@@ -632,8 +697,10 @@ class _Child:
                 while chunk := os.read(self.result_fd, 65536):
                     self.payload += chunk
             os.close(self.result_fd)
-            # Whatever the job started and left behind in its group goes with it.
-            self._signal_group(signal.SIGKILL)
+            # Whatever the job started and left behind goes with it: its group, its cgroup, and
+            # every descendant that reparented to this subreaper.
+            self.containment.kill_all()
+            self.containment.close()
             if tail is not None:
                 _tail(self.log_path, tail_offset, tail)
 
@@ -649,9 +716,9 @@ class _Child:
         from runner.config import format_duration
 
         message: dict[str, Any] = {}
-        if self.payload:
-            with contextlib.suppress(ValueError):
-                message = json.loads(self.payload.decode("utf-8", "replace"))
+        for line in self.payload.decode("utf-8", "replace").splitlines():
+            with contextlib.suppress(ValueError, TypeError):
+                message.update(json.loads(line))
         self.result = message.get("result")
         self.acked_files_only = bool(message.get("acked_files_only"))
         status = self.wait_status or 0
@@ -712,7 +779,7 @@ def _tail(path: Path, offset: int, stream: Any) -> int:
 # --- the child side ------------------------------------------------------------------------------
 
 
-def _child_main(
+def _leader_main(
     spec: JobSpec,
     params: Mapping[str, Any],
     fire: Fire,
@@ -723,9 +790,71 @@ def _child_main(
     result_fd: int,
     supervisor: int,
     live: bool,
+    containment: Containment,
 ) -> int:
+    """The job's process group leader: runs only this code, never the job's, so nothing a job does
+    to its signal handlers can stop it from taking the job down when the supervisor dies. It forks
+    the job process, waits for it and ends the way it ended (exit code or signal)."""
     os.setpgid(0, 0)
-    _die_with_supervisor(supervisor)
+    containment.join()
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)  # a stop is for the job; the leader waits for it
+    signal.signal(PR_SET_PDEATHSIG_SIGNAL, lambda *_: _take_down_everything(containment))
+    _set_parent_death_signal(PR_SET_PDEATHSIG_SIGNAL)
+    if os.getppid() != supervisor:  # it died before prctl took effect
+        _take_down_everything(containment)
+    leader = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # the job process: never returns
+        code = CHILD_SETUP_FAILED
+        try:
+            code = _job_main(spec, params, fire, run_id, attempt, store, log_fd, result_fd, leader, live)
+        finally:
+            os._exit(code)
+    os.close(result_fd)
+    os.close(log_fd)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    if code < 0:  # end by the same signal, so the supervisor names it
+        with contextlib.suppress(OSError, ValueError):  # SIGKILL and SIGSTOP have no handler
+            signal.signal(-code, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [-code])
+        os.kill(os.getpid(), -code)
+        return 128 - code
+    return code
+
+
+def _take_down_everything(containment: Containment) -> None:
+    """The supervisor is gone: kill the run's cgroup and the job's process group (and so the leader)."""
+    from runner.containment import kill_processes
+
+    if containment.cgroup is not None:
+        with contextlib.suppress(OSError):
+            (containment.cgroup / "cgroup.kill").write_text("1")
+    kill_processes(containment.cgroup, None)
+    os.killpg(0, signal.SIGKILL)
+
+
+def _set_parent_death_signal(signum: int) -> None:
+    with contextlib.suppress(Exception):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signum), 0, 0, 0)
+
+
+def _job_main(
+    spec: JobSpec,
+    params: Mapping[str, Any],
+    fire: Fire,
+    run_id: int,
+    attempt: int,
+    store: Store,
+    log_fd: int,
+    result_fd: int,
+    leader: int,
+    live: bool,
+) -> int:
+    _die_with_leader(leader)
     tty = None
     if live and os.isatty(2):
         tty = os.fdopen(os.dup(2), "w", buffering=1)
@@ -750,6 +879,7 @@ def _child_main(
         log=logger,
         tty=tty,
     )
+    STOP.announce = lambda: _write_all(result_fd, b'{"acked_files_only": true}\n')
     kwargs = dict(params)
     if spec.takes_ctx:
         kwargs["ctx"] = ctx
@@ -764,36 +894,32 @@ def _child_main(
         traceback.print_exc()
         code, message = 1, {"error": _summary(exc)}
     message["acked_files_only"] = STOP.used_files
-    _write_all(result_fd, json.dumps(message, default=str).encode())
+    _write_all(result_fd, json.dumps(message, default=str).encode() + b"\n")
     sys.stdout.flush()
     sys.stderr.flush()
     return code
 
 
-def _die_with_supervisor(supervisor: int) -> None:
-    """Ask the kernel for SIGTERM when the supervisor dies; then take the whole group down."""
+def _die_with_leader(leader: int) -> None:
+    """SIGTERM is a stop request (deferred inside ctx.files()); the leader's death is SIGKILL,
+    which no job can catch or ignore."""
 
     def on_term(signum: int, _frame: Any) -> None:
-        if os.getppid() != supervisor:
-            os.killpg(0, signal.SIGKILL)
         if STOP.deferring:  # inside ctx.files(): stop at the next file boundary
             STOP.requested = signum
             return
         raise SystemExit(128 + signum)
 
     signal.signal(signal.SIGTERM, on_term)
+    signal.signal(PR_SET_PDEATHSIG_SIGNAL, signal.SIG_DFL)
     # Processes the job forks (a multiprocessing pool) get plain SIGTERM handling back: they are
     # in the job's group, so a stop reaches them, and the job's own handler covers the group.
     os.register_at_fork(after_in_child=lambda: signal.signal(signal.SIGTERM, signal.SIG_DFL))
     for signum in (signal.SIGINT, signal.SIGHUP):
         signal.signal(signum, signal.SIG_DFL)
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-    if os.getppid() != supervisor:  # it died before prctl took effect
-        os.killpg(0, signal.SIGKILL)
+    _set_parent_death_signal(signal.SIGKILL)
+    if os.getppid() != leader:  # it died before prctl took effect
+        os._exit(CHILD_SETUP_FAILED)
 
 
 def _child_logging(run_id: int, job: str) -> logging.Logger:

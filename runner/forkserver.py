@@ -186,7 +186,12 @@ class _Server:
         parent_death_signal(signal.SIGTERM)
         self._load()
         # Workers leave WAL checkpoints to the daemon's heartbeat (see Store.checkpoint).
-        self.store = Store(self.settings.runner.database, autocheckpoint=False)
+        self.store = Store(
+            self.settings.runner.database,
+            autocheckpoint=False,
+            lock_timeout_s=self.settings.runner.lock_timeout_s,
+            data_url=self.settings.runner.data_database,
+        )
         self.store.warm_up()
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-SCHEMA_REVISION = "0005"  # the newest Alembic revision; tests keep the two equal
+SCHEMA_REVISION = "0006"  # the newest Alembic revision; tests keep the two equal
 
 
 class RunStatus(enum.StrEnum):
@@ -97,6 +97,9 @@ runs = sa.Table(
     sa.Column("params", sa.JSON, nullable=True),
     sa.Column("paths", sa.JSON, nullable=True),
     sa.Column("result", sa.JSON, nullable=True),
+    sa.Column("pidns", sa.String(80), nullable=True),  # boot id + PID namespace of the supervisor
+    sa.Column("job_pid", sa.Integer, nullable=True),  # the job process (and its process group)
+    sa.Column("cgroup", sa.Text, nullable=True),  # the run's cgroup, when one could be made
     sa.Column("reason", sa.String(32), nullable=True),  # a SkipReason
     sa.Column("late_s", sa.Float, nullable=True),  # start minus when it was due (scheduled + jitter)
     # A fire is claimed by its first attempt; retries share its key with attempt > 1. Migration
@@ -165,6 +168,7 @@ file_claims = sa.Table(
     sa.Column("attempts", sa.Integer, nullable=False),
     sa.Column("claimed_at", UTCDateTime, nullable=False),
     sa.Column("done_at", UTCDateTime, nullable=True),
+    sa.Column("pidns", sa.String(80), nullable=True),
     sa.UniqueConstraint("job", "path", "size", "mtime_ns", name="uq_file_claims_version"),
     sa.Index("ix_file_claims_job_fire_key", "job", "fire_key"),
     sa.Index("ix_file_claims_state", "state"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 import re
 import types
 import typing
@@ -133,9 +134,12 @@ def convert(value: str, annotation: Any) -> Any:
             raise ValueError("expected a whole number") from None
     if annotation is float:
         try:
-            return float(value.strip())
+            number = float(value.strip())
         except ValueError:
             raise ValueError("expected a number") from None
+        if not math.isfinite(number):
+            raise ValueError("expected a finite number (not nan or inf)")
+        return number
     if annotation is datetime:
         try:
             return datetime.fromisoformat(value.strip())
@@ -184,6 +188,9 @@ def bind(
         try:
             value = convert(text, spec.annotation)
         except ValueError as exc:
+            from runner.config import mask_value
+
+            text = mask_value(name, text)
             shown = f"{origin} {text!r}" if origin.startswith("--") else f"{origin} {name} = {text!r}"
             raise ParamError(f"{shown}: {exc}") from None
         if isinstance(value, Path) and index == 0 and base_dir is not None and not value.is_absolute():
@@ -197,10 +204,26 @@ def bind(
 
 
 def parse_assignments(pairs: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """`-p key=value` pairs; `key=@FILE` reads the value from FILE (one trailing newline dropped),
+    so a secret never shows in `ps`; `key=@@text` is the literal `@text`."""
     values = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise ParamError(f"-p {pair!r}: expected key=value")
+            raise ParamError(f"-p {key.strip() or pair!r}: expected key=value")
+        if value.startswith("@@"):
+            value = value[1:]
+        elif value.startswith("@"):
+            value = _read_value_file(key.strip(), value[1:])
         values[key.strip()] = value
     return values
+
+
+def _read_value_file(key: str, name: str) -> str:
+    try:
+        text = Path(name).expanduser().read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ParamError(
+            f"-p {key}=@{name}: cannot read the file: {getattr(exc, 'strerror', None) or exc}"
+        ) from None
+    return text[:-1] if text.endswith("\n") else text

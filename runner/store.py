@@ -6,15 +6,18 @@ import contextlib
 import os
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from runner.errors import AlreadyRan, RunnerError
+from runner.config import DEFAULT_LOCK_TIMEOUT_S, format_duration
+from runner.errors import AlreadyRan, DatabaseBusy, DatabaseError, RunnerError, StorageError
 from runner.models import (
     ACTIVE_STATUSES,
     SCHEMA_REVISION,
@@ -29,15 +32,15 @@ from runner.models import (
     utcnow,
 )
 
-SQLITE_BUSY_TIMEOUT_MS = 60_000
+QUEUE_POLL_MAX_S = 0.005  # longest nap between tries of a busy writer-queue lock
+PRIVATE_FILE_MODE = 0o600
+PRIVATE_DIR_MODE = 0o700
 MAX_FILE_ATTEMPTS = 3  # a file whose runs failed this often is left alone (state 'failed')
 ORPHAN_CLAIM_S = 120.0  # a claim whose run never appeared is released after this long
 SCHEMA_LOCK_ID = 7_270_001  # PostgreSQL advisory lock taken while migrating
 HOSTNAME = socket.gethostname()
-
-
-class DatabaseError(RunnerError):
-    """The configured database cannot be reached or used."""
+PG_CONNECT_TIMEOUT_S = 10
+PG_WAIT_S = 5  # on PostgreSQL, how long a non-waiting write may still wait for the server
 
 
 # The hot path (a claim before every run, a finish after it) reuses these statements: building a
@@ -49,6 +52,10 @@ _INSERT_LEASE = sa.insert(leases)
 _RELEASE_LEASE = sa.delete(leases).where(
     leases.c.job == sa.bindparam("b_job"), leases.c.run_id == sa.bindparam("b_run_id")
 )
+
+
+class _WouldWait(Exception):
+    """Another writer holds the database right now (for callers that would rather not wait)."""
 
 
 class _LeaseRace(Exception):
@@ -79,6 +86,9 @@ class RunRecord:
     params: Any
     paths: Any
     result: Any
+    pidns: str | None = None
+    job_pid: int | None = None
+    cgroup: str | None = None
     reason: str | None = None
     late_s: float | None = None
 
@@ -112,7 +122,30 @@ def normalise_url(url: str) -> str:
     return url
 
 
-def create_engine(url: str, *, autocheckpoint: bool = True) -> sa.Engine:
+def sqlite3_error() -> type[Exception]:
+    import sqlite3
+
+    return sqlite3.Error
+
+
+def default_data_url(url: str) -> str:
+    """The job-data database for a history database: a SQLite file's sibling `NAME-jobs.db`;
+    any other database holds both."""
+    try:
+        parsed = sa.engine.make_url(url)
+    except sa.exc.ArgumentError:
+        return url  # create_engine says what is wrong with it
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return url
+    path = Path(parsed.database)
+    return parsed.set(
+        database=str(path.with_name(f"{path.stem}-jobs{path.suffix or '.db'}"))
+    ).render_as_string(hide_password=False)
+
+
+def create_engine(
+    url: str, *, autocheckpoint: bool = True, lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+) -> sa.Engine:
     url = normalise_url(url)
     try:
         parsed = sa.engine.make_url(url)
@@ -120,15 +153,27 @@ def create_engine(url: str, *, autocheckpoint: bool = True) -> sa.Engine:
         raise DatabaseError(f"database = {url!r} is not a SQLAlchemy URL") from None
     if parsed.get_backend_name() == "sqlite":
         if parsed.database and parsed.database != ":memory:":
-            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-        engine = sa.create_engine(parsed, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
-        sa.event.listen(engine, "connect", _sqlite_on_connect)
+            try:
+                _private_database_file(Path(parsed.database))
+            except OSError as exc:
+                raise DatabaseError(
+                    f"cannot create the folder of database {parsed.database}: {exc.strerror}; "
+                    "check [runner] database"
+                ) from None
+        engine = sa.create_engine(parsed, connect_args={"timeout": lock_timeout_s})
+        sa.event.listen(engine, "connect", partial(_sqlite_on_connect, lock_timeout_s=lock_timeout_s))
         if not autocheckpoint:
             sa.event.listen(engine, "connect", _sqlite_no_autocheckpoint)
         sa.event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     try:
-        return sa.create_engine(parsed, pool_pre_ping=True)
+        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        return sa.create_engine(parsed, pool_pre_ping=True, connect_args=connect_args)
+    except sa.exc.NoSuchModuleError:
+        raise DatabaseError(
+            f"database = {parsed.render_as_string(hide_password=True)!r}: no such database kind "
+            f"{parsed.drivername!r}; expected sqlite:///PATH or postgresql://USER@HOST/DB"
+        ) from None
     except ModuleNotFoundError as exc:
         raise DatabaseError(
             f"the driver for {parsed.get_backend_name()} is not installed ({exc.name}); "
@@ -136,14 +181,49 @@ def create_engine(url: str, *, autocheckpoint: bool = True) -> sa.Engine:
         ) from None
 
 
-def _sqlite_on_connect(dbapi_connection: Any, _record: Any) -> None:
+def _private_database_file(path: Path) -> None:
+    """Create the database file (and its folder) private before SQLite does: SQLite gives its
+    -wal and -shm files the database file's mode. Files of an older version are made private."""
+    if not path.parent.is_dir():
+        path.parent.mkdir(parents=True, mode=PRIVATE_DIR_MODE, exist_ok=True)
+    with contextlib.suppress(OSError):  # an unwritable folder: SQLite's own error says so
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE))
+    for suffix in ("", "-wal", "-shm", "-writers.lock"):
+        with contextlib.suppress(OSError):
+            info = os.stat(f"{path}{suffix}")
+            if info.st_mode & 0o077 and info.st_uid == os.getuid():
+                os.chmod(f"{path}{suffix}", PRIVATE_FILE_MODE)
+
+
+def _sqlite_on_connect(dbapi_connection: Any, _record: Any, *, lock_timeout_s: float) -> None:
     # Let us issue BEGIN ourselves (see _sqlite_on_begin), then set up WAL for concurrent runs.
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode = WAL")
+    cursor.execute(f"PRAGMA busy_timeout = {int(lock_timeout_s * 1000)}")
+    _sqlite_wal(cursor, lock_timeout_s)
     cursor.execute("PRAGMA synchronous = NORMAL")
     cursor.close()
+
+
+def _sqlite_wal(cursor: Any, lock_timeout_s: float) -> None:
+    """Switch a new database to WAL (the mode is kept in the file, so this is once per database).
+
+    The switch needs the database to itself and SQLite does not wait for that: it answers
+    "database is locked" at once while another process is creating the same new database. Those
+    first moments are short, so we try again until `lock_timeout` has passed."""
+    import sqlite3
+
+    deadline = time.monotonic() + lock_timeout_s
+    nap_s = 0.001
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(nap_s)
+        nap_s = min(nap_s * 2, 0.05)
 
 
 def _sqlite_no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
@@ -155,22 +235,39 @@ def _sqlite_no_autocheckpoint(dbapi_connection: Any, _record: Any) -> None:
 def _sqlite_on_begin(conn: sa.Connection) -> None:
     # BEGIN IMMEDIATE takes the write lock up front, so a read never has to be upgraded to a
     # write mid-transaction: that upgrade is what fails with "database is locked" under load.
-    conn.exec_driver_sql("BEGIN IMMEDIATE")
+    # Read-only transactions (Store.read) take no lock at all.
+    if conn.get_execution_options().get("runner_read_only"):
+        conn.exec_driver_sql("BEGIN")
+    else:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class Store:
     """One run-history database. Cheap to create; the schema is checked on first use."""
 
-    def __init__(self, url: str, *, autocheckpoint: bool = True) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        autocheckpoint: bool = True,
+        lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S,
+        data_url: str | None = None,
+    ) -> None:
         self.url = normalise_url(url)
-        self.engine = create_engine(self.url, autocheckpoint=autocheckpoint)
+        self.lock_timeout_s = lock_timeout_s
+        self.data_url = normalise_url(data_url) if data_url else default_data_url(self.url)
+        self._job_data: Store | None = None
+        self.engine = create_engine(self.url, autocheckpoint=autocheckpoint, lock_timeout_s=lock_timeout_s)
         self._schema_checked = False
         self._rollback_only = False
         self._pid = os.getpid()
         database = sa.engine.make_url(self.url).database
+        self._file = (
+            Path(database) if self.url.startswith("sqlite") and database and database != ":memory:" else None
+        )
         self._queue = (
-            _WriterQueue(Path(database + "-writers.lock"))
-            if self.url.startswith("sqlite") and database and database != ":memory:"
+            _WriterQueue(Path(f"{self._file}-writers.lock"), lock_timeout_s, self._busy)
+            if self._file is not None
             else None
         )
 
@@ -178,15 +275,16 @@ class Store:
     def schema_revision(self) -> str | None:
         try:
             with self.engine.connect() as conn:
+                conn.execution_options(runner_read_only=True)
                 return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
         except sa.exc.OperationalError as exc:
             if "no such table" in str(exc).lower():
                 return None
-            raise self._unreachable(exc) from None
+            raise self.fault(exc) from None
         except sa.exc.ProgrammingError:  # PostgreSQL: relation does not exist
             return None
         except sa.exc.DBAPIError as exc:
-            raise self._unreachable(exc) from None
+            raise self.fault(exc) from None
 
     def ensure_schema(self) -> None:
         """Create or upgrade the schema when it is not at our revision (cheap when it is)."""
@@ -198,7 +296,9 @@ class Store:
         self._schema_checked = True
 
     def upgrade(self) -> tuple[str | None, str | None]:
-        """Run Alembic's upgrade to head under a lock, so concurrent first runs migrate once."""
+        """Run Alembic's upgrade to head under a lock, so concurrent first runs migrate once: the
+        writer queue and SQLite's write lock, or an advisory lock on PostgreSQL. Whoever comes
+        second finds the schema at head inside its transaction and changes nothing."""
         from alembic import command
         from alembic.config import Config
 
@@ -206,23 +306,102 @@ class Store:
         config.set_main_option("script_location", str(Path(__file__).parent / "migrations"))
         before = self.schema_revision()
         try:
-            with self.engine.begin() as conn:
+            with self._transaction() as conn:
                 if conn.dialect.name == "postgresql":
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": SCHEMA_LOCK_ID})
                 config.attributes["connection"] = conn
                 command.upgrade(config, "head")
         except sa.exc.DBAPIError as exc:
-            raise self._unreachable(exc) from None
+            raise self.fault(exc) from None
         self._schema_checked = True
         return before, self.schema_revision()
 
-    def _unreachable(self, exc: Exception) -> DatabaseError:
+    def fault(self, exc: Exception) -> RunnerError:
+        """The one-line error for a database failure, with the exit code of its kind."""
         shown = sa.engine.make_url(self.url).render_as_string(hide_password=True)
-        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0]
-        return DatabaseError(f"cannot use database {shown}: {first}; check [runner] database")
+        first = (str(getattr(exc, "orig", exc)).strip().splitlines() or [type(exc).__name__])[0]
+        lowered = first.lower()
+        if "database is locked" in lowered or "database table is locked" in lowered:
+            return self._busy()
+        if "readonly" in lowered or "read-only" in lowered:
+            return StorageError(
+                f"cannot write to database {shown}: it is read-only; "
+                "check the permissions of the file and its folder"
+            )
+        if "disk is full" in lowered or "no space left" in lowered:
+            return StorageError(f"cannot write to database {shown}: the disk is full; free some space")
+        return StorageError(
+            f"cannot use database {shown}: {first}; check [runner] database and that the database is reachable"
+        )
 
-    def begin(self):
+    def _busy(self) -> DatabaseBusy:
+        from runner.lockinfo import lock_holders
+
+        shown = sa.engine.make_url(self.url).render_as_string(hide_password=True)
+        holders = []
+        if self._file is not None:
+            holders = lock_holders(
+                Path(f"{self._file}{suffix}") for suffix in ("", "-wal", "-shm", "-writers.lock")
+            )
+        held_by = f"held by {', '.join(holders)}" if holders else "held by another process"
+        return DatabaseBusy(
+            f"database {shown} is locked: {held_by} for more than {format_duration(self.lock_timeout_s)}; "
+            "try again when it is done, or raise [runner] lock_timeout"
+        )
+
+    @contextlib.contextmanager
+    def begin(self) -> Iterator[sa.Connection]:
+        """One write transaction; a database failure becomes a one-line StorageError."""
         self.ensure_schema()
+        try:
+            with self._transaction() as conn:
+                yield conn
+        except sa.exc.OperationalError as exc:
+            raise self.fault(exc) from None
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sa.Connection]:
+        """A read-only transaction: no writer queue and no write lock, so it never waits behind a
+        writer (SQLite's WAL readers see the last committed state)."""
+        self.ensure_schema()
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(runner_read_only=True)
+                with conn.begin():
+                    yield conn
+        except sa.exc.OperationalError as exc:
+            raise self.fault(exc) from None
+
+    @contextlib.contextmanager
+    def _begin_now(self) -> Iterator[sa.Connection]:
+        """A write transaction only if no other writer holds the database now; else _WouldWait."""
+        self.ensure_schema()
+        if self._queue is None:
+            with self.begin() as conn:
+                if conn.dialect.name == "postgresql":
+                    conn.exec_driver_sql(f"SET LOCAL lock_timeout = '{PG_WAIT_S}s'")
+                    conn.exec_driver_sql(f"SET LOCAL statement_timeout = '{PG_WAIT_S}s'")
+                yield conn
+            return
+        if not self._queue.try_lock():
+            raise _WouldWait
+        try:
+            with self.engine.connect() as conn:
+                sqlite = conn.connection.driver_connection  # outside any transaction of SQLAlchemy's
+                sqlite.execute("PRAGMA busy_timeout = 0")
+                try:
+                    with conn.begin():
+                        yield conn
+                except sa.exc.OperationalError as exc:
+                    if "locked" in str(exc):
+                        raise _WouldWait from None
+                    raise self.fault(exc) from None
+                finally:
+                    sqlite.execute(f"PRAGMA busy_timeout = {int(self.lock_timeout_s * 1000)}")
+        finally:
+            self._queue.unlock()
+
+    def _transaction(self) -> contextlib.AbstractContextManager[sa.Connection]:
         if self._rollback_only:
             return _rolled_back(self.engine)
         if self._queue is not None:
@@ -249,6 +428,51 @@ class Store:
             self._rollback_only = False
             if not keep_connection:
                 self.engine.dispose()
+
+    def job_data(self) -> Store:
+        """Where jobs keep their own rows and `ctx.state`: the same database on PostgreSQL (row
+        locks keep a job's long transaction away from the history), a second SQLite file beside
+        the history otherwise, so a job holding its own write transaction for minutes never
+        stalls the run history, its own supervisor, or other jobs' starts."""
+        if self.data_url == self.url:
+            self.ensure_schema()  # also: a forked child never reuses its parent's connections
+            return self
+        if self._job_data is None:
+            path = Path(sa.engine.make_url(self.data_url).database or "")
+            new = not path.exists() or path.stat().st_size == 0
+            self._job_data = Store(  # jobs' writes checkpoint their own WAL
+                self.data_url,
+                lock_timeout_s=self.lock_timeout_s,
+                data_url=self.data_url,
+            )
+            self._job_data.ensure_schema()
+            if new:
+                self._job_data._adopt_job_tables_from(self)
+        self._job_data._check_fork()
+        return self._job_data
+
+    def _adopt_job_tables_from(self, history: Store) -> None:
+        """Once, when the job-data file is new: bring over the rows an older version kept in the
+        history database (job state, and the tables of shipped jobs)."""
+        if history._file is None or not history._file.exists():
+            return
+        raw = self.engine.raw_connection()
+        try:
+            db = raw.driver_connection
+            db.execute("ATTACH DATABASE ? AS history", (str(history._file),))
+            try:
+                names = {row[0] for row in db.execute("SELECT name FROM history.sqlite_master")}
+                db.execute("BEGIN IMMEDIATE")
+                for table in ("job_state", "images"):
+                    if table in names:  # INSERT OR IGNORE: two processes may both get here
+                        db.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM history.{table}")
+                db.execute("COMMIT")
+            finally:
+                db.execute("DETACH DATABASE history")
+        except sqlite3_error() as exc:
+            raise self.fault(exc) from None
+        finally:
+            raw.close()
 
     # --- runs ---------------------------------------------------------------------------------
     def claim(
@@ -292,6 +516,7 @@ class Store:
             error=error,
             host=HOSTNAME,
             pid=os.getpid(),
+            pidns=PIDNS,
             params=params,
             paths=paths,
             reason=reason,
@@ -387,7 +612,7 @@ class Store:
             )
 
     def find_fire(self, job: str, fire_key: str) -> RunRecord | None:
-        with self.begin() as conn:
+        with self.read() as conn:
             row = conn.execute(
                 sa.select(runs).where(runs.c.job == job, runs.c.fire_key == fire_key, runs.c.attempt == 1)
             ).first()
@@ -397,19 +622,29 @@ class Store:
         with self.begin() as conn:
             conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
 
-    def heartbeat(self, run_id: int, lease_job: str | None, ttl_s: float) -> None:
+    def heartbeat(
+        self, run_id: int, lease_job: str | None, ttl_s: float, *, wait: bool = True, **values: Any
+    ) -> bool:
+        """The run (and its lease) is alive; `values` are more columns of the run to record.
+
+        With wait=False (the supervisor of a running job) nothing waits for another writer: a
+        busy database means this beat is skipped (False) and the next one tries again."""
         now = utcnow()
-        with self.begin() as conn:
-            conn.execute(sa.update(runs).where(runs.c.id == run_id).values(heartbeat_at=now))
-            if lease_job:
-                conn.execute(
-                    sa.update(leases)
-                    .where(leases.c.job == lease_job, leases.c.run_id == run_id)
-                    .values(expires_at=now + timedelta(seconds=ttl_s))
-                )
+        try:
+            with self.begin() if wait else self._begin_now() as conn:
+                conn.execute(sa.update(runs).where(runs.c.id == run_id).values(heartbeat_at=now, **values))
+                if lease_job:
+                    conn.execute(
+                        sa.update(leases)
+                        .where(leases.c.job == lease_job, leases.c.run_id == run_id)
+                        .values(expires_at=now + timedelta(seconds=ttl_s))
+                    )
+        except _WouldWait:
+            return False
+        return True
 
     def get_run(self, run_id: int) -> RunRecord | None:
-        with self.begin() as conn:
+        with self.read() as conn:
             row = conn.execute(sa.select(runs).where(runs.c.id == run_id)).first()
         return _record(row) if row else None
 
@@ -419,37 +654,64 @@ class Store:
             query = query.where(runs.c.job == job)
         if status:
             query = query.where(runs.c.status == status)
-        with self.begin() as conn:
+        with self.read() as conn:
             return [_record(row) for row in conn.execute(query)]
 
-    def reap_lost(self, stale_after_s: float) -> list[int]:
-        """Mark active runs lost whose supervisor is gone: its pid is dead here, or it went silent."""
+    def reap_lost(self, stale_after_s: float, *, wait: bool = True) -> list[int]:
+        """Mark active runs lost whose supervisor is gone, once every process of the run is gone.
+
+        Where the supervisor's pid can be checked (this host, this boot, this PID namespace), a
+        dead pid decides at once, and what is left of the job (its cgroup, its process group) is
+        killed first: a run is never lost while its job still runs. Elsewhere a heartbeat older
+        than `stale_after` decides (the job process died with its supervisor: parent-death signal).
+        The candidates are found with a read; the write lock is taken only when there is one.
+        With wait=False (read-only commands) a busy database means: leave it to the next caller.
+        """
+        from runner.containment import kill_processes
+
         now = utcnow()
         stale_before = now - timedelta(seconds=stale_after_s)
-        with self.begin() as conn:
+        with self.read() as conn:
             active = conn.execute(
-                sa.select(runs.c.id, runs.c.host, runs.c.pid, runs.c.heartbeat_at).where(
-                    runs.c.status.in_(ACTIVE_STATUSES)
-                )
+                sa.select(
+                    runs.c.id,
+                    runs.c.host,
+                    runs.c.pid,
+                    runs.c.pidns,
+                    runs.c.heartbeat_at,
+                    runs.c.job_pid,
+                    runs.c.cgroup,
+                ).where(runs.c.status.in_(ACTIVE_STATUSES))
             ).all()
-            lost = []
-            for run_id, host, pid, heartbeat_at in active:
-                if heartbeat_at is not None and heartbeat_at < stale_before:
-                    reason = (
-                        f"supervisor stopped reporting (last heartbeat {heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)"
-                    )
-                elif host == HOSTNAME and not pid_alive(pid):
-                    reason = f"supervisor (pid {pid} on {host}) is gone"
-                else:
+        verdicts = []
+        for run_id, host, pid, pidns, heartbeat_at, job_pid, cgroup in active:
+            if host == HOSTNAME and pidns == PIDNS:
+                if pid_alive(pid):
                     continue
-                updated = conn.execute(
-                    sa.update(runs)
-                    .where(runs.c.id == run_id, runs.c.status.in_(ACTIVE_STATUSES))
-                    .values(status=RunStatus.LOST.value, ended_at=now, error=reason)
-                ).rowcount
-                if updated:
-                    lost.append(run_id)
-                    conn.execute(sa.delete(leases).where(leases.c.run_id == run_id))
+                reason = f"supervisor (pid {pid} on {host}) is gone"
+                if not kill_processes(Path(cgroup) if cgroup else None, job_pid):
+                    continue  # its processes do not die (yet): not lost while they live
+            elif heartbeat_at is not None and heartbeat_at < stale_before:
+                reason = f"supervisor stopped reporting (last heartbeat {heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)"
+            else:
+                continue
+            verdicts.append((run_id, reason))
+        if not verdicts:
+            return []
+        lost = []
+        try:
+            with self.begin() if wait else self._begin_now() as conn:
+                for run_id, reason in verdicts:
+                    updated = conn.execute(
+                        sa.update(runs)
+                        .where(runs.c.id == run_id, runs.c.status.in_(ACTIVE_STATUSES))
+                        .values(status=RunStatus.LOST.value, ended_at=now, error=reason)
+                    ).rowcount
+                    if updated:
+                        lost.append(run_id)
+                        conn.execute(sa.delete(leases).where(leases.c.run_id == run_id))
+        except _WouldWait:
+            return []
         return lost
 
     def last_scheduled(self) -> dict[str, datetime]:
@@ -459,11 +721,11 @@ class Store:
             .where(runs.c.scheduled_at.is_not(None))
             .group_by(runs.c.job)
         )
-        with self.begin() as conn:
+        with self.read() as conn:
             return {job: _as_utc(at) for job, at in conn.execute(query) if at is not None}
 
     def active_runs(self) -> list[RunRecord]:
-        with self.begin() as conn:
+        with self.read() as conn:
             rows = conn.execute(sa.select(runs).where(runs.c.status.in_(ACTIVE_STATUSES)).order_by(runs.c.id))
             return [_record(row) for row in rows]
 
@@ -471,7 +733,7 @@ class Store:
         """The newest runs that did not succeed (including recorded missed fires)."""
         bad = ("failed", "timed_out", "killed", "lost", "skipped")
         query = sa.select(runs).where(runs.c.status.in_(bad)).order_by(runs.c.id.desc()).limit(limit)
-        with self.begin() as conn:
+        with self.read() as conn:
             return [_record(row) for row in conn.execute(query)]
 
     # --- file claims -------------------------------------------------------------------------
@@ -497,6 +759,7 @@ class Store:
                 "claimed_at": now,
                 "host": HOSTNAME,
                 "pid": os.getpid(),
+                "pidns": PIDNS,
             }
             for p, size, mtime in versions
         ]
@@ -519,6 +782,7 @@ class Store:
                     attempts=file_claims.c.attempts + 1,
                     host=HOSTNAME,
                     pid=os.getpid(),
+                    pidns=PIDNS,
                 ),
                 [{"b_path": p, "b_size": size, "b_mtime": mtime} for p, size, mtime in versions],
             )
@@ -549,7 +813,7 @@ class Store:
 
     def done_files(self, job: str, fire_key: str) -> set[str]:
         """The files of this fire already processed (by an earlier attempt of it)."""
-        with self.begin() as conn:
+        with self.read() as conn:
             rows = conn.execute(
                 sa.select(file_claims.c.path).where(
                     file_claims.c.job == job,
@@ -597,20 +861,21 @@ class Store:
         killed), or whose run never started because the claiming daemon died: make them claimable
         again. Returns (fires released, fires still held by a live run or claimant)."""
         now = utcnow()
-        with self.begin() as conn:
+        with self.read() as conn:
             open_claims = conn.execute(
                 sa.select(
                     file_claims.c.fire_key,
                     file_claims.c.host,
                     file_claims.c.pid,
+                    file_claims.c.pidns,
                     sa.func.min(file_claims.c.claimed_at),
                 )
                 .where(file_claims.c.job == job, file_claims.c.state == ClaimState.CLAIMED.value)
-                .group_by(file_claims.c.fire_key, file_claims.c.host, file_claims.c.pid)
+                .group_by(file_claims.c.fire_key, file_claims.c.host, file_claims.c.pid, file_claims.c.pidns)
             ).all()
         released = held = 0
-        for fire_key, host, pid, claimed_at in open_claims:
-            with self.begin() as conn:
+        for fire_key, host, pid, pidns, claimed_at in open_claims:
+            with self.read() as conn:
                 run = conn.execute(
                     sa.select(runs.c.status)
                     .where(runs.c.job == job, runs.c.fire_key == fire_key)
@@ -618,7 +883,7 @@ class Store:
                     .limit(1)
                 ).first()
             if run is None:
-                claimant_gone = host == HOSTNAME and not pid_alive(pid)
+                claimant_gone = host == HOSTNAME and pidns == PIDNS and not pid_alive(pid)
                 if not claimant_gone and (now - _as_utc(claimed_at)).total_seconds() < ORPHAN_CLAIM_S:
                     held += 1
                     continue
@@ -649,7 +914,7 @@ class Store:
             )
 
     def file_states(self, job: str) -> dict[str, int]:
-        with self.begin() as conn:
+        with self.read() as conn:
             rows = conn.execute(
                 sa.select(file_claims.c.state, sa.func.count())
                 .where(file_claims.c.job == job)
@@ -697,7 +962,7 @@ class Store:
             .where(daemons.c.stopped_at.is_(None), daemons.c.heartbeat_at >= since)
             .order_by(daemons.c.id.desc())
         )
-        with self.begin() as conn:
+        with self.read() as conn:
             return [dict(row._mapping) for row in conn.execute(query)]
 
     # --- overlap leases -----------------------------------------------------------------------
@@ -771,13 +1036,30 @@ class Store:
             if release_lease_of:
                 conn.execute(_RELEASE_LEASE, {"b_job": release_lease_of, "b_run_id": run_id})
 
+    def finish_late(self, run_id: int, *, release_lease_of: str | None = None, **values: Any) -> bool:
+        """Record an outcome kept while the database was away, unless the run was finished since
+        (a run marked lost meanwhile gets its true outcome). True when written."""
+        unfinished = (*ACTIVE_STATUSES, RunStatus.LOST.value)
+        with self.begin() as conn:
+            updated = conn.execute(
+                sa.update(runs).where(runs.c.id == run_id, runs.c.status.in_(unfinished)).values(**values)
+            ).rowcount
+            if release_lease_of:
+                conn.execute(_RELEASE_LEASE, {"b_job": release_lease_of, "b_run_id": run_id})
+        return bool(updated)
+
     # --- per-job state ------------------------------------------------------------------------
     def state_get(self, job: str, key: str, default: Any = None, conn: sa.Connection | None = None) -> Any:
+        """Inside a transaction (`conn`) the row is locked until it ends (FOR UPDATE on
+        PostgreSQL; SQLite's write transactions hold the whole database), so a read followed by a
+        write of the same key is atomic."""
         query = sa.select(job_state.c.value).where(job_state.c.job == job, job_state.c.key == key)
         if conn is not None:
+            if conn.dialect.name == "postgresql":
+                query = query.with_for_update()
             row = conn.execute(query).first()
         else:
-            with self.begin() as own:
+            with self.read() as own:
                 row = own.execute(query).first()
         return default if row is None else row[0]
 
@@ -798,6 +1080,28 @@ class Store:
         )
         return None
 
+    def state_update(
+        self, job: str, key: str, change: Any, default: Any = None, conn: sa.Connection | None = None
+    ) -> Any:
+        """Atomically replace the value with change(old value or default); returns the new value.
+        Two runs updating one key at once both count: the second waits for the first."""
+        if conn is None:
+            with self.begin() as own:
+                return self.state_update(job, key, change, default, own)
+        if conn.dialect.name == "postgresql":  # a row to lock, even for a key never written
+            insert = _dialect_insert("postgresql")(job_state).values(
+                job=job, key=key, value=sa.null(), updated_at=utcnow()
+            )
+            if conn.execute(insert.on_conflict_do_nothing().returning(job_state.c.key)).first() is not None:
+                value = change(default)
+                self.state_set(job, key, value, conn)
+                return value
+        missing = object()
+        current = self.state_get(job, key, missing, conn)
+        value = change(default if current is missing else current)
+        self.state_set(job, key, value, conn)
+        return value
+
     def state_delete(self, job: str, key: str, conn: sa.Connection | None = None) -> None:
         statement = sa.delete(job_state).where(job_state.c.job == job, job_state.c.key == key)
         if conn is not None:
@@ -807,7 +1111,7 @@ class Store:
                 own.execute(statement)
 
     def state_items(self, job: str) -> dict[str, Any]:
-        with self.begin() as conn:
+        with self.read() as conn:
             rows = conn.execute(sa.select(job_state.c.key, job_state.c.value).where(job_state.c.job == job))
             return {key: value for key, value in rows}
 
@@ -849,12 +1153,15 @@ class _WriterQueue:
     """Writers to one SQLite file take turns on a lock file before BEGIN IMMEDIATE.
 
     SQLite's own busy handler polls with sleeps of up to 100 ms, which is what a busy moment's
-    slowest runs wait; flock() wakes the next writer the moment the lock is free. SQLite's locking
-    still guards correctness: a writer that does not queue (a job's own engine) is merely slower.
+    slowest runs wait; the next writer here tries the lock every few milliseconds. SQLite's locking
+    still guards correctness: a writer that does not queue (another program) is merely slower.
+    A writer gives up after `lock_timeout` with DatabaseBusy, whoever holds the lock.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, timeout_s: float, busy: Any) -> None:
         self.path = path
+        self.timeout_s = timeout_s
+        self._busy = busy
         self._fd: int | None = None
         self._pid = 0
         self._depth = 0
@@ -862,14 +1169,12 @@ class _WriterQueue:
 
     @contextlib.contextmanager
     def begin(self, engine: sa.Engine) -> Iterator[sa.Connection]:
-        import fcntl
-
         with self._thread_lock:
             if self._pid != os.getpid():  # a forked child must not share the parent's lock
-                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+                self._fd = self._open()
                 self._pid, self._depth = os.getpid(), 0
             if self._depth == 0:
-                fcntl.flock(self._fd, fcntl.LOCK_EX)
+                self._lock()
             self._depth += 1
             try:
                 with engine.begin() as conn:
@@ -877,7 +1182,70 @@ class _WriterQueue:
             finally:
                 self._depth -= 1
                 if self._depth == 0:
+                    import fcntl
+
                     fcntl.flock(self._fd, fcntl.LOCK_UN)
+
+    def try_lock(self) -> bool:
+        """Take the queue's lock only if it is free now (outside any begin() of this process)."""
+        import fcntl
+
+        self._thread_lock.acquire()
+        if self._pid != os.getpid():
+            try:
+                self._fd = self._open()
+            except StorageError:
+                self._thread_lock.release()
+                raise
+            self._pid, self._depth = os.getpid(), 0
+        if self._depth:
+            self._depth += 1
+            return True
+        try:
+            fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._thread_lock.release()
+            return False
+        self._depth = 1
+        return True
+
+    def unlock(self) -> None:
+        import fcntl
+
+        self._depth -= 1
+        if self._depth == 0:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._thread_lock.release()
+
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, PRIVATE_FILE_MODE)
+        except OSError as exc:  # a read-only or full file system, a folder we may not write
+            raise StorageError(
+                f"cannot write beside database {self.path.parent}: {exc.strerror}; "
+                "check the file system and the folder's permissions"
+            ) from None
+
+    def _lock(self) -> None:
+        """flock() with a deadline: try at once, then every few milliseconds (a blocking flock
+        could not be bounded without a signal, and a job's own code may use SIGALRM)."""
+        import fcntl
+
+        deadline = None
+        nap_s = 0.0002
+        while True:
+            try:
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return
+            except BlockingIOError:
+                pass
+            now = time.monotonic()
+            if deadline is None:
+                deadline = now + self.timeout_s
+            elif now >= deadline:
+                raise self._busy()
+            time.sleep(nap_s)
+            nap_s = min(nap_s * 2, QUEUE_POLL_MAX_S)
 
 
 @contextlib.contextmanager
@@ -891,10 +1259,33 @@ def _rolled_back(engine: sa.Engine) -> Iterator[sa.Connection]:
 
 
 def pid_alive(pid: int) -> bool:
+    """Is this pid (in our PID namespace) a living process? A zombie is not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as handle:
+            stat = handle.read()
+    except OSError:
+        return True
+    return stat[stat.rindex(b")") + 2 : stat.rindex(b")") + 3] != b"Z"
+
+
+def _pid_namespace() -> str:
+    """Where a pid means something: this boot of this machine, this PID namespace. Two processes
+    with the same host name (containers sharing the host's network) differ here."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = "unknown-boot"
+    try:
+        namespace = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        namespace = 0
+    return f"{boot}/{namespace}"[:80]
+
+
+PIDNS = _pid_namespace()

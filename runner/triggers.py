@@ -21,6 +21,10 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_SEARCH_DAYS = 366 * 8  # a cron expression that never fires (Feb 30) ends the search here
+# `at` and `every ... start` dates: far enough from datetime's limits (year 1 and 9999) that an
+# interval, jitter or catch-up window (each at most 366 days) added or taken away never overflows.
+FIRST_YEAR = 1900
+LAST_YEAR = 9990
 
 MACROS = {
     "@yearly": "0 0 1 1 *",
@@ -336,17 +340,19 @@ def _parse_field(text: str, name: str, low: int, high: int, names: list[str] | N
 
 
 def _parse_every(text: str, timezone: str) -> IntervalSchedule:
-    from runner.config import parse_duration
+    from runner.config import MIN_INTERVAL_S, DurationTooLong, format_duration, parse_duration
 
     interval, _, start_text = text.partition(" start ")
     try:
         every_s = parse_duration(interval)
+    except DurationTooLong as exc:
+        raise ValueError(f"the interval {exc}") from None
     except ValueError:
         raise ValueError(
             "expected an interval like 'every 15m' or 'every 1h start 2026-01-01 00:30'"
         ) from None
-    if every_s <= 0:
-        raise ValueError("the interval must be longer than 0s")
+    if every_s < MIN_INTERVAL_S:
+        raise ValueError(f"the interval must be at least {format_duration(MIN_INTERVAL_S)}")
     start = EPOCH
     if start_text.strip():
         start = _parse_local(start_text.strip(), timezone)[0]
@@ -364,6 +370,8 @@ def _parse_local(text: str, timezone: str) -> tuple[datetime, str | None]:
         wall = datetime.fromisoformat(text.replace("T", " "))
     except ValueError:
         raise ValueError(f"{text!r} is not a date and time like 2026-12-01 09:00") from None
+    if not FIRST_YEAR <= wall.year <= LAST_YEAR:
+        raise ValueError(f"{text!r}: the year must be from {FIRST_YEAR} to {LAST_YEAR}")
     if wall.tzinfo is not None:
         return wall.astimezone(UTC), None
     at, note = _resolve_wall_time(wall, tz, wildcard=False)[0]

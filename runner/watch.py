@@ -12,6 +12,7 @@ import errno
 import fnmatch
 import logging
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,6 +42,7 @@ class WatchSettings:
     batch: int = 100
     mode: str = "events"  # events | polling
     rescan_s: float = 600.0
+    follow_symlinks: bool = False  # hand out links whose target is a regular file inside a watched folder
 
     def wants(self, path: str) -> bool:
         name = os.path.basename(path)
@@ -57,15 +59,32 @@ class FileVersion:
     mtime_ns: int
 
 
-def version_of(path: str) -> FileVersion | None:
-    """The file's identity now (a symlink is described, not followed), or None if it is gone."""
+def version_of(path: str, settings: WatchSettings | None = None) -> FileVersion | None:
+    """The file's identity now, or None if it is gone or is not a regular file.
+
+    A job is never handed a symlink (to /etc/shadow, out of the folder, to a folder), a fifo, a
+    socket or a device: only with `follow_symlinks` a link whose target is a regular file inside
+    a watched folder counts, described by its target's size and mtime."""
     try:
         st = os.lstat(path)
     except OSError:
         return None
-    if not (os.path.stat.S_ISREG(st.st_mode) or os.path.stat.S_ISLNK(st.st_mode)):
+    if stat.S_ISLNK(st.st_mode) and settings is not None and settings.follow_symlinks:
+        target = os.path.realpath(path)
+        if not any(_inside(target, folder) for folder in settings.folders):
+            return None
+        try:
+            st = os.stat(target)
+        except OSError:
+            return None
+    if not stat.S_ISREG(st.st_mode):
         return None
     return FileVersion(path, st.st_size, st.st_mtime_ns)
+
+
+def _inside(target: str, folder: Path) -> bool:
+    root = os.path.realpath(folder)
+    return target.startswith(root.rstrip("/") + "/")
 
 
 def scan(settings: WatchSettings) -> Iterator[FileVersion]:
@@ -86,7 +105,7 @@ def _scan_folder(folder: str, settings: WatchSettings) -> Iterator[FileVersion]:
                 yield from _scan_folder(entry.path, settings)
             continue
         if settings.wants(entry.path):
-            version = version_of(entry.path)
+            version = version_of(entry.path, settings)
             if version is not None:
                 yield version
 
@@ -153,7 +172,7 @@ class Tracker:
     def _touch(
         self, path: str, now: float, *, closed: bool = False, written: bool = False
     ) -> _Candidate | None:
-        version = version_of(path)
+        version = version_of(path, self.settings)
         if version is None:
             self.pending.pop(path, None)
             return None
@@ -201,7 +220,7 @@ class Tracker:
                 if due > now:
                     wait = due - now if wait is None else min(wait, due - now)
                     continue
-                version = version_of(path)
+                version = version_of(path, self.settings)
                 if version is None:
                     del self.pending[path]
                 elif (version.size, version.mtime_ns) != (candidate.size, candidate.mtime_ns):
@@ -305,7 +324,9 @@ class WatchService:
         """Files of a run that did not start: they become candidates again (and must settle)."""
         for watched in self.watched:
             if watched.name == job:
-                watched.tracker.add_found([v for p in paths if (v := version_of(p)) is not None])
+                watched.tracker.add_found(
+                    [v for p in paths if (v := version_of(p, watched.settings)) is not None]
+                )
 
     def start(self) -> None:
         """Start watching (events from now on are seen), then list what is already there."""

@@ -140,6 +140,13 @@ class Project:
         self._processes: list[subprocess.Popen[str]] = []
         self.configure()
 
+    @property
+    def data_url(self) -> str:
+        """The job-data database (jobs' own tables and state) for this project's history database."""
+        from runner.store import default_data_url
+
+        return default_data_url(self.database_url)
+
     # -- configuration
     def configure(self, jobs: str = "", **runner: str | None) -> Path:
         """Write the INI: [runner] defaults updated with `runner` (None drops a key), then `jobs`."""
@@ -331,9 +338,10 @@ def assert_processes_gone(pids: dict[str, int]) -> None:
         wait_until(lambda pid=pid: process_gone(pid), f"the {name} (pid {pid}) to be gone")
 
 
-def assert_one_line_error(done: Done, *fragments: str) -> None:
-    """A user error: exit 2, exactly one line on stderr starting with 'runner:', no traceback."""
-    assert done.returncode == 2, done
+def assert_one_line_error(done: Done, *fragments: str, exit_code: int = 2) -> None:
+    """A user error: exit 2 (or the error's own code), exactly one line on stderr starting with
+    'runner:', no traceback."""
+    assert done.returncode == exit_code, done
     assert len(done.stderr_lines) == 1, done
     assert done.stderr_lines[0].startswith("runner: "), done
     assert "Traceback" not in done.stderr + done.stdout, done

@@ -59,7 +59,7 @@ USER_ERRORS = [
     pytest.param(
         {"jobs": job_section("retries = -1")},
         ["run", "echo"],
-        ["[job:echo] retries = '-1'", "expected a whole number >= 0"],
+        ["[job:echo] retries = '-1'", "expected a whole number from 0 to 100"],
         id="negative-retries",
     ),
     pytest.param(
@@ -117,7 +117,9 @@ USER_ERRORS = [
     pytest.param(
         {"runner": {"timezone": "Mars/Olympus"}}, ["list"], ["timezone", "IANA"], id="unknown-timezone"
     ),
-    pytest.param({"runner": {"max_workers": "0"}}, ["list"], ["max_workers", ">= 1"], id="zero-max-workers"),
+    pytest.param(
+        {"runner": {"max_workers": "0"}}, ["list"], ["max_workers", "from 1 to 1024"], id="zero-max-workers"
+    ),
     pytest.param(
         {"runner": {"heartbeat": "10s", "stale_after": "5s"}},
         ["list"],
@@ -128,13 +130,10 @@ USER_ERRORS = [
         {"jobs": "[job:ghost]\n"}, ["run", "ghost"], ["[job:ghost]", "no job function"], id="no-function"
     ),
     pytest.param(
-        {"runner": {"database": "not a url"}}, ["history"], ["not a SQLAlchemy URL"], id="database-not-a-url"
-    ),
-    pytest.param(
-        {"runner": {"database": "postgresql+psycopg://nobody@127.0.0.1:1/none"}},
+        {"runner": {"database": "not a url"}},
         ["history"],
-        ["cannot use database", "[runner] database"],
-        id="database-unreachable",
+        ["expected a SQLAlchemy URL"],
+        id="database-not-a-url",
     ),
     pytest.param({}, ["logs", "999"], ["no run 999"], id="logs-of-unknown-run"),
     pytest.param({}, ["bogus"], ["bogus"], id="unknown-command"),

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import RUNNER_BIN, Project, wait_until
+from conftest import RUNNER_BIN, Project, assert_one_line_error, wait_until
 
 REPO = Path(__file__).resolve().parent.parent
 FOREIGN_BEFORE = '# a colleague\'s line, kept byte for byte\nMAILTO=""\n17 3 * * * /bin/true  # nightly %s\n'
@@ -54,6 +54,18 @@ def user_crontab(cron_daemon: None, crontab_lock: None) -> Iterator[str]:
         subprocess.run(["crontab", "-r"], capture_output=True)
     else:
         subprocess.run(["crontab", "-"], input=original, text=True, check=True)
+
+
+@pytest.fixture
+def no_crontab(cron_daemon: None, crontab_lock: None) -> Iterator[None]:
+    """The user has no crontab at all during the test; the original is restored afterwards."""
+    before = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
+    subprocess.run(["crontab", "-r"], capture_output=True)
+    yield
+    if before.returncode == 0:
+        subprocess.run(["crontab", "-"], input=before.stdout, text=True, check=True)
+    else:
+        subprocess.run(["crontab", "-r"], capture_output=True)
 
 
 def crontab_text() -> str:
@@ -164,11 +176,11 @@ def test_cron_d_file_has_a_user_field(sqlite_project: Project, tmp_path: Path):
     project = sqlite_project
     configure_minutely(project)
     target = tmp_path / "runner"
-    done = project.runner("crontab", "install", "--file", str(target), "--user", "deploy")
+    done = project.runner("crontab", "install", "--file", str(target), "--user", "nobody")
     assert done.returncode == 0, done
     lines = [x for x in target.read_text().splitlines() if x and not x.startswith("#")]
-    assert any(x.startswith("* * * * * deploy env PATH=") for x in lines), lines
-    assert any(x.startswith("@reboot deploy ") for x in lines), lines
+    assert any(x.startswith("* * * * * nobody /usr/bin/env PATH=") for x in lines), lines
+    assert any(x.startswith("@reboot nobody ") for x in lines), lines
 
 
 def test_crontab_example_matches_the_shipped_config():
@@ -222,3 +234,175 @@ def test_systemd_unit_verifies_cleanly(sqlite_project: Project, tmp_path: Path):
         unit.write_text(done.stdout)
         verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
         assert verify.stderr == "", verify.stderr
+
+
+# --- what we write is safe for cron and systemd (hardening) -------------------------------------
+
+ODD_FOLDER = "my proj 100% ünï"
+
+
+def odd_project(tmp_path: Path) -> Project:
+    """A project living under a path with spaces, a `%` and non-ASCII letters."""
+    return Project(
+        tmp_path / ODD_FOLDER / "project", f"sqlite:///{tmp_path / ODD_FOLDER / 'db' / 'runner.db'}"
+    )
+
+
+def test_real_cron_runs_our_lines_under_an_odd_path_and_a_bare_crontab_path(
+    tmp_path: Path, user_crontab: str
+):
+    # The user's crontab sets its own PATH without /usr/bin: our lines call everything by full path.
+    foreign = "PATH=/nonexistent\n" + user_crontab
+    subprocess.run(["crontab", "-"], input=foreign, text=True, check=True)
+    project = odd_project(tmp_path)
+    configure_minutely(project)
+    shown = project.runner("crontab", "show")
+    assert shown.returncode == 0, shown
+    assert " env " not in shown.stdout and "100\\% " in shown.stdout, shown.stdout
+    installed = project.runner("crontab", "install")
+    assert installed.returncode == 0, installed
+    table = crontab_text()
+    assert table.startswith(foreign) and shown.stdout in table, table
+    rows = wait_until(
+        lambda: [
+            r
+            for r in project.history("hello")
+            if r["trigger"] == "cron" and r["status"] not in ("queued", "running")
+        ],
+        "cron to fire the line of a project under an odd path",
+        timeout_s=CRON_WAIT_S,
+    )
+    assert rows[0]["status"] == "succeeded", rows
+    assert project.runner("crontab", "remove").returncode == 0
+    assert crontab_text() == foreign
+    backups = project.var_dir / "crontab-backups"
+    assert backups.stat().st_mode & 0o777 == 0o700
+    assert all(b.stat().st_mode & 0o777 == 0o600 for b in backups.iterdir())
+
+
+def test_remove_leaves_no_crontab_when_there_was_none(sqlite_project: Project, no_crontab: None):
+    configure_minutely(sqlite_project)
+    assert sqlite_project.runner("crontab", "install").returncode == 0
+    assert "# BEGIN runner " in crontab_text()
+    removed = sqlite_project.runner("crontab", "remove")
+    assert removed.returncode == 0, removed
+    listed = subprocess.run(["crontab", "-l"], capture_output=True, text=True)
+    assert listed.returncode != 0 and "no crontab" in listed.stderr, listed
+
+
+@pytest.mark.parametrize(
+    ("runner", "config_folder"),
+    [
+        ({"log_dir": "../var/log\n  * * * * * root touch /tmp/pwned #"}, "conf"),
+        ({}, "conf\n* * * * * root touch pwned #"),
+        ({"log_dir": "logs\\%Y"}, "conf"),
+    ],
+    ids=["continuation-line-in-log_dir", "newline-in-config-folder", "backslash-before-percent"],
+)
+def test_values_that_would_break_a_crontab_line_are_refused(
+    tmp_path: Path, runner: dict[str, str], config_folder: str
+):
+    project = Project(tmp_path / "project", f"sqlite:///{tmp_path / 'db' / 'runner.db'}")
+    project.config_path = tmp_path / "project" / config_folder / "runner.ini"
+    project.var_dir = project.config_path.parent / "var"
+    project.configure("[job:hello]\nschedule = cron * * * * *", job_packages="jobs", **runner)
+    target = tmp_path / "crond" / "runner"
+    target.parent.mkdir()
+    for args in (("crontab", "show"), ("crontab", "install", "--file", str(target)), ("systemd-unit",)):
+        done = project.runner(*args)
+        if args == ("systemd-unit",) and "%" in str(runner):
+            assert done.returncode == 0, done  # systemd has its own escapes for those
+            continue
+        assert_one_line_error(done)
+    assert not target.exists() and not project.var_dir.exists()
+
+
+def test_timezones_compare_by_meaning_and_errors_name_where_they_are_set(sqlite_project: Project):
+    project = sqlite_project
+    project.configure("[job:hello]\nschedule = cron 0 7 * * mon", job_packages="jobs", timezone="UTC")
+    same = project.runner("crontab", "show", env=project.env(TZ="Etc/UTC"))
+    assert same.returncode == 0 and "0 7 * * mon " in same.stdout, same
+    project.configure(
+        "[job:hello]\nschedule = cron 0 7 * * mon", job_packages="jobs", timezone="Pacific/Chatham"
+    )
+    other = project.runner("crontab", "show", env=project.env(TZ="Etc/UTC"))
+    assert_one_line_error(other, "[runner] timezone", "runner daemon")
+
+
+def test_cron_d_files_are_refused_unless_ours_and_backed_up(sqlite_project: Project, tmp_path: Path):
+    project = sqlite_project
+    configure_minutely(project)
+    crond = tmp_path / "cron.d"
+    crond.mkdir()
+    foreign = crond / "backup"
+    foreign.write_text("MAILTO=ops\n0 3 * * * root /usr/local/bin/nightly\n")
+    before = foreign.read_text()
+
+    assert_one_line_error(project.runner("crontab", "install", "--file", str(foreign)), "--force")
+    assert foreign.read_text() == before
+    assert_one_line_error(project.runner("crontab", "install", "--file", str(crond / "missing" / "runner")))
+    assert_one_line_error(project.runner("crontab", "install", "--file", str(crond / "runner.cron")), "dots")
+    assert_one_line_error(
+        project.runner("crontab", "install", "--file", str(crond / "runner"), "--user", "no-such-user-x")
+    )
+    assert_one_line_error(project.runner("crontab", "install", "--user", "nobody"), "--file")
+    os.symlink("/dev/null", crond / "null")
+    assert_one_line_error(project.runner("crontab", "install", "--file", str(crond / "null"), "--force"))
+    (crond / "null").unlink()
+    assert sorted(p.name for p in crond.iterdir()) == ["backup"]
+
+    forced = project.runner("crontab", "install", "--file", str(foreign), "--force")
+    assert forced.returncode == 0, forced
+    merged = foreign.read_text()
+    assert (
+        merged.startswith(before) and "# BEGIN runner " in merged and foreign.stat().st_mode & 0o777 == 0o644
+    )
+    saved = list((project.var_dir / "crontab-backups").iterdir())
+    assert [b.read_text() for b in saved] == [before]
+    assert saved[0].stat().st_mode & 0o777 == 0o600
+    again = project.runner("crontab", "install", "--file", str(foreign))
+    assert again.returncode == 0 and "already up to date" in again.stdout, again
+
+    assert project.runner("crontab", "remove", "--file", str(foreign)).returncode == 0
+    assert foreign.read_text() == before
+    fresh = crond / "runner"
+    assert project.runner("crontab", "install", "--file", str(fresh)).returncode == 0
+    assert fresh.read_text().startswith("SHELL=/bin/sh\n# BEGIN runner ")
+    assert project.runner("crontab", "remove", "--file", str(fresh)).returncode == 0
+    assert not fresh.exists()
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")
+def test_systemd_unit_quotes_odd_paths_and_lets_jobs_write_their_folders(tmp_path: Path):
+    project = odd_project(tmp_path)
+    inbox = project.root / "in box"
+    inbox.mkdir(parents=True)
+    project.configure(
+        f"""
+        [job:hello]
+        schedule = cron * * * * *
+
+        [job:ingest]
+        uses = jobs.ingest_images:ingest_images
+        watch = {inbox}
+        inbox = {inbox}
+        processed = ../done 50%
+        """,
+        job_packages="jobs",
+    )
+    done = project.runner("systemd-unit")
+    assert done.returncode == 0, done
+    assert "PrivateTmp=yes" in done.stdout and "/tmp, which PrivateTmp=yes hides" in done.stderr, done
+    writable = next(x for x in done.stdout.splitlines() if x.startswith("ReadWritePaths="))
+    assert f'"-{str(inbox).replace("%", "%%")}"' in writable, writable
+    assert f'"-{str(project.root / "done 50%").replace("%", "%%")}"' in writable, writable
+    unit = tmp_path / "runner-odd.service"
+    unit.write_text(done.stdout)
+    verify = subprocess.run(["systemd-analyze", "verify", str(unit)], capture_output=True, text=True)
+    assert verify.stderr == "", verify.stderr
+
+
+def test_systemd_unit_refuses_an_unknown_run_as_user(sqlite_project: Project):
+    configure_minutely(sqlite_project)
+    for user in ("no-such-user-x", "root\nExecStartPre=/bin/touch /tmp/pwned"):
+        assert_one_line_error(sqlite_project.runner("systemd-unit", "--run-as", user), "no such user")

@@ -6,6 +6,7 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
 from conftest import Project, assert_processes_gone, read_pid, wait_until
 
 
@@ -109,6 +110,38 @@ def test_sighup_with_a_broken_config_keeps_the_old_schedule(sqlite_project: Proj
     after = len(out.read_text().splitlines())
     stop(project, daemon)
     assert after >= before + 2, "the old schedule stopped firing after a bad reload"
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        "\n[job:huge]\nuses = jobs_fixture.ticks:tick\nschedule = every 500000w\n",
+        "\n[job:tiny]\nuses = jobs_fixture.ticks:tick\nschedule = every 0.0001s\n",
+        "[runner]\nheartbeat = 99999999999999w\n",
+    ],
+    ids=["every-500000w", "every-0.0001s", "heartbeat-in-a-job"],
+)
+def test_sighup_with_an_out_of_range_value_never_kills_the_daemon(sqlite_project: Project, broken: str):
+    project = sqlite_project
+    out = project.root / "ticks.txt"
+    configure_tick(project, "every 1s", out=out)
+    daemon = project.start("daemon")
+    wait_until(out.exists, "the first fire")
+    text = project.config_path.read_text()
+    if broken.startswith("[runner]"):
+        text = text.replace("[runner]\n", broken, 1)
+    else:
+        text += broken
+    project.write_config(text)
+    daemon.send_signal(signal.SIGHUP)
+    seen = len(out.read_text().splitlines())
+    wait_until(lambda: len(out.read_text().splitlines()) >= seen + 2, "two more fires after the reload")
+    assert daemon.poll() is None
+    daemon.send_signal(signal.SIGTERM)
+    done = project.finish(daemon)
+    assert done.returncode == 0, done
+    assert "reload failed, keeping the previous schedules" in done.stderr, done
+    assert "Traceback" not in done.stderr, done
 
 
 def test_sighup_with_a_good_config_applies_the_new_schedule(sqlite_project: Project):

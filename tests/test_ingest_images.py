@@ -52,7 +52,7 @@ def run(project: Project, inbox: Path, *args: str) -> dict[str, Any]:
 def image_rows(project: Project) -> list[dict[str, Any]]:
     from jobs.ingest_images import images
 
-    engine = sa.create_engine(project.database_url)
+    engine = sa.create_engine(project.data_url)
     try:
         with engine.connect() as conn:
             rows = conn.execute(sa.select(images).order_by(images.c.id)).mappings().all()
@@ -254,7 +254,7 @@ def test_rerun_finishes_each_interrupted_step(sqlite_project: Project) -> None:
     run(sqlite_project, inbox)
     template = image_rows(sqlite_project)[0]
     day = Path(template["processed_path"]).parent
-    engine = sa.create_engine(sqlite_project.database_url)
+    engine = sa.create_engine(sqlite_project.data_url)
 
     def reserve(name: str, seed: int) -> Path:
         rgb_image(60, 40, seed).save(inbox / name)
@@ -319,10 +319,14 @@ def test_a_worker_killed_mid_batch_costs_nothing(sqlite_project: Project) -> Non
 
 
 def pool_workers(project: Project) -> list[int]:
-    """The job's decoding processes: our processes whose parent is one of ours too, two levels down."""
+    """The job's decoding processes: runner -> group leader -> job process -> workers."""
     ours = set(job_processes(project))
     parent = {pid: int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1]) for pid in ours}
-    return sorted(pid for pid in ours if parent.get(parent[pid]) in ours)
+
+    def depth(pid: int) -> int:
+        return 1 + depth(parent[pid]) if parent.get(pid) in ours else 0
+
+    return sorted(pid for pid in ours if depth(pid) >= 3)
 
 
 def job_processes(project: Project) -> list[int]:

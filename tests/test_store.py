@@ -243,8 +243,9 @@ def test_racing_leases_have_one_winner(database_url: str) -> None:
 
 
 def test_stale_heartbeat_is_reaped_as_lost_and_frees_the_lease(store: Store) -> None:
+    """A supervisor whose pid cannot be checked from here (another boot or PID namespace)."""
     run_id = claim(store, "a", lease=LEASE_TTL_S)
-    store.update_run(run_id, heartbeat_at=utcnow() - timedelta(hours=1))
+    store.update_run(run_id, heartbeat_at=utcnow() - timedelta(hours=1), pidns="another-boot/4026531836")
 
     reaped = store.reap_lost(STALE_AFTER_S)
 
@@ -254,6 +255,16 @@ def test_stale_heartbeat_is_reaped_as_lost_and_frees_the_lease(store: Store) -> 
     assert "stopped reporting" in record.error
     assert record.ended_at is not None
     assert claim_holder(store, "b") is None
+
+
+def test_a_live_supervisor_here_is_not_lost_however_old_its_heartbeat(store: Store) -> None:
+    """Its pid says it lives (it may be stuck behind a busy database): only a dead pid decides."""
+    run_id = claim(store, "a", lease=LEASE_TTL_S)
+    store.update_run(run_id, heartbeat_at=utcnow() - timedelta(hours=1))
+
+    assert store.reap_lost(STALE_AFTER_S) == []
+    assert store.get_run(run_id).status == RunStatus.RUNNING
+    assert claim_holder(store, "b") is not None
 
 
 def test_dead_supervisor_on_this_host_is_lost_at_once(store: Store) -> None:
@@ -344,8 +355,8 @@ def waiting_on_a_lock(store: Store) -> bool:
         return bool(conn.execute(sa.text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar())
 
 
-def test_upgrade_to_0005_links_existing_first_attempts_to_themselves(database_url: str) -> None:
-    """Runs recorded before revision 0005 had no first_run_id; the upgrade sets it to their id."""
+def test_upgrade_to_0006_links_existing_first_attempts_to_themselves(database_url: str) -> None:
+    """Runs recorded before revision 0006 had no first_run_id; the upgrade sets it to their id."""
     from alembic import command
 
     old = Store(database_url)

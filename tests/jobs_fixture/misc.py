@@ -49,3 +49,9 @@ def big_result(size: int = 300_000) -> str:
 def unjsonable() -> set[int]:
     """Return something JSON cannot hold."""
     return {1, 2}
+
+
+@job
+def connects(db_url: str = "postgresql://app:default-pw@db/app", mirrors: list[str] | None = None) -> str:
+    """Take a URL with a password; return the password part's length only."""
+    return str(len(db_url))

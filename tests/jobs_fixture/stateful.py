@@ -40,3 +40,25 @@ def ledger(ctx: JobContext, fail_after_write: bool = False) -> dict[str, int]:
     with ctx.engine.connect() as conn:
         rows = conn.execute(sa.select(sa.func.count()).select_from(items)).scalar_one()
     return {"cursor": ctx.state.get("cursor"), "rows": rows}
+
+
+@job
+def tally(ctx: JobContext, times: int = 100, how: str = "incr", started: str = "") -> int:
+    """Add 1 to the shared key 'n' `times` times, the way `how` says: incr, update, or transaction
+    (a get then a set inside ctx.transaction(), without passing conn=)."""
+    import os
+    import time
+
+    if started:  # tell the test we run, then wait a moment so the other run overlaps
+        with open(started, "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+        time.sleep(0.2)
+    for _ in range(times):
+        if how == "incr":
+            ctx.state.incr("n")
+        elif how == "update":
+            ctx.state.update("n", lambda value: (value or 0) + 1)
+        else:
+            with ctx.transaction():
+                ctx.state.set("n", ctx.state.get("n", 0) + 1)
+    return ctx.state.get("n")

@@ -1,0 +1,169 @@
+"""Storage faults never lie: a full disk, a read-only database, a database server gone mid-run —
+each is one line with its own exit code, and the history says what happened as soon as it can."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+from conftest import PG_URL_ENV, Gate, Project, assert_one_line_error, postgres_schema
+
+EXIT_STORAGE = 5
+ECHO = "[job:echo]\n"
+
+
+@contextlib.contextmanager
+def tiny_disk(path: Path, size: str = "256k") -> Iterator[Path]:
+    """A small tmpfs at `path`: a disk we may fill up or make read-only."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small file system here (needs root): {mounted.stderr.decode().strip()}")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def fill(disk: Path) -> None:
+    fd = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while os.write(fd, b"x" * 4096):
+            pass
+    except OSError:
+        pass  # full
+    finally:
+        os.close(fd)
+
+
+def test_a_full_log_folder_fails_the_run_in_one_line_and_records_why(sqlite_project: Project) -> None:
+    project = sqlite_project
+    logs = project.root / "logs"
+    with tiny_disk(logs):
+        project.configure(ECHO, log_dir=str(logs))
+        fill(logs)
+
+        done = project.runner("run", "echo")
+
+        assert_one_line_error(done, "cannot write the run log", "No space left", exit_code=EXIT_STORAGE)
+        row = project.only_run()
+        assert row["status"] == "failed", row
+        assert "No space left" in row["error"]
+
+
+def test_a_full_database_disk_is_one_line_exit_5(sqlite_project: Project) -> None:
+    project = sqlite_project
+    disk = project.root / "dbdisk"
+    with tiny_disk(disk, "1m"):
+        project.configure(ECHO, database=f"sqlite:///{disk / 'runner.db'}")
+        assert project.runner("run", "echo").returncode == 0
+        fill(disk)
+
+        done = project.runner("run", "echo", "-p", "text=" + "y" * 100_000)
+
+        assert_one_line_error(done, "disk is full", exit_code=EXIT_STORAGE)
+
+
+def test_a_read_only_database_is_one_line_exit_5(sqlite_project: Project) -> None:
+    project = sqlite_project
+    disk = project.root / "dbdisk"
+    with tiny_disk(disk, "4m"):
+        project.configure(ECHO, database=f"sqlite:///{disk / 'runner.db'}")
+        assert project.runner("run", "echo").returncode == 0
+        subprocess.run(["mount", "-o", "remount,ro", str(disk)], check=True)
+
+        done = project.runner("run", "echo")
+
+    assert done.returncode == EXIT_STORAGE, done
+    assert len(done.stderr_lines) == 1 and "Traceback" not in done.stderr, done
+    assert "database" in done.stderr
+
+
+class Proxy:
+    """A TCP proxy on 127.0.0.1 to the test PostgreSQL server, which the test can cut and restore:
+    the database going away mid-run, as a restart or a network fault would."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.connections: list[socket.socket] = []
+        self.accepting = True
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.accepting:
+                client.close()
+                continue
+            server = socket.create_connection(self.target)
+            self.connections += [client, server]
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(source: socket.socket, sink: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := source.recv(65536):
+                sink.sendall(data)
+        with contextlib.suppress(OSError):
+            sink.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        self.accepting = False
+        for connection in self.connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
+                connection.close()
+        self.connections = []
+
+    def restore(self) -> None:
+        self.accepting = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
+def test_postgresql_gone_mid_run_keeps_the_outcome_and_records_it_later(tmp_path: Path) -> None:
+    if not os.environ.get(PG_URL_ENV):
+        pytest.skip(f"PostgreSQL variant: set {PG_URL_ENV}")
+    with postgres_schema() as url:
+        parts = urlsplit(url)
+        proxy = Proxy((parts.hostname or "127.0.0.1", parts.port or 5432))
+        try:
+            netloc = (
+                f"{parts.username}@127.0.0.1:{proxy.port}" if parts.username else f"127.0.0.1:{proxy.port}"
+            )
+            project = Project(tmp_path / "project", urlunsplit(parts._replace(netloc=netloc)))
+            gate = Gate(project, lock_timeout="2s")
+            supervisor = project.start("run", "gate")
+            gate.wait_started(1)
+            proxy.cut()
+            gate.open()
+            done = project.finish(supervisor)
+
+            assert done.returncode == EXIT_STORAGE, done
+            assert len(done.stderr_lines) == 1 and "Traceback" not in done.stderr, done
+            assert "ended succeeded" in done.stderr and "recorded by the next runner command" in done.stderr
+            assert list((project.var_dir / "unrecorded").glob("*.json")), "the outcome is kept on disk"
+
+            proxy.restore()
+            row = project.only_run()  # the next command records it: succeeded, never 'lost'
+            assert row["status"] == "succeeded", row
+            assert not list((project.var_dir / "unrecorded").glob("*.json"))
+        finally:
+            proxy.close()
