@@ -8,8 +8,16 @@ Lateness = scheduled instant -> job body entered. Jobs are spread over the secon
 at +i*(1000/N) ms) on both sides; --aligned fires them all at the same instant instead.
 Prints p50/p99 lateness, fires lost and duplicated, and CPU per fire.
 
+--overload runs the runner side alone with more due fires than workers: N `every 1s` jobs that
+take 0.5 s, 1 s or 1.5 s each on `--workers` workers (default 8 jobs on 2 workers: about 8 fires
+due per second for about 2 runs' worth of capacity). It prints, from the run history, per-job
+runs (fairness = max/min runs per job; each job's runs against its equal share), lateness p50/p99
+(scheduled time to start, of the runs that ran) and the skipped fires by reason. Targets: every
+job within +-20 % of its share, p99 lateness <= the longest job's duration.
+
     .venv/bin/python bench/dispatch.py            # 100 jobs, 60 s a side
     .venv/bin/python bench/dispatch.py -n 20 -d 15 --json
+    .venv/bin/python bench/dispatch.py --overload -d 60
 """
 
 from __future__ import annotations
@@ -151,6 +159,98 @@ def run_runner_side(work: Path, n: int, duration: float, spread: bool) -> dict:
     )
 
 
+SLEEP_JOB = """
+import time
+from runner import job
+
+
+@job
+def busy(seconds: float) -> None:
+    time.sleep(seconds)
+"""
+OVERLOAD_SHARE_TOLERANCE = 0.2
+
+
+def job_seconds(i: int) -> float:
+    return 0.5 * (1 + i % 3)
+
+
+def run_overload(work: Path, n: int, duration: float, workers: int) -> dict:
+    jobs = work / "benchjobs"
+    jobs.mkdir()
+    (jobs / "__init__.py").write_text("")
+    (jobs / "busy.py").write_text(SLEEP_JOB)
+    ini = [
+        "[runner]",
+        "var_dir = var",
+        "timezone = UTC",
+        "job_packages = benchjobs",
+        f"max_workers = {workers}",
+    ]
+    for i in range(n):
+        ini += [
+            "",
+            f"[job:busy_{i:03d}]",
+            "uses = benchjobs.busy:busy",
+            "schedule = every 1s",
+            f"seconds = {job_seconds(i)}",
+        ]
+    config = work / "runner.ini"
+    config.write_text("\n".join(ini) + "\n")
+    env = {**os.environ, "PYTHONPATH": str(work)}
+    subprocess.run([RUNNER, "--config", config, "db", "upgrade"], env=env, check=True, capture_output=True)
+    daemon = subprocess.Popen([RUNNER, "--config", config, "daemon"], env=env, stderr=subprocess.DEVNULL)
+    time.sleep(duration)
+    daemon.send_signal(signal.SIGTERM)
+    daemon.wait(timeout=120)
+    db = sqlite3.connect(work / "var" / "runner.db")
+    ran = db.execute(
+        "SELECT job, late_s FROM runs WHERE status = 'succeeded' AND trigger = 'schedule' AND late_s IS NOT NULL"
+    ).fetchall()
+    skipped = dict(db.execute("SELECT reason, COUNT(*) FROM runs WHERE status = 'skipped' GROUP BY reason"))
+    runs = {f"busy_{i:03d}": 0 for i in range(n)}
+    for name, _ in ran:
+        runs[name] += 1
+    share = sum(runs.values()) / n
+    lateness_ms = [late_s * 1000 for _, late_s in ran]
+    longest_ms = max(job_seconds(i) for i in range(n)) * 1000
+    worst_share = max(abs(count - share) / share for count in runs.values()) if share else math.inf
+    p99 = percentile(lateness_ms, 99)
+    return {
+        "jobs": n,
+        "workers": workers,
+        "duration_s": duration,
+        "runs": sum(runs.values()),
+        "runs_per_job_min": min(runs.values()),
+        "runs_per_job_max": max(runs.values()),
+        "fairness_max_min": round(max(runs.values()) / max(1, min(runs.values())), 2),
+        "worst_share_deviation": round(worst_share, 3),
+        "lateness_p50_ms": round(percentile(lateness_ms, 50), 1),
+        "lateness_p99_ms": round(p99, 1),
+        "longest_job_ms": longest_ms,
+        "skipped": skipped,
+        "verdict": "PASS" if worst_share <= OVERLOAD_SHARE_TOLERANCE and p99 <= longest_ms else "FAIL",
+    }
+
+
+def print_overload(result: dict) -> None:
+    print(
+        f"overload: {result['jobs']} every-1s jobs of 0.5-1.5 s on {result['workers']} workers, "
+        f"{result['duration_s']:.0f} s"
+    )
+    print(
+        f"runs {result['runs']}; per job min {result['runs_per_job_min']} max {result['runs_per_job_max']} "
+        f"(fairness max/min {result['fairness_max_min']}, worst deviation from share "
+        f"{result['worst_share_deviation'] * 100:.0f} %)"
+    )
+    print(
+        f"lateness p50 {result['lateness_p50_ms']} ms, p99 {result['lateness_p99_ms']} ms "
+        f"(longest job {result['longest_job_ms']:.0f} ms)"
+    )
+    print(f"skipped by reason: {result['skipped']}")
+    print(f"target: every job within +-20 % of its share, p99 <= longest job: {result['verdict']}")
+
+
 def run_raw_side(work: Path, n: int, duration: float, spread: bool) -> dict:
     script = work / "raw.py"
     script.write_text(textwrap.dedent(RAW_SCRIPT))
@@ -197,7 +297,16 @@ def main() -> int:
     parser.add_argument("-d", "--duration", type=float, default=60.0, help="seconds a side (default 60)")
     parser.add_argument("--aligned", action="store_true", help="fire every job at the same instant")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--overload", action="store_true", help="more due fires than workers (runner only)")
+    parser.add_argument("--workers", type=int, default=2, help="--overload: max_workers (default 2)")
     args = parser.parse_args()
+    if args.overload:
+        with tempfile.TemporaryDirectory(prefix="runner-bench-overload-") as tmp:
+            result = run_overload(
+                Path(tmp), 8 if args.jobs == 100 else args.jobs, args.duration, args.workers
+            )
+        print(json.dumps(result, indent=2)) if args.json else print_overload(result)
+        return 0 if result["verdict"] == "PASS" else 1
     spread = not args.aligned
     with tempfile.TemporaryDirectory(prefix="runner-bench-dispatch-") as tmp:
         work = Path(tmp)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from itertools import islice
+from pathlib import Path
 
 from runner.config import JobSettings, format_duration
 from runner.triggers import Schedule
 
 MAX_COUNTED_MISSES = 10_000
+MAX_MISS_ROWS = 1_000  # a long outage of a frequent job: its newest misses get a row each
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,3 +67,25 @@ def find_missed(job: JobSettings, last_recorded: datetime | None, now: datetime)
         latest = max(latest, found)
     runnable = job.catchup_s > 0 and (now - latest).total_seconds() <= job.catchup_s
     return Missed(job.name, latest, len(fires), runnable)
+
+
+def missed_fires(job: JobSettings, after: datetime, now: datetime) -> list[datetime]:
+    """The fires of `job` in (after, now], in order: the newest MAX_MISS_ROWS of them."""
+    fires = fires_between(job.schedules, after, now)
+    if len(fires) >= MAX_COUNTED_MISSES:  # counting stopped early: list the newest from now back
+        window_s = 3600.0
+        while (
+            len(fires := fires_between(job.schedules, now - timedelta(seconds=window_s), now))
+            < (MAX_MISS_ROWS)
+            and window_s < (now - after).total_seconds()
+        ):
+            window_s *= 24
+    return fires[-MAX_MISS_ROWS:]
+
+
+def known_since(config_path: Path, last_beat: datetime | None) -> datetime:
+    """Since when the config's jobs were known to a scheduler: the file's last change or the last
+    daemon heartbeat on this database, whichever is later. A job with no recorded fire yet (new
+    in the config) counts its missed fires from then."""
+    changed = datetime.fromtimestamp(config_path.stat().st_mtime, UTC)
+    return max(changed, last_beat) if last_beat else changed

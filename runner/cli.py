@@ -271,7 +271,9 @@ def logs(app: App, run_id: int, follow: bool, as_json: bool) -> None:
 
     path = Path(record.log_path or run_log_path(app.settings.runner, record.job, run_id))
     if not path.exists() and record.started_at is None:
-        raise RunnerError(f"run {run_id} ({record.status}) has no log: it never started")
+        why = f": {record.error}" if record.error else ""
+        click.echo(f"run {run_id} ({record.status}) never started, so it has no log{why}")
+        return
     if as_json:  # one JSON document: the log is read whole (it is capped at max_log_bytes)
         try:
             data = path.read_bytes()
@@ -558,9 +560,10 @@ def _run_job(app: App, job: str, args: list[str]) -> int:
                 else jsonsafe.dumps(outcome.result, indent=2)
             )
         if outcome.status.value != "succeeded":
+            # An attempt stopped before it started has no log to point at.
+            see = f"; see `runner logs {outcome.run_id}`" if outcome.log_path else ""
             click.echo(
-                f"runner: run {outcome.run_id} of {job} {outcome.status.value}: {outcome.error}; "
-                f"see `runner logs {outcome.run_id}`",
+                f"runner: run {outcome.run_id} of {job} {outcome.status.value}: {outcome.error}{see}",
                 err=True,
             )
         elif live:
@@ -814,7 +817,7 @@ def daemon(app: App) -> int:
 @pass_app
 def status(app: App, as_json: bool) -> None:
     """Show live daemons, runs in progress, next fires, missed fires and recent failures."""
-    from runner.catchup import find_missed, next_fire
+    from runner.catchup import find_missed, known_since, next_fire
     from runner.models import utcnow
     from runner.triggers import fire_key
 
@@ -824,6 +827,7 @@ def status(app: App, as_json: bool) -> None:
     alive = store.daemons(settings.runner.stale_after_s)
     running = store.active_runs()
     last = store.last_scheduled()
+    since = known_since(settings.path, store.last_daemon_beat())
     upcoming, missed = [], []
     for name, job in sorted(settings.jobs.items()):
         if not job.scheduled:
@@ -832,7 +836,7 @@ def status(app: App, as_json: bool) -> None:
         upcoming.append({"job": name, "next_fire": fire_key(at) if at else None})
         # A fire is missed once it is a heartbeat-and-a-bit old and nobody has claimed it.
         settled = now - timedelta(seconds=settings.runner.heartbeat_s + 60)
-        gap = find_missed(job, last.get(name), settled)
+        gap = find_missed(job, last.get(name) or since, settled)
         if gap:
             missed.append({"job": name, "latest": fire_key(gap.latest), "count": gap.count})
     problems = store.problems(10)
@@ -841,12 +845,14 @@ def status(app: App, as_json: bool) -> None:
         for name, job in sorted(settings.jobs.items())
         if job.watch is not None
     ]
+    queues = _queues(settings, alive, store.skipped_since(now - timedelta(hours=1)), now)
     if as_json:
         _print_json(
             {
                 "daemons": [
                     {**d, "heartbeat_age_s": (now - d["heartbeat_at"]).total_seconds()} for d in alive
                 ],
+                "jobs": queues,
                 "running": [r.to_json() for r in running],
                 "next": upcoming,
                 "missed": missed,
@@ -870,6 +876,24 @@ def status(app: App, as_json: bool) -> None:
         ],
         empty="  none alive (start one with `runner daemon`, or install crontab lines)",
     )
+    for d in alive:
+        for note in d.get("notes") or ():
+            click.echo(f"  daemon {d['id']}: {note}")
+    if queues:
+        click.echo("\nQUEUED AND SKIPPED FIRES (skipped: last hour, by reason)")
+        _print_table(
+            ["JOB", "QUEUED", "OLDEST", "SKIPPED"],
+            [
+                [
+                    q["job"],
+                    q["queued"],
+                    _seconds(q["oldest_queued_age_s"]),
+                    ", ".join(f"{n} {reason}" for reason, n in sorted(q["skipped_last_hour"].items())) or "-",
+                ]
+                for q in queues
+            ],
+            empty="",
+        )
     click.echo("\nRUNNING")
     _print_table(
         ["RUN", "JOB", "TRIGGER", "STARTED", "HOST", "PID"],
@@ -922,6 +946,33 @@ def status(app: App, as_json: bool) -> None:
         [[r.id, r.job, r.status, _local(r.ended_at or r.queued_at), r.error or ""] for r in problems],
         empty="  none",
     )
+
+
+def _queues(
+    settings: Any, alive: list[dict[str, Any]], skipped: dict[str, dict[str, int]], now: datetime
+) -> list[dict[str, Any]]:
+    """Per job that has any: fires waiting in live daemons (how many, the oldest one's age) and
+    fires skipped in the last hour, by reason."""
+    waiting: dict[str, dict[str, Any]] = {}
+    for d in alive:
+        for job, q in (d.get("queues") or {}).items():
+            entry = waiting.setdefault(job, {"queued": 0, "oldest": None})
+            entry["queued"] += q["queued"]
+            oldest = datetime.fromisoformat(q["oldest"].replace("Z", "+00:00"))
+            entry["oldest"] = min(entry["oldest"] or oldest, oldest)
+    rows = []
+    for job in sorted({*waiting, *skipped} & {*settings.jobs, *skipped}):
+        entry = waiting.get(job, {"queued": 0, "oldest": None})
+        age = max(0.0, (now - entry["oldest"]).total_seconds()) if entry["oldest"] else None
+        rows.append(
+            {
+                "job": job,
+                "queued": entry["queued"],
+                "oldest_queued_age_s": age,
+                "skipped_last_hour": skipped.get(job, {}),
+            }
+        )
+    return rows
 
 
 @cli.command()

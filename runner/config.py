@@ -49,9 +49,10 @@ JOB_KEYS = {
     "uses": "package.module:function that implements the job",
     "timeout": "longest a run may take before it is stopped",
     "retries": "how many more attempts after a failure",
-    "retry_backoff": "wait before the first retry; doubles each time, with jitter",
+    "retry_backoff": "least wait before the first retry; doubles each time, up to 25% jitter on top",
     "overlap": "what a fire does while the previous run still runs: skip, queue or allow",
     "max_log_bytes": "largest a run's log may grow (default: [runner] max_log_bytes)",
+    "max_queue": "with overlap = queue: most fires waiting for the previous run; more are skipped",
     "description": "one line shown by `runner list`",
     "schedule": "when it fires: 'cron M H DoM Mon DoW', 'every 15m' or 'at 2026-12-01 09:00', one a line",
     "timezone": "IANA timezone its schedule is evaluated in (default: [runner] timezone)",
@@ -68,6 +69,8 @@ JOB_KEYS = {
     "follow_symlinks": "hand out symlinks whose target is a regular file inside a watched folder (true/false)",
 }
 DEFAULT_CATCHUP_S = 3600.0
+DEFAULT_MAX_QUEUE = 3  # a queue of fires longer than this only ever grows: record them skipped
+MAX_QUEUE = 1000
 # Bounds (documented in the README): a value outside them is a typo, and some would overflow dates.
 MAX_DURATION_S = 366 * 86400.0  # longest duration or interval any setting takes: a year and a day
 MIN_INTERVAL_S = 1.0  # shortest `every`: a fire per second is already a busy daemon
@@ -233,6 +236,7 @@ class JobSettings:
     catchup_s: float = DEFAULT_CATCHUP_S
     watch: WatchSettings | None = None
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES  # 0: no cap
+    max_queue: int = DEFAULT_MAX_QUEUE
 
     @property
     def scheduled(self) -> bool:
@@ -537,6 +541,7 @@ def _job_settings(
         uses=uses.strip() if uses else None,
         timeout_s=timeout,
         retries=_int(values, "retries", None, path, section, minimum=0, maximum=MAX_RETRIES),
+        max_queue=_int(values, "max_queue", DEFAULT_MAX_QUEUE, path, section, minimum=1, maximum=MAX_QUEUE),
         retry_backoff_s=duration("retry_backoff"),
         overlap=overlap,
         description=values.get("description"),

@@ -61,6 +61,7 @@ class Fire:
     scheduled_at: datetime | None = None
     late: bool = False
     paths: tuple[Path, ...] = field(default_factory=tuple)
+    due_at: datetime | None = None  # UTC: scheduled_at plus the jitter delay the daemon drew
 
 
 class JobState:
@@ -190,6 +191,9 @@ class JobContext:
         try:
             for path in self.fire.paths:
                 if str(path) in finished_before:  # an earlier attempt of this fire did it
+                    continue
+                if not path.exists():  # deleted since it was claimed: nothing to hand out
+                    self._store.mark_files_vanished(self.job, self.fire.key, [str(path)])
                     continue
                 handed_out = time.monotonic()
                 _report_file(str(path))

@@ -7,22 +7,21 @@ import contextlib
 import gc
 import logging
 import os
-import random
 import signal
 import sys
 import threading
 import time
 import uuid
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from runner.config import Settings, load_settings
+from runner.config import Settings, format_duration, load_settings
 from runner.context import Fire
-from runner.errors import EXIT_NOT_STARTED, EXIT_STORAGE, EXIT_USAGE, RunnerError
+from runner.errors import EXIT_NOT_STARTED, EXIT_STORAGE, RunnerError
 from runner.forkserver import ForkServer
-from runner.models import Trigger, utcnow
+from runner.models import SkipReason, Trigger, utcnow
 from runner.spool import replay
 from runner.triggers import fire_key
 
@@ -31,6 +30,8 @@ log = logging.getLogger("runner.daemon")
 FORKSERVER_STOP_ESCALATE_S = 0.5
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 PR_SET_PDEATHSIG = 1
+QUEUE_PUBLISH_S = 1.0  # how often a changed queue is written to the daemon's row (`runner status`)
+RESTART_SETTINGS = ("database",)  # [runner] keys a reload cannot apply: the stores are open
 
 
 # --- the daemon -------------------------------------------------------------------------------------
@@ -47,16 +48,20 @@ class Daemon:
         self.reload_requested = False
         self._wake = threading.Event()
         self._stopping = False
-        self._pool: ThreadPoolExecutor | None = None
+        self.dispatcher: Any = None
+        self.notes: list[str] = []  # settings a reload could not apply (shown by `runner status`)
         self.server = ForkServer(config_path)
         self.scheduler: Any = None
         self.watches: Any = None
         self.daemon_id: int | None = None
         self.exit_code = 0
+        self.started_at = _process_started_at()
+        self.caught_up_to = self.started_at  # catch-up handled every fire up to here
 
     # -- life cycle --
     def run(self) -> int:
         from runner.discovery import discover
+        from runner.dispatch import Dispatcher
         from runner.store import Store
         from runner.systemd import notify, watchdog_interval_s
 
@@ -75,10 +80,16 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
-        self._pool = ThreadPoolExecutor(self.settings.runner.max_workers, thread_name_prefix="fire")
-        for _ in range(self.settings.runner.max_workers):  # start the threads before the first fire
-            self._pool.submit(time.sleep, 0.01)
+        self.dispatcher = Dispatcher(
+            self.settings,
+            _policies(catalog),
+            send=lambda name, fire: self.server.submit(_request(name, fire)),
+            busy=lambda: self.server.in_flight,
+            record=self._record_skips,
+        )
+        self.dispatcher.start()
         self._catch_up()
+        self._resume_retries()
         self._start_scheduler()
         self._start_watches()
         self.daemon_id = self.store.register_daemon(str(self.config_path))  # `runner status`: up
@@ -92,21 +103,24 @@ class Daemon:
             os.getpid(),
             ", ".join(jobs) or "none",
         )
-        beat_s = self.settings.runner.heartbeat_s
         watchdog_s = watchdog_interval_s()
-        if watchdog_s:
-            beat_s = min(beat_s, watchdog_s)
+        next_beat = 0.0
         while self.stop_signal is None:
-            self._wake.wait(beat_s)
+            self._wake.wait(QUEUE_PUBLISH_S)
             self._wake.clear()
             if self.reload_requested:
                 self.reload_requested = False
                 self._reload()
-            if self._database_replaced():
-                break
-            self._heartbeat()
-            if watchdog_s:
-                notify("WATCHDOG=1")
+            if time.monotonic() >= next_beat:
+                if self._database_replaced():
+                    break
+                beat_s = self.settings.runner.heartbeat_s
+                next_beat = time.monotonic() + (min(beat_s, watchdog_s) if watchdog_s else beat_s)
+                self._heartbeat()
+                if watchdog_s:
+                    notify("WATCHDOG=1")
+            elif self.dispatcher.changed:
+                self._publish()
         notify("STOPPING=1")
         return self._shutdown()
 
@@ -133,9 +147,23 @@ class Daemon:
         self.exit_code = EXIT_STORAGE
         return True
 
+    def _publish(self) -> None:
+        with contextlib.suppress(Exception):  # the heartbeat reports database trouble
+            self.store.daemon_heartbeat(self.daemon_id, queues=self.dispatcher.snapshot(), notes=self.notes)
+
+    def _record_skips(self, skips: list[Any]) -> None:
+        """Rows for fires the dispatcher did not run, one transaction per job and reason."""
+        groups: dict[tuple[str, str, str, str], list[tuple[str, Any]]] = {}
+        for skip in skips:
+            key = (skip.job, skip.fire.kind, skip.reason.value, skip.error)
+            groups.setdefault(key, []).append((skip.fire.key, skip.fire.scheduled_at))
+            log.warning("job=%s fire=%s skipped: %s", skip.job, skip.fire.key, skip.error)
+        for (job, kind, reason, error), fires in groups.items():
+            self.store.record_skipped(job, kind, fires, reason, error)
+
     def _heartbeat(self) -> None:
         try:
-            self.store.daemon_heartbeat(self.daemon_id)
+            self.store.daemon_heartbeat(self.daemon_id, queues=self.dispatcher.snapshot(), notes=self.notes)
             self.store.checkpoint()
             replay(self.settings.runner.var_dir, self.store)  # outcomes kept while the database was away
             lost = self.store.reap_lost(self.settings.runner.stale_after_s)
@@ -157,6 +185,7 @@ class Daemon:
             self.scheduler.shutdown(wait=False)
         if self.watches is not None:
             self.watches.stop()
+        self.dispatcher.close()  # what waited for a worker is recorded skipped (shutdown)
         reserve = min(2.0, grace / 4)
         deadline = time.monotonic() + max(0.0, grace - reserve)
         while self.server.in_flight and time.monotonic() < deadline and not self.hurry:
@@ -164,15 +193,14 @@ class Daemon:
         if self.server.in_flight:
             log.warning("shutdown_grace is over: killing %d running job(s)", self.server.in_flight)
         self.server.stop(timeout_s=reserve + self.settings.runner.kill_grace_s + 5)
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
         if self.exit_code == EXIT_STORAGE:  # the database file now at the path holds no row of ours
             removed = self.store.drop_old_wal()
             if removed:
                 log.warning("removed the old database file's log: %s", ", ".join(removed))
         else:
+            self._record_unscheduled()
             with contextlib.suppress(Exception):
-                self.store.daemon_heartbeat(self.daemon_id, stopped=True)
+                self.store.daemon_heartbeat(self.daemon_id, stopped=True, queues={})
         log.info("daemon %s stopped", self.daemon_id)
         return self.exit_code
 
@@ -194,25 +222,46 @@ class Daemon:
             log.exception("reload failed, keeping the previous schedules")
             notify("READY=1")
             return
-        previous = self.settings
+        self._note_restart_settings(settings)
+        previous, previous_policies = self.settings, self.dispatcher.policies
         try:
-            self._apply(settings)
+            self._apply(settings, _policies(catalog))
         except Exception:
             log.exception("reload failed while applying it; going back to the previous schedules")
-            self._apply(previous)
+            self._apply(previous, previous_policies)
         else:
-            log.info("reloaded %s: jobs %s", self.config_path, ", ".join(self._scheduled_names()) or "none")
+            log.info(
+                "reloaded %s: jobs %s; max_workers = %d",
+                self.config_path,
+                ", ".join(self._scheduled_names()) or "none",
+                settings.runner.max_workers,
+            )
+            self._publish()
         notify("READY=1")
 
-    def _apply(self, settings: Settings) -> None:
-        self.settings = settings
-        self.server.command("reload")
-        for job in self.scheduler.get_jobs():
+    def _apply(self, settings: Settings, policies: dict[str, str]) -> None:
+        now = utcnow()
+        for name, job in settings.jobs.items():  # a new schedule's fires count from now
+            if self.settings.job(name) is None or self.settings.jobs[name].schedules != job.schedules:
+                self.dispatcher.last_seen[name] = now
+        for job in self.scheduler.get_jobs():  # no fire of an old schedule is submitted after this
             job.remove()
+        self.settings = settings
+        self.dispatcher.reload(settings, policies)
+        self.server.command("reload")
         self._add_jobs()
         if self.watches is not None:
             self.watches.stop()
         self._start_watches()
+        self.dispatcher.wake()  # a larger max_workers frees workers for what waits
+
+    def _note_restart_settings(self, settings: Any) -> None:
+        for key in RESTART_SETTINGS:
+            if getattr(settings.runner, key) != getattr(self.settings.runner, key):
+                note = f"[runner] {key} changed: it takes effect when the daemon restarts"
+                log.warning("reload: %s", note)
+                if note not in self.notes:
+                    self.notes.append(note)
 
     # -- scheduling --
     def _scheduled_names(self) -> list[str]:
@@ -226,36 +275,110 @@ class Daemon:
             executors={"default": _DispatchExecutor(self)},
             job_defaults={"coalesce": True, "max_instances": 1_000_000, "misfire_grace_time": None},
         )
-        self._add_jobs()
+        self._add_jobs(since=self.caught_up_to)
         self.scheduler.start()
 
-    def _add_jobs(self) -> None:
+    def _add_jobs(self, since: datetime | None = None) -> None:
+        """Schedule every job's fires after `since` (default: now); catch-up covered until then."""
+        since = since or utcnow()
         for name in self._scheduled_names():
+            self.dispatcher.last_seen.setdefault(name, since)
             job = self.settings.jobs[name]
             self.scheduler.add_job(
-                _noop, trigger=_ScheduleTrigger(job.schedules), id=name, name=name, replace_existing=True
+                _noop,
+                trigger=_ScheduleTrigger(job.schedules, since),
+                id=name,
+                name=name,
+                replace_existing=True,
             )
 
     def _catch_up(self) -> None:
         """Fires missed while no daemon ran: the newest one of each job runs once, marked late,
-        if it is within the job's catchup window; otherwise the miss is recorded."""
-        from runner.catchup import find_missed
-        from runner.execution import record_missed
+        if it is within the job's catchup window; every other miss gets a `skipped` row.
+
+        A job's misses count from its last recorded fire; a job with none yet (new in the config)
+        counts from when a scheduler last ran or the config file changed, whichever is later.
+        Fires that came due while this daemon started up are no downtime: when they are all that
+        was missed, the newest of them runs as an ordinary fire."""
+        from runner.catchup import find_missed, known_since, missed_fires
 
         now = utcnow()
         last = self.store.last_scheduled()
+        since = known_since(self.config_path, self.store.last_daemon_beat())
+        self.caught_up_to = now
         for name in self._scheduled_names():
             job = self.settings.jobs[name]
-            missed = find_missed(job, last.get(name), now)
+            start = last.get(name) or since
+            missed = find_missed(job, start, now)
             if missed is None:
                 continue
-            fire = Fire(Trigger.SCHEDULE.value, fire_key(missed.latest), missed.latest, late=True)
-            if missed.runnable:
-                log.warning("job=%s %s", name, missed.reason(job.catchup_s))
-                self.dispatch(name, fire, jitter_s=0.0)
+            fires = missed_fires(job, start, now)
+            newest = fires.pop() if fires and fires[-1] == missed.latest else missed.latest
+            down = missed.count - sum(1 for at in (*fires, newest) if at >= self.started_at)
+            late = down > 0  # the newest fire stands in for fires nobody ran
+            runnable = not late or missed.runnable
+            if down:
+                last_down = max((at for at in (*fires, newest) if at < self.started_at), default=newest)
+                log.warning("job=%s %s", name, self._miss_message(job, down, last_down, newest, runnable))
+            for at in fires:
+                what = f"missed the fire of {at.astimezone():%Y-%m-%d %H:%M:%S} while no scheduler ran"
+                if runnable and job.catchup_s and (now - at).total_seconds() <= job.catchup_s:
+                    reason, error = (
+                        SkipReason.COALESCED,
+                        f"{what}; the newer fire {fire_key(newest)} ran instead",
+                    )
+                else:
+                    window = format_duration(job.catchup_s) if job.catchup_s else "0 (never)"
+                    reason, error = SkipReason.CATCHUP, f"{what}; outside catchup = {window}"
+                self.store.record_skipped(name, Trigger.SCHEDULE.value, [(fire_key(at), at)], reason, error)
+            fire = Fire(Trigger.SCHEDULE.value, fire_key(newest), newest, late=late)
+            if runnable:
+                self.dispatcher.submit(name, fire, jitter_s=0.0)
             else:
-                log.warning("job=%s %s", name, missed.reason(job.catchup_s))
-                record_missed(self.store, name, fire, missed.reason(job.catchup_s))
+                error = missed.reason(job.catchup_s)
+                self.store.record_skipped(name, fire.kind, [(fire.key, newest)], SkipReason.CATCHUP, error)
+
+    @staticmethod
+    def _miss_message(job: Any, down: int, last_down: datetime, newest: datetime, runnable: bool) -> str:
+        more = f" and {down - 1} earlier" if down > 1 else ""
+        what = f"missed the fire of {last_down.astimezone():%Y-%m-%d %H:%M:%S}{more} while no scheduler ran"
+        if runnable and newest != last_down:
+            return f"{what}; running the newer fire {fire_key(newest)} late instead"
+        if runnable:
+            return f"{what}; running it late"
+        return f"{what}; outside catchup = {format_duration(job.catchup_s) if job.catchup_s else '0 (never)'}"
+
+    def _resume_retries(self) -> None:
+        """Retries a stop cut short (they never started): each runs now if still within catchup."""
+        now = utcnow()
+        for record in self.store.stopped_retries():
+            job = self.settings.jobs.get(record.job)
+            if job is None or not job.catchup_s or (now - record.queued_at).total_seconds() > job.catchup_s:
+                continue
+            if not self.store.take_stopped_retry(record.id, f"resumed by daemon started at {now:%H:%M:%S}Z"):
+                continue  # another daemon took it
+            log.warning(
+                "job=%s run=%s: resuming retry %d that a stop cut short",
+                record.job,
+                record.id,
+                record.attempt,
+            )
+            fire = Fire(record.trigger, record.fire_key, record.scheduled_at, late=True)
+            self.server.submit({**_request(record.job, fire), "resume": record.id})
+
+    def _record_unscheduled(self) -> None:
+        """Fires that came due after the scheduler stopped, while running jobs finished."""
+        from runner.catchup import missed_fires
+
+        now = utcnow()
+        error = "shutdown: due while the daemon was stopping"
+        for name in self._scheduled_names():
+            after = self.dispatcher.last_seen.get(name)
+            if after is None:
+                continue
+            fires = [(fire_key(at), at) for at in missed_fires(self.settings.jobs[name], after, now)]
+            with contextlib.suppress(Exception):
+                self.store.record_skipped(name, Trigger.SCHEDULE.value, fires, SkipReason.SHUTDOWN, error)
 
     # -- file events --
     def _start_watches(self) -> None:
@@ -277,7 +400,7 @@ class Daemon:
 
     def _dispatch_files(self, name: str, key: str, paths: list[str]) -> None:
         fire = Fire(Trigger.FILE.value, key, paths=tuple(Path(p) for p in paths))
-        if self._stopping or self._pool is None:
+        if self._stopping or self.dispatcher is None:
             self.store.settle_files(name, key, succeeded=False)
             return
         future = self.server.submit(_request(name, fire))
@@ -290,26 +413,6 @@ class Daemon:
 
         future.add_done_callback(done)
 
-    def dispatch(self, name: str, fire: Fire, *, jitter_s: float | None = None) -> Future[Any] | None:
-        if self._stopping or self._pool is None:
-            return None
-        return self._pool.submit(self._fire, name, fire, jitter_s)
-
-    def _fire(self, name: str, fire: Fire, jitter_s: float | None) -> int:
-        from runner.execution import record_missed
-
-        job = self.settings.jobs.get(name)
-        if job is None or self._stopping:
-            return EXIT_USAGE
-        delay = random.uniform(0, job.jitter_s if jitter_s is None else jitter_s)
-        if delay:
-            time.sleep(delay)
-        late_s = (utcnow() - fire.scheduled_at).total_seconds() if fire.scheduled_at else 0.0
-        if not fire.late and job.catchup_s and late_s > job.catchup_s + delay:
-            record_missed(self.store, name, fire, f"waited {late_s:.0f}s for a free worker: beyond catchup")
-            return EXIT_NOT_STARTED
-        return self.server.submit(_request(name, fire)).result()
-
 
 def _request(name: str, fire: Fire) -> dict[str, Any]:
     return {
@@ -319,7 +422,22 @@ def _request(name: str, fire: Fire) -> dict[str, Any]:
         "scheduled_at": fire.scheduled_at.isoformat() if fire.scheduled_at else None,
         "late": fire.late,
         "paths": [str(p) for p in fire.paths],
+        "due_at": fire.due_at.isoformat() if fire.due_at else None,
     }
+
+
+def _process_started_at() -> datetime:
+    """When this process started (a fire due after it is no downtime miss), or now."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])  # since boot
+        age_s = time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+        return datetime.fromtimestamp(time.time() - age_s, UTC)
+    except (OSError, ValueError, IndexError, AttributeError):
+        return utcnow()
+
+
+def _policies(catalog: Any) -> dict[str, str]:
+    return {name: spec.overlap for name, spec in catalog.jobs.items()}
 
 
 def _noop() -> None:
@@ -340,13 +458,12 @@ class _DispatchExecutor(_executor_base()):  # type: ignore[misc]
         self.daemon = daemon
 
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
-        scheduled = run_times[-1].astimezone(UTC)  # coalesced: the newest of the due times
-        fire = Fire(Trigger.SCHEDULE.value, fire_key(scheduled), scheduled)
-        future = self.daemon.dispatch(job.id, fire)
-        if future is None:
-            self._run_job_success(job.id, [])
-            return
-        future.add_done_callback(lambda _f: self._run_job_success(job.id, []))
+        for run_time in run_times:  # each due time: the dispatcher queues, coalesces or records it
+            scheduled = run_time.astimezone(UTC)
+            self.daemon.dispatcher.submit(
+                job.id, Fire(Trigger.SCHEDULE.value, fire_key(scheduled), scheduled)
+            )
+        self._run_job_success(job.id, [])
 
 
 def _trigger_base() -> type:
@@ -358,15 +475,16 @@ def _trigger_base() -> type:
 class _ScheduleTrigger(_trigger_base()):  # type: ignore[misc]
     """Our schedules (DST-correct, see runner.triggers) as an APScheduler 3 trigger."""
 
-    __slots__ = ("schedules",)
+    __slots__ = ("schedules", "since")
 
-    def __init__(self, schedules: tuple[Any, ...]) -> None:
+    def __init__(self, schedules: tuple[Any, ...], since: datetime) -> None:
         self.schedules = schedules
+        self.since = since  # fires up to here were handled by catch-up (or the previous schedule)
 
     def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
         from runner.catchup import next_fire
 
-        after = previous_fire_time or (now - timedelta(microseconds=1))
+        after = previous_fire_time or min(self.since, now - timedelta(microseconds=1))
         return next_fire(self.schedules, after)
 
     def __str__(self) -> str:

@@ -67,6 +67,12 @@ class OverlapSkipped(RunnerError):
     exit_code = EXIT_NOT_STARTED
 
 
+class FilesVanished(RunnerError):
+    """Every file of a file event was deleted before its run could open it."""
+
+    exit_code = EXIT_NOT_STARTED
+
+
 class Stopped(RunnerError):
     """The supervisor was told to stop (SIGTERM, Ctrl-C) before the job could start."""
 

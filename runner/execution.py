@@ -24,8 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 from runner import jsonsafe
 from runner.context import STOP, Fire, JobContext
-from runner.errors import AlreadyRan, OverlapSkipped, Stopped, StorageError
-from runner.models import RunStatus, utcnow
+from runner.errors import AlreadyRan, FilesVanished, OverlapSkipped, Stopped, StorageError
+from runner.models import RunStatus, SkipReason, Trigger, utcnow
 from runner.private import open_private, private_folder
 from runner.runlog import RunLog
 from runner.terminal import LiveTerminal
@@ -41,6 +41,8 @@ log = logging.getLogger("runner.execution")
 QUEUE_POLL_S = 1.0
 LIVE_TAIL_POLL_S = 0.1
 MAX_BACKOFF_S = 3600.0
+RETRY_JITTER = 0.25  # a retry waits its backoff plus up to this fraction more, at random
+LATE_AFTER_S = 1.0  # a fire that starts this much after it was due is recorded late
 ERROR_SUMMARY_CHARS = 500
 PR_SET_PDEATHSIG = 1
 CHILD_SETUP_FAILED = 70  # EX_SOFTWARE: the child died before the job body started
@@ -83,11 +85,13 @@ def execute(
     store: Store,
     live: bool = False,
     reap: bool = True,
+    resume: Any = None,
 ) -> Outcome:
     """Run one fire of a job to its end. Raises AlreadyRan or OverlapSkipped (exit 3) if not started.
 
     Before the job body starts there is one transaction (claim the fire, take the lease, mark the
-    run running); after it ends, one more (record the outcome, release the lease).
+    run running); after it ends, one more (record the outcome, release the lease). `resume` is
+    the row of a retry a stop cut short: that attempt runs now, in that row.
     """
     from runner.spool import replay
 
@@ -99,6 +103,11 @@ def execute(
         gc.freeze()
         gc.enable()
     lease = spec.overlap != "allow"
+    if fire.paths:
+        fire = _drop_vanished(spec.name, fire, store)
+    late_s = None
+    if fire.scheduled_at is not None:
+        late_s = max(0.0, (utcnow() - (fire.due_at or fire.scheduled_at)).total_seconds())
     stored_params = masked_params(params)
     claim = dict(
         job=spec.name,
@@ -107,11 +116,23 @@ def execute(
         params=stored_params,
         paths=[str(p) for p in fire.paths] or None,
         scheduled_at=fire.scheduled_at,
-        late=fire.late,
+        # A daemon fire (it knows when it was due) that waited is late; a cron line says so itself.
+        late=fire.late or (fire.due_at is not None and late_s is not None and late_s > LATE_AFTER_S),
+        late_s=late_s,
     )
+    ttl_s = settings.stale_after_s if lease else None
     try:
-        run_id, holder = store.claim(**claim, lease_ttl_s=settings.stale_after_s if lease else None)
-        outcome = _run_attempts(spec, params, fire, claim, run_id, holder, settings, store, live, lease)
+        if resume is not None:
+            store.update_run(resume.id, **_resumed(resume))
+            run_id, first, holder = resume.id, (resume.attempt, resume.first_run_id or resume.id), None
+            if lease:
+                holder = store.acquire_lease(spec.name, run_id, settings.stale_after_s)
+        else:
+            run_id, holder = store.claim(**claim, lease_ttl_s=ttl_s)
+            first = (1, run_id)
+        outcome = _run_attempts(
+            spec, params, fire, claim, run_id, holder, settings, store, live, lease, first
+        )
     except (AlreadyRan, OverlapSkipped, Stopped):
         if fire.paths:  # not started (or stopped while queued): its files go back, untouched
             store.settle_files(spec.name, fire.key, succeeded=False, started=False)
@@ -121,6 +142,39 @@ def execute(
         finished = outcome.status is RunStatus.SUCCEEDED and not outcome.acked_files_only
         store.settle_files(spec.name, fire.key, succeeded=finished, blame=outcome.file_in_progress)
     return outcome
+
+
+def _resumed(record: Any) -> dict[str, Any]:
+    """A stopped retry's row, made this supervisor's queued run again."""
+    from runner.store import HOSTNAME, PIDNS
+
+    now = utcnow()
+    return dict(
+        status=RunStatus.QUEUED.value,
+        host=HOSTNAME,
+        pid=os.getpid(),
+        pidns=PIDNS,
+        heartbeat_at=now,
+        ended_at=None,
+        late=True,
+        late_s=(now - record.queued_at).total_seconds(),
+    )
+
+
+def _drop_vanished(job: str, fire: Fire, store: Store) -> Fire:
+    """Claimed files deleted before the run: recorded vanished, never handed to the job."""
+    from dataclasses import replace
+
+    present = tuple(p for p in fire.paths if p.exists())
+    if len(present) == len(fire.paths):
+        return fire
+    gone = [str(p) for p in fire.paths if p not in present]
+    store.mark_files_vanished(job, fire.key, gone)
+    if present:
+        return replace(fire, paths=present)
+    error = f"{len(gone)} file(s) were deleted before the run could open them: {', '.join(gone)}"
+    store.record_skipped(job, fire.kind, [(fire.key, None)], SkipReason.VANISHED.value, error)
+    raise FilesVanished(f"job {job}: not started: {error}")
 
 
 def _run_attempts(
@@ -134,12 +188,12 @@ def _run_attempts(
     store: Store,
     live: bool,
     lease: bool,
+    first: tuple[int, int],
 ) -> Outcome:
-    first_run_id = run_id
+    attempt, first_run_id = first
     with _StopSignals() as stops:
         if holder is not None:
             _wait_for_lease(spec, run_id, holder, settings, store, stops)
-        attempt = 1
         while True:
             final = attempt > spec.retries
             outcome = _attempt(
@@ -161,7 +215,10 @@ def _run_attempts(
                 return outcome
             attempt += 1
             next_id, _ = store.claim(
-                **claim, attempt=attempt, first_run_id=first_run_id, status=RunStatus.QUEUED
+                **{**claim, "late_s": None},
+                attempt=attempt,
+                first_run_id=first_run_id,
+                status=RunStatus.QUEUED,
             )
             if lease:
                 store.move_lease(spec.name, run_id, next_id)
@@ -175,12 +232,15 @@ def _run_attempts(
             beat = partial(store.heartbeat, run_id, spec.name if lease else None, settings.stale_after_s)
             if not _wait(delay, stops, beat, settings.heartbeat_s):
                 error = f"stopped by {_signame(stops.received)} before the retry started"
+                # A scheduled fire's retry is taken up again by the next daemon (within catchup).
+                resumable = fire.kind == Trigger.SCHEDULE.value
                 store.finish(
                     run_id,
                     release_lease_of=spec.name if lease else None,
                     status=RunStatus.KILLED.value,
                     ended_at=utcnow(),
                     error=error,
+                    reason=SkipReason.RETRY_STOPPED.value if resumable else None,
                 )
                 return Outcome(
                     run_id,
@@ -198,7 +258,14 @@ def _run_attempts(
 
 
 def execute_configured(
-    settings: Settings, store: Store, job: str, fire: Fire, *, live: bool = False, reap: bool = True
+    settings: Settings,
+    store: Store,
+    job: str,
+    fire: Fire,
+    *,
+    live: bool = False,
+    reap: bool = True,
+    resume: Any = None,
 ) -> Outcome:
     """A scheduled, cron or file fire: the job's parameters come from its INI section alone."""
     from runner.discovery import config_origin, find_job
@@ -208,10 +275,14 @@ def execute_configured(
     params = bind(
         job, spec.params, [(config_origin(settings, job), spec.config_params)], base_dir=settings.path.parent
     )
-    return execute(spec, params, fire, settings=settings.runner, store=store, live=live, reap=reap)
+    return execute(
+        spec, params, fire, settings=settings.runner, store=store, live=live, reap=reap, resume=resume
+    )
 
 
-def record_missed(store: Store, job: str, fire: Fire, error: str) -> None:
+def record_missed(
+    store: Store, job: str, fire: Fire, error: str, reason: SkipReason = SkipReason.CATCHUP
+) -> None:
     """A fire nobody will run: record it (skipped) so history and `runner status` show it."""
     from runner.errors import AlreadyRan
 
@@ -224,6 +295,7 @@ def record_missed(store: Store, job: str, fire: Fire, error: str) -> None:
             late=True,
             status=RunStatus.SKIPPED,
             error=error,
+            reason=reason.value,
         )
 
 
@@ -236,9 +308,10 @@ def masked_params(params: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def retry_delay(backoff_s: float, retry_number: int) -> float:
-    """Exponential backoff with 'equal jitter': half fixed, half random, capped at an hour."""
+    """Exponential backoff (capped at an hour), never shorter than the setting: the jitter that
+    spreads retries of many jobs comes on top, up to RETRY_JITTER of the backoff."""
     delay = min(MAX_BACKOFF_S, backoff_s * 2 ** (retry_number - 1))
-    return delay / 2 + random.uniform(0, delay / 2)
+    return delay + random.uniform(0, delay * RETRY_JITTER)
 
 
 def _wait_for_lease(
@@ -257,6 +330,7 @@ def _wait_for_lease(
             status=RunStatus.SKIPPED.value,
             ended_at=utcnow(),
             error=f"overlap: run {holder.id} was still running",
+            reason=SkipReason.OVERLAP.value,
         )
         raise OverlapSkipped(
             f"job {spec.name} is still running as run {holder.id} (pid {holder.pid} on {holder.host}, "

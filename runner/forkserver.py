@@ -388,9 +388,11 @@ def run_fire(settings: Settings, store: Any, request: dict[str, Any]) -> int:
         scheduled_at=datetime.fromisoformat(request["scheduled_at"]) if request.get("scheduled_at") else None,
         late=request.get("late", False),
         paths=tuple(Path(p) for p in request.get("paths") or ()),
+        due_at=datetime.fromisoformat(request["due_at"]) if request.get("due_at") else None,
     )
     try:
-        outcome = execute_configured(settings, store, request["job"], fire, reap=False)
+        resume = store.get_run(request["resume"]) if request.get("resume") else None
+        outcome = execute_configured(settings, store, request["job"], fire, reap=False, resume=resume)
     except RunnerError as exc:
         log.info("job=%s fire=%s not run: %s", request["job"], fire.key, exc)
         return exc.exit_code

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-SCHEMA_REVISION = "0005"  # the newest Alembic revision; tests keep the two equal
+SCHEMA_REVISION = "0006"  # the newest Alembic revision; tests keep the two equal
 
 
 class RunStatus(enum.StrEnum):
@@ -26,6 +26,20 @@ class RunStatus(enum.StrEnum):
 
 
 ACTIVE_STATUSES = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+
+
+class SkipReason(enum.StrEnum):
+    """Why a due fire did not run (runs.reason of a `skipped` row), or why a run stopped early."""
+
+    OVERLAP = "overlap"  # overlap = skip and the previous run still ran
+    QUEUE_FULL = "queue full"  # overlap = queue and max_queue fires were already waiting
+    COALESCED = "coalesced"  # a newer fire of the job was waiting too: only the newest runs
+    SHUTDOWN = "shutdown"  # due while the daemon was stopping
+    CATCHUP = "beyond catch-up"  # too late to run: older than the job's catchup window
+    RELOAD = "reload"  # its schedule no longer exists after a reload
+    VANISHED = "vanished"  # a file event whose files were all deleted before the run
+    RETRY_STOPPED = "retry stopped"  # a retry cut short by a stop: resumed on the next daemon start
+    RETRY_RESUMED = "retry resumed"  # ... and taken up again (by the daemon whose id is in the error)
 
 
 class Trigger(enum.StrEnum):
@@ -86,12 +100,15 @@ runs = sa.Table(
     sa.Column("pidns", sa.String(80), nullable=True),  # boot id + PID namespace of the supervisor
     sa.Column("job_pid", sa.Integer, nullable=True),  # the job process (and its process group)
     sa.Column("cgroup", sa.Text, nullable=True),  # the run's cgroup, when one could be made
+    sa.Column("reason", sa.String(32), nullable=True),  # a SkipReason
+    sa.Column("late_s", sa.Float, nullable=True),  # start minus when it was due (scheduled + jitter)
     # A fire is claimed by its first attempt; retries share its key with attempt > 1. Migration
     # 0001 creates this index partial on both SQLite and PostgreSQL; naming postgresql_where here
     # too would make every `runner run` import the PostgreSQL dialect (25 ms) just to check it.
     sa.Index("uq_runs_job_fire_key", "job", "fire_key", unique=True, sqlite_where=sa.text("attempt = 1")),
     sa.Index("ix_runs_job_id", "job", "id"),
     sa.Index("ix_runs_status", "status"),
+    sa.Index("ix_runs_reason_queued_at", "reason", "queued_at"),
 )
 
 job_state = sa.Table(
@@ -123,6 +140,8 @@ daemons = sa.Table(
     sa.Column("started_at", UTCDateTime, nullable=False),
     sa.Column("heartbeat_at", UTCDateTime, nullable=False),
     sa.Column("stopped_at", UTCDateTime, nullable=True),
+    sa.Column("queues", sa.JSON, nullable=True),  # per job: fires waiting in this daemon (status)
+    sa.Column("notes", sa.JSON, nullable=True),  # settings a reload could not apply, one line each
 )
 
 
@@ -131,6 +150,7 @@ class ClaimState(enum.StrEnum):
     DONE = "done"  # processed: never handed out again
     PENDING = "pending"  # its run failed before finishing it: may be claimed again
     FAILED = "failed"  # failed MAX_FILE_ATTEMPTS times: left alone, reported
+    VANISHED = "vanished"  # deleted after it was claimed, before a run could open it
 
 
 file_claims = sa.Table(

@@ -26,6 +26,7 @@ from runner.models import (
     SCHEMA_REVISION,
     ClaimState,
     RunStatus,
+    SkipReason,
     daemons,
     file_claims,
     job_state,
@@ -94,6 +95,8 @@ class RunRecord:
     pidns: str | None = None
     job_pid: int | None = None
     cgroup: str | None = None
+    reason: str | None = None
+    late_s: float | None = None
 
     @property
     def duration_s(self) -> float | None:
@@ -500,6 +503,8 @@ class Store:
         lease_ttl_s: float | None = None,
         status: RunStatus = RunStatus.RUNNING,
         error: str | None = None,
+        reason: str | None = None,
+        late_s: float | None = None,
     ) -> tuple[int, RunRecord | None]:
         """Insert the run row and, with `lease_ttl_s`, take the job's overlap lease, in one transaction.
 
@@ -527,19 +532,21 @@ class Store:
             pidns=PIDNS,
             params=params,
             paths=paths,
+            reason=reason,
+            late_s=late_s,
         )
         for _ in range(5):
             try:
                 with self.begin() as conn:
                     run_id = conn.execute(_INSERT_RUN, values).scalar_one()
+                    # A first attempt is its own first run: one query groups a fire's attempts.
+                    update: dict[str, Any] = {"first_run_id": first_run_id or run_id}
                     holder = None
                     if lease_ttl_s is not None:
                         holder = self._take_lease(conn, job, run_id, lease_ttl_s, now)
                         if holder is not None:
-                            conn.execute(
-                                _UPDATE_RUN,
-                                {"b_run_id": run_id, "status": RunStatus.QUEUED.value, "started_at": None},
-                            )
+                            update.update(status=RunStatus.QUEUED.value, started_at=None)
+                    conn.execute(_UPDATE_RUN, {"b_run_id": run_id, **update})
                     return run_id, holder
             except _LeaseRace:
                 continue
@@ -550,6 +557,72 @@ class Store:
                 what = f"run {existing.id} ({existing.status})" if existing else "another run"
                 raise AlreadyRan(f"job {job}: fire {fire_key} already ran as {what}; not started") from None
         raise DatabaseError(f"could not take the overlap lease of job {job}: too much contention")
+
+    def record_skipped(
+        self, job: str, trigger: str, fires: list[tuple[str, datetime | None]], reason: str, error: str
+    ) -> int:
+        """One `skipped` row per (fire key, scheduled time) nobody will run, in one transaction; a
+        fire that already has a row (somebody ran it after all) is left as it is. Returns rows added."""
+        if not fires:
+            return 0
+        now = utcnow()
+        rows = [
+            dict(
+                job=job,
+                fire_key=key,
+                trigger=trigger,
+                attempt=1,
+                status=RunStatus.SKIPPED.value,
+                late=False,
+                scheduled_at=at,
+                queued_at=now,
+                heartbeat_at=now,
+                ended_at=now,
+                error=error,
+                reason=reason,
+                host=HOSTNAME,
+                pid=os.getpid(),
+            )
+            for key, at in fires
+        ]
+        with self.begin() as conn:
+            insert = _dialect_insert(conn.dialect.name)(runs).on_conflict_do_nothing()
+            added = conn.execute(insert.returning(runs.c.id), rows).scalars().all()
+            if added:
+                conn.execute(sa.update(runs).where(runs.c.id.in_(added)).values(first_run_id=runs.c.id))
+        return len(added)
+
+    def skipped_since(self, since: datetime) -> dict[str, dict[str, int]]:
+        """Per job, how many fires were recorded skipped since `since`, by reason."""
+        query = (
+            sa.select(runs.c.job, runs.c.reason, sa.func.count())
+            .where(runs.c.status == RunStatus.SKIPPED.value, runs.c.queued_at >= since)
+            .group_by(runs.c.job, runs.c.reason)
+        )
+        found: dict[str, dict[str, int]] = {}
+        with self.begin() as conn:
+            for job, reason, count in conn.execute(query):
+                found.setdefault(job, {})[reason or "other"] = count
+        return found
+
+    def stopped_retries(self) -> list[RunRecord]:
+        """Retries a stop cut short before they started, not yet taken up again."""
+        query = sa.select(runs).where(
+            runs.c.reason == SkipReason.RETRY_STOPPED.value, runs.c.status == RunStatus.KILLED.value
+        )
+        with self.begin() as conn:
+            return [_record(row) for row in conn.execute(query.order_by(runs.c.id))]
+
+    def take_stopped_retry(self, run_id: int, note: str) -> bool:
+        """Mark a stopped retry as resumed; False if another daemon took it first."""
+        with self.begin() as conn:
+            return bool(
+                conn.execute(
+                    sa.update(runs)
+                    .where(runs.c.id == run_id, runs.c.reason == SkipReason.RETRY_STOPPED.value)
+                    .values(reason=SkipReason.RETRY_RESUMED.value, error=note)
+                ).rowcount
+            )
 
     def find_fire(self, job: str, fire_key: str) -> RunRecord | None:
         with self.read() as conn:
@@ -874,6 +947,23 @@ class Store:
             )
             return changed
 
+    def mark_files_vanished(self, job: str, fire_key: str, paths: list[str]) -> None:
+        """Claimed files deleted before the run could open them: never handed out, never retried."""
+        if not paths:
+            return
+        with self.begin() as conn:
+            conn.execute(
+                sa.update(file_claims)
+                .where(
+                    file_claims.c.job == job,
+                    file_claims.c.fire_key == fire_key,
+                    file_claims.c.path == sa.bindparam("b_path"),
+                    file_claims.c.state == ClaimState.CLAIMED.value,
+                )
+                .values(state=ClaimState.VANISHED.value, done_at=utcnow()),
+                [{"b_path": p} for p in paths],
+            )
+
     def file_states(self, job: str) -> dict[str, int]:
         with self.read() as conn:
             rows = conn.execute(
@@ -895,13 +985,25 @@ class Store:
                 .returning(daemons.c.id)
             ).scalar_one()
 
-    def daemon_heartbeat(self, daemon_id: int, *, stopped: bool = False) -> None:
+    def daemon_heartbeat(
+        self, daemon_id: int, *, stopped: bool = False, queues: Any = None, notes: Any = None
+    ) -> None:
         now = utcnow()
         values: dict[str, Any] = {"heartbeat_at": now}
         if stopped:
             values["stopped_at"] = now
+        if queues is not None:
+            values["queues"] = queues
+        if notes is not None:
+            values["notes"] = notes
         with self.begin() as conn:
             conn.execute(sa.update(daemons).where(daemons.c.id == daemon_id).values(**values))
+
+    def last_daemon_beat(self) -> datetime | None:
+        """The last moment any daemon on this database was known to be scheduling."""
+        with self.begin() as conn:
+            at = conn.execute(sa.select(sa.func.max(daemons.c.heartbeat_at))).scalar()
+        return _as_utc(at) if at is not None else None
 
     def daemons(self, alive_within_s: float) -> list[dict[str, Any]]:
         """Daemons that have not stopped and reported within the window, newest first."""

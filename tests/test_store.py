@@ -353,3 +353,30 @@ def test_concurrent_first_writes_of_one_state_key(database_url: str, backend: st
 def waiting_on_a_lock(store: Store) -> bool:
     with store.engine.connect() as conn:
         return bool(conn.execute(sa.text("SELECT count(*) FROM pg_locks WHERE NOT granted")).scalar())
+
+
+def test_upgrade_to_0006_links_existing_first_attempts_to_themselves(database_url: str) -> None:
+    """Runs recorded before revision 0006 had no first_run_id; the upgrade sets it to their id."""
+    from alembic import command
+
+    old = Store(database_url)
+    with old.engine.begin() as conn:
+        config = alembic_config()
+        config.attributes["connection"] = conn
+        command.upgrade(config, "0004")
+        now = utcnow().replace(tzinfo=None)
+        conn.execute(
+            sa.text(
+                "INSERT INTO runs (job, fire_key, trigger, attempt, status, late, queued_at, host, pid) "
+                "VALUES ('old', 'k', 'manual', 1, 'succeeded', false, :now, 'h', 1)"
+            ),
+            {"now": now},
+        )
+    old.engine.dispose()
+
+    fresh = Store(database_url)
+    fresh.ensure_schema()
+    [record] = fresh.history("old")
+    assert record.first_run_id == record.id
+    assert record.reason is None and record.late_s is None
+    fresh.engine.dispose()
