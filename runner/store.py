@@ -34,9 +34,9 @@ from runner.models import (
     runs,
     utcnow,
 )
+from runner.private import FILE_MODE as PRIVATE_FILE_MODE
+from runner.private import FOLDER_MODE as PRIVATE_DIR_MODE
 
-PRIVATE_FILE_MODE = 0o600
-PRIVATE_DIR_MODE = 0o700
 MAX_FILE_ATTEMPTS = 3  # a file whose runs failed this often is left alone (state 'failed')
 ORPHAN_CLAIM_S = 120.0  # a claim whose run never appeared is released after this long
 SCHEMA_LOCK_ID = 7_270_001  # PostgreSQL advisory lock taken while migrating
@@ -812,17 +812,24 @@ class Store:
 
     def ack_files(self, job: str, fire_key: str, paths: list[str]) -> None:
         """These files of the run are processed, whatever happens to the rest of it."""
+        self._mark_files(job, fire_key, paths, ClaimState.DONE)
+
+    def _mark_files(
+        self, job: str, fire_key: str, paths: list[str], state: ClaimState, *, only_claimed: bool = False
+    ) -> None:
+        """Give these files of the fire their final state (done or vanished), one statement."""
         if not paths:
             return
+        where = [
+            file_claims.c.job == job,
+            file_claims.c.fire_key == fire_key,
+            file_claims.c.path == sa.bindparam("b_path"),
+        ]
+        if only_claimed:
+            where.append(file_claims.c.state == ClaimState.CLAIMED.value)
         with self.begin() as conn:
             conn.execute(
-                sa.update(file_claims)
-                .where(
-                    file_claims.c.job == job,
-                    file_claims.c.fire_key == fire_key,
-                    file_claims.c.path == sa.bindparam("b_path"),
-                )
-                .values(state=ClaimState.DONE.value, done_at=utcnow()),
+                sa.update(file_claims).where(*where).values(state=state.value, done_at=utcnow()),
                 [{"b_path": p} for p in paths],
             )
 
@@ -949,20 +956,7 @@ class Store:
 
     def mark_files_vanished(self, job: str, fire_key: str, paths: list[str]) -> None:
         """Claimed files deleted before the run could open them: never handed out, never retried."""
-        if not paths:
-            return
-        with self.begin() as conn:
-            conn.execute(
-                sa.update(file_claims)
-                .where(
-                    file_claims.c.job == job,
-                    file_claims.c.fire_key == fire_key,
-                    file_claims.c.path == sa.bindparam("b_path"),
-                    file_claims.c.state == ClaimState.CLAIMED.value,
-                )
-                .values(state=ClaimState.VANISHED.value, done_at=utcnow()),
-                [{"b_path": p} for p in paths],
-            )
+        self._mark_files(job, fire_key, paths, ClaimState.VANISHED, only_claimed=True)
 
     def file_states(self, job: str) -> dict[str, int]:
         with self.read() as conn:
@@ -1269,9 +1263,7 @@ class _WriterQueue:
     @contextlib.contextmanager
     def begin(self, engine: sa.Engine) -> Iterator[sa.Connection]:
         with self._thread_lock:
-            if self._pid != os.getpid():  # a forked child must not share the parent's lock
-                self._fd = self._open()
-                self._pid, self._depth = os.getpid(), 0
+            self._own_fd()
             if self._depth == 0:
                 self._lock()
             self._depth += 1
@@ -1290,13 +1282,11 @@ class _WriterQueue:
         import fcntl
 
         self._thread_lock.acquire()
-        if self._pid != os.getpid():
-            try:
-                self._fd = self._open()
-            except StorageError:
-                self._thread_lock.release()
-                raise
-            self._pid, self._depth = os.getpid(), 0
+        try:
+            self._own_fd()
+        except StorageError:
+            self._thread_lock.release()
+            raise
         if self._depth:
             self._depth += 1
             return True
@@ -1315,6 +1305,13 @@ class _WriterQueue:
         if self._depth == 0:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
         self._thread_lock.release()
+
+    def _own_fd(self) -> None:
+        """This process's own descriptor of the lock file (a forked child must not share the
+        parent's: it would share the parent's lock)."""
+        if self._pid != os.getpid():
+            self._fd = self._open()
+            self._pid, self._depth = os.getpid(), 0
 
     def _open(self) -> int:
         try:
