@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Project, assert_processes_gone, process_gone, read_pid, wait_until
+from conftest import Project, assert_processes_gone, process_gone, read_pid, stop, wait_until
 
 
 def configure_tick(project: Project, schedule: str, *, out: Path, extra: str = "", **runner: str) -> None:
@@ -22,12 +22,6 @@ def configure_tick(project: Project, schedule: str, *, out: Path, extra: str = "
         timezone="UTC",
         **runner,
     )
-
-
-def stop(project: Project, daemon) -> None:
-    daemon.send_signal(signal.SIGTERM)
-    done = project.finish(daemon)
-    assert done.returncode == 0, done
 
 
 def test_every_second_for_ten_seconds_gives_distinct_fires(project: Project):
