@@ -293,10 +293,17 @@ class SectionReader:
         return size
 
     def choice(
-        self, key: str, choices: Iterable[_Choice], default: _Default, *, problem: str = ""
+        self,
+        key: str,
+        choices: Iterable[_Choice],
+        default: _Default,
+        *,
+        problem: str = "",
+        blank: bool = False,
     ) -> _Choice | _Default:
-        """One of a few words, in any case (an Enum of str gives its member)."""
-        if key not in self.values:
+        """One of a few words, in any case (an Enum of str gives its member); `blank`: a blank value
+        means the default too."""
+        if key not in self.values or (blank and not self.values[key].strip()):
             return default
         word = self.values[key].strip().lower()
         choices = tuple(choices)
@@ -361,9 +368,7 @@ def _runner_settings(reader: SectionReader) -> RunnerSettings:
         catchup_s=reader.duration("catchup", DEFAULT_CATCHUP_S),
         shutdown_grace_s=reader.duration("shutdown_grace", 30.0),
         lock_timeout_s=reader.duration("lock_timeout", DEFAULT_LOCK_TIMEOUT_S),
-        contain=reader.choice("contain", CONTAIN_CHOICES, CONTAIN_CHOICES[0])
-        if reader.text("contain")
-        else CONTAIN_CHOICES[0],
+        contain=reader.choice("contain", CONTAIN_CHOICES, CONTAIN_CHOICES[0], blank=True),
         data_database=_absolute_sqlite_url(data, base) if (data := reader.text("data_database")) else None,
         max_log_bytes=reader.size("max_log_bytes", DEFAULT_MAX_LOG_BYTES),
     )
