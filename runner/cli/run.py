@@ -6,6 +6,7 @@ from __future__ import annotations
 import random
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -109,7 +110,7 @@ def run_job(app: App, job: str, args: list[str]) -> int:
     return _execute(app, spec, params, fire, as_json)
 
 
-def _execute(app: App, spec: JobSpec, params: dict[str, Any], fire: Fire, as_json: bool) -> int:
+def _execute(app: App, spec: JobSpec, params: Mapping[str, Any], fire: Fire, as_json: bool) -> int:
     from runner.execution import execute
     from runner.models import Trigger
 
