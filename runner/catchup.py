@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
 
-from runner.config import JobSettings, format_duration
 from runner.context import Fire
+from runner.durations import format_duration
 from runner.models import SkipReason, Trigger
+from runner.settings import JobSettings
 from runner.triggers import Schedule, fire_key
 
 MAX_COUNTED_MISSES = 10_000

@@ -12,9 +12,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.config import Settings, system_timezone
+from runner.config import system_timezone
 from runner.errors import ConfigError, RunnerError
 from runner.private import private_folder, write_private
+from runner.settings import Settings
 from runner.systemd import check_user, runner_executable
 from runner.triggers import CronSchedule
 

@@ -14,9 +14,8 @@ from runner.errors import RunnerError
 from runner.models import Trigger, utcnow
 
 if TYPE_CHECKING:
-    from runner.config import Settings
+    from runner.settings import Settings, WatchSettings
     from runner.store import Store
-    from runner.watch import WatchSettings
 
 CRON_LOOKBACK_S = 600.0  # how long after its minute a crontab line may start and still find it
 CRON_LATE_S = 60.0  # a crontab line that starts later than this after its minute is marked late

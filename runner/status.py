@@ -12,7 +12,7 @@ from runner.models import utcnow
 from runner.triggers import fire_key
 
 if TYPE_CHECKING:
-    from runner.config import Settings
+    from runner.settings import Settings
     from runner.store import RunRecord, Store
 
 MAX_PROBLEMS = 10  # recent runs that did not succeed

@@ -10,8 +10,9 @@ import socket
 import sys
 from pathlib import Path
 
-from runner.config import Settings, sqlite_path
+from runner.config import sqlite_path
 from runner.errors import ConfigError, RunnerError
+from runner.settings import Settings
 
 # A unit file is line-based: a newline or control character in a value would start a new setting.
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from runner.catchup import plan
-from runner.config import JobSettings
 from runner.models import SkipReason, Trigger
+from runner.settings import JobSettings
 from runner.triggers import parse_schedule
 
 HOURLY = (parse_schedule("cron 0 * * * *", "UTC"),)

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING
 
 import click
 
-from runner import __version__
 from runner.cli.output import finish
+from runner.version import __version__
 
 if TYPE_CHECKING:
-    from runner.config import Settings
+    from runner.settings import Settings
     from runner.store import Store
 
 

@@ -13,8 +13,8 @@ from runner.cli.output import print_json, print_table, text
 from runner.errors import RunnerError
 
 if TYPE_CHECKING:
-    from runner.config import JobSettings, Settings
     from runner.jobapi import JobSpec
+    from runner.settings import JobSettings, Settings
 
 MAX_NEXT_COUNT = 1000  # fires per job `runner next --count` shows
 
@@ -63,8 +63,8 @@ def list_jobs(app: App, as_json: bool) -> None:
 @pass_app
 def show(app: App, job: str, as_json: bool) -> None:
     """Show one job's resolved settings (secrets hidden) and its parameters."""
-    from runner.config import JOB_PREFIX
     from runner.discovery import find_job
+    from runner.ini import JOB_PREFIX
 
     spec = find_job(app.settings, job)
     section = app.settings.printable().get(JOB_PREFIX + job, {})
@@ -107,8 +107,8 @@ def show(app: App, job: str, as_json: bool) -> None:
 
 def _parameters(spec: JobSpec) -> list[dict[str, Any]]:
     """The job's parameters as `show` prints them, secret values masked."""
-    from runner.config import mask_value
     from runner.params import REQUIRED
+    from runner.settings import mask_value
 
     params = []
     for param in spec.params:
@@ -131,7 +131,7 @@ def _parameters(spec: JobSpec) -> list[dict[str, Any]]:
 
 def _effective_settings(settings: Settings, spec: JobSpec) -> dict[str, Any]:
     """The job's settings in effect, the [runner] defaults included (they decide when a fire runs)."""
-    from runner.config import format_duration
+    from runner.durations import format_duration
 
     section = settings.jobs.get(spec.name)
     defaults = settings.runner

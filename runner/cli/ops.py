@@ -15,7 +15,7 @@ from runner.errors import EXIT_USAGE, RunnerError
 
 if TYPE_CHECKING:
     from runner.catchup import CatchupPlan
-    from runner.config import Settings
+    from runner.settings import Settings
     from runner.store import Store
 
 CRON_D_HELP = (

@@ -18,11 +18,11 @@ from runner.cli.output import finish, print_json
 from runner.errors import EXIT_USAGE, RunnerError
 
 if TYPE_CHECKING:
-    from runner.config import Settings
     from runner.context import Fire
     from runner.execution import Outcome
     from runner.jobapi import JobSpec
     from runner.params import ParamSpec
+    from runner.settings import Settings
 
 RUN_HELP = """Run JOB now, supervised and recorded in the history.
 
@@ -183,7 +183,7 @@ def _refuse_other_watched_folder(
 def _shown(name: str, value: Any, annotation: Any) -> str:
     """A parameter's value for --help: secrets and URL passwords masked, then as written (a str
     parameter's text quoted, anything else — paths, numbers, dates — as on the command line)."""
-    from runner.config import SECRET_MASK, mask_value
+    from runner.settings import SECRET_MASK, mask_value
 
     masked = mask_value(name, str(value) if isinstance(value, Path) else value)
     if masked == SECRET_MASK:
@@ -229,8 +229,8 @@ def job_command(spec: JobSpec) -> click.Command:
 
 def _param_option(spec: JobSpec, param: ParamSpec) -> click.Option:
     """The --name option of one job parameter, its help saying its type, default and configured value."""
-    from runner.config import is_secret
     from runner.params import REQUIRED
+    from runner.settings import is_secret
 
     flag = "--" + param.name.replace("_", "-")
     default = (
