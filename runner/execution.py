@@ -24,6 +24,7 @@ from runner.models import utcnow
 from runner.private import open_private, private_folder
 from runner.runlog import RunLog
 from runner.runplan import Attempt, Outcome, RunPlan, masked_params
+from runner.settings import Overlap
 from runner.stopsignals import StopSignals, signame
 from runner.supervise import Child, Verdict
 from runner.terminal import LiveTerminal
@@ -260,7 +261,7 @@ def _wait_for_lease(attempt: Attempt, holder: RunRecord | None, stops: StopSigna
     """overlap = skip: record the run skipped and raise; overlap = queue: wait for the lease."""
     plan = attempt.plan
     spec, store, settings, run_id = plan.spec, plan.store, plan.settings, attempt.run_id
-    if spec.overlap == "skip":
+    if spec.overlap == Overlap.SKIP:
         since = holder.started_at or holder.queued_at
         store.finish(
             run_id,

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from runner import jsonsafe
 from runner.context import Fire
 from runner.enums import RunStatus
+from runner.settings import Overlap, mask_value
 
 if TYPE_CHECKING:
     from runner.config import RunnerSettings
@@ -36,7 +37,7 @@ class RunPlan:
     @property
     def lease_job(self) -> str | None:
         """The job whose overlap lease the run holds; None with overlap = allow (no lease)."""
-        return self.spec.name if self.spec.overlap != "allow" else None
+        return self.spec.name if self.spec.overlap != Overlap.ALLOW else None
 
     def claim_values(self) -> dict[str, Any]:
         """The run row's values for Store.claim(), the same for every attempt."""
@@ -100,7 +101,6 @@ class Outcome:
 
 def masked_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Parameters as history and logs show them: JSON values, secret-looking ones and URL passwords as ***."""
-    from runner.config import mask_value
 
     plain = jsonsafe.jsonable(dict(params))
     return {key: mask_value(key, value) for key, value in plain.items()}

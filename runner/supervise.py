@@ -245,7 +245,7 @@ class Child:
         self, message: dict[str, Any], timeout_s: float | None
     ) -> tuple[RunStatus, int | None, int | None, str | None]:
         """(status, exit code, signal, one-line error) from how the child ended."""
-        from runner.config import format_duration
+        from runner.durations import format_duration
 
         code = os.waitstatus_to_exitcode(self.wait_status or 0)
         exit_code, sig = (code, None) if code >= 0 else (None, -code)
