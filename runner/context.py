@@ -11,6 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
+from runner.enums import Trigger
+
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
@@ -56,12 +58,16 @@ STOP = _StopRequest()
 class Fire:
     """Why a run happened: the trigger kind, its idempotency key, when it was due, which files."""
 
-    kind: str  # manual | cron | schedule | file
+    kind: Trigger
     key: str
     scheduled_at: datetime | None = None
     late: bool = False
     paths: tuple[Path, ...] = field(default_factory=tuple)
     due_at: datetime | None = None  # UTC: scheduled_at plus the jitter delay the daemon drew
+
+    def __post_init__(self) -> None:
+        # A kind read back from the history or a fork-server message is a plain string.
+        object.__setattr__(self, "kind", Trigger(self.kind))
 
 
 class JobState:

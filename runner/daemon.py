@@ -21,15 +21,14 @@ from runner.config import Settings, load_settings
 from runner.context import Fire
 from runner.errors import EXIT_NOT_STARTED, EXIT_STORAGE, RunnerError
 from runner.forkserver import ForkServer
+from runner.messages import FireRequest
 from runner.models import SkipReason, Trigger, utcnow
 from runner.spool import replay
 from runner.triggers import fire_key
 
 log = logging.getLogger("runner.daemon")
 
-FORKSERVER_STOP_ESCALATE_S = 0.5
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-PR_SET_PDEATHSIG = 1
 QUEUE_PUBLISH_S = 1.0  # how often a changed queue is written to the daemon's row (`runner status`)
 RESTART_SETTINGS = ("database",)  # [runner] keys a reload cannot apply: the stores are open
 
@@ -83,7 +82,7 @@ class Daemon:
         self.dispatcher = Dispatcher(
             self.settings,
             _policies(catalog),
-            send=lambda name, fire: self.server.submit(_request(name, fire)),
+            send=lambda name, fire: self.server.submit(FireRequest(name, fire)),
             busy=lambda: self.server.in_flight,
             record=self._record_skips,
         )
@@ -248,7 +247,7 @@ class Daemon:
             job.remove()
         self.settings = settings
         self.dispatcher.reload(settings, policies)
-        self.server.command("reload")
+        self.server.reload()
         self._add_jobs()
         if self.watches is not None:
             self.watches.stop()
@@ -336,7 +335,7 @@ class Daemon:
                 record.attempt,
             )
             fire = Fire(record.trigger, record.fire_key, record.scheduled_at, late=True)
-            self.server.submit({**_request(record.job, fire), "resume": record.id})
+            self.server.submit(FireRequest(record.job, fire, resume=record.id))
 
     def _record_unscheduled(self) -> None:
         """Fires that came due after the scheduler stopped, while running jobs finished."""
@@ -371,11 +370,11 @@ class Daemon:
         return key, self.store.claim_files(name, key, [(v.path, v.size, v.mtime_ns) for v in versions])
 
     def _dispatch_files(self, name: str, key: str, paths: list[str]) -> None:
-        fire = Fire(Trigger.FILE.value, key, paths=tuple(Path(p) for p in paths))
+        fire = Fire(Trigger.FILE, key, paths=tuple(Path(p) for p in paths))
         if self._stopping or self.dispatcher is None:
             self.store.settle_files(name, key, succeeded=False)
             return
-        future = self.server.submit(_request(name, fire))
+        future = self.server.submit(FireRequest(name, fire))
 
         def done(result: Future[int]) -> None:
             if result.result() == EXIT_NOT_STARTED and self.watches is not None:
@@ -384,18 +383,6 @@ class Daemon:
                 self.watches.wake()
 
         future.add_done_callback(done)
-
-
-def _request(name: str, fire: Fire) -> dict[str, Any]:
-    return {
-        "job": name,
-        "trigger": fire.kind,
-        "key": fire.key,
-        "scheduled_at": fire.scheduled_at.isoformat() if fire.scheduled_at else None,
-        "late": fire.late,
-        "paths": [str(p) for p in fire.paths],
-        "due_at": fire.due_at.isoformat() if fire.due_at else None,
-    }
 
 
 def _process_started_at() -> datetime:
