@@ -914,6 +914,7 @@ def _job_main(
         store=store,
         log=logger,
         tty=tty,
+        timezone=spec.timezone,
     )
     kwargs = dict(params)
     if spec.takes_ctx:
