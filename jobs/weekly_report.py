@@ -87,6 +87,7 @@ def weekly_report(
     smtp_security: str = "starttls",
     smtp_user: str | None = None,
     smtp_password: str | None = None,
+    smtp_cafile: Path | None = None,
     sender: str = "runner@localhost",
     to: list[str] | None = None,
     cc: list[str] | None = None,
@@ -106,6 +107,7 @@ def weekly_report(
         smtp_security: starttls, ssl or none.
         smtp_user: login name (with smtp_password; put the password in ${env:...}).
         smtp_password: login password.
+        smtp_cafile: certificates to trust for the mail server (an internal CA); default: the system's.
         sender: the From address.
         to: recipients, comma separated.
         cc: copy recipients, comma separated.
@@ -149,7 +151,8 @@ def weekly_report(
             summary["sent"] = False
             return summary
         message = build_message(report, written, sender=sender, to=to or [], cc=cc or [])
-        send(message, smtp_host, smtp_port or SMTP_PORTS[security], security, smtp_user, smtp_password)
+        port = smtp_port or SMTP_PORTS[security]
+        send(message, smtp_host, port, security, (smtp_user, smtp_password), smtp_cafile)
         values = {
             "recipients": ", ".join(recipients),
             "run_id": ctx.run_id,
@@ -673,21 +676,29 @@ def build_message(
     return message
 
 
-def send(message: Any, host: str, port: int, security: str, user: str | None, password: str | None) -> None:
+def send(
+    message: Any,
+    host: str,
+    port: int,
+    security: str,
+    login: tuple[str | None, str | None],
+    cafile: Path | None,
+) -> None:
+    """Hand the message to the mail server; any failure is one ReportError line."""
     import smtplib
     import ssl
 
     where = f"{host}:{port}"
+    user, password = login
     try:
+        context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
         if security == "ssl":
-            client: smtplib.SMTP = smtplib.SMTP_SSL(
-                host, port, timeout=SMTP_TIMEOUT_S, context=ssl.create_default_context()
-            )
+            client: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=SMTP_TIMEOUT_S, context=context)
         else:
             client = smtplib.SMTP(host, port, timeout=SMTP_TIMEOUT_S)
         with client:
             if security == "starttls":
-                client.starttls(context=ssl.create_default_context())
+                client.starttls(context=context)
             if user:
                 client.login(user, password or "")
             client.send_message(message)

@@ -4,12 +4,21 @@ and the report opened in headless Chromium."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import email
+import email.policy
+import io
 import os
 import random
+import shutil
+import socket
+import ssl
 import subprocess
 import sys
+import threading
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from html.parser import HTMLParser
@@ -462,3 +471,190 @@ def test_loading_the_job_module_imports_no_heavy_library() -> None:
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# --- 2. mail ---------------------------------------------------------------------------------------
+
+SMTP_USER, SMTP_PASSWORD = "reports", "s3cret-pass"
+
+
+class MailServer:
+    """aiosmtpd on 127.0.0.1 (a free port), in a thread: plain, STARTTLS or implicit TLS, with a login."""
+
+    def __init__(self, security: str, cert: Path | None = None) -> None:
+        from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
+
+        self.security = security
+        self.messages: list[Any] = []
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        context = None
+        if cert is not None:
+            context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            context.load_cert_chain(cert, cert.with_suffix(".key"))
+
+        def check(_server: Any, _session: Any, _envelope: Any, _mechanism: str, data: Any) -> AuthResult:
+            good = isinstance(data, LoginPassword) and (data.login, data.password) == (
+                SMTP_USER.encode(),
+                SMTP_PASSWORD.encode(),
+            )
+            return AuthResult(success=good)
+
+        def protocol() -> SMTP:
+            return SMTP(
+                self,
+                hostname="127.0.0.1",
+                tls_context=context if security == "starttls" else None,
+                require_starttls=security == "starttls",
+                auth_required=cert is not None,
+                # aiosmtpd does not see implicit TLS as TLS: the socket is encrypted all the same.
+                auth_require_tls=security != "ssl",
+                authenticator=check if cert is not None else None,
+            )
+
+        self.thread.start()
+        serving = self.loop.create_server(
+            protocol, "127.0.0.1", 0, ssl=context if security == "ssl" else None
+        )
+        self.server = asyncio.run_coroutine_threadsafe(serving, self.loop).result(timeout=30)
+        self.port = self.server.sockets[0].getsockname()[1]
+
+    async def handle_DATA(self, _server: Any, _session: Any, envelope: Any) -> str:
+        self.messages.append(envelope)
+        return "250 OK"
+
+    def close(self) -> None:
+        async def stop() -> None:
+            self.server.close()
+            await self.server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(stop(), self.loop).result(timeout=30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(timeout=30)
+        self.loop.close()
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A self-signed certificate for 127.0.0.1 (the job trusts it through smtp_cafile)."""
+    if not shutil.which("openssl"):
+        pytest.skip("openssl is not installed (Debian: apt-get install openssl)")
+    folder = tmp_path_factory.mktemp("tls")
+    cert = folder / "smtp.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(cert.with_suffix(".key")),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    return cert
+
+
+@pytest.fixture
+def mail_server(request: pytest.FixtureRequest, certificate: Path) -> Iterator[MailServer]:
+    server = MailServer(getattr(request, "param", "starttls"), certificate)
+    yield server
+    server.close()
+
+
+def mail_settings(project: Project, server: MailServer, security: str, certificate: Path) -> str:
+    project.environ["REPORT_SMTP_PASSWORD"] = SMTP_PASSWORD
+    return f"""
+        smtp_host = 127.0.0.1
+        smtp_port = {server.port}
+        smtp_security = {security}
+        smtp_cafile = {certificate}
+        smtp_user = {SMTP_USER}
+        smtp_password = ${{env:REPORT_SMTP_PASSWORD}}
+        sender = runner@example.com
+        to = ops@example.com, lead@example.com
+        cc = archive@example.com
+    """
+
+
+def check_mail(envelope: Any, week: str) -> None:
+    from PIL import Image
+
+    assert sorted(envelope.rcpt_tos) == ["archive@example.com", "lead@example.com", "ops@example.com"]
+    message = email.message_from_bytes(envelope.original_content, policy=email.policy.default)
+    assert message["Subject"] == f"Report {week}"
+    assert message["To"] == "ops@example.com, lead@example.com" and message["Cc"] == "archive@example.com"
+    assert message.get_content_type() == "multipart/alternative"
+    text, related = message.get_payload()
+    assert text.get_content_type() == "text/plain"
+    assert f"Report {week}" in text.get_content() and "alpha" in text.get_content()
+    assert related.get_content_type() == "multipart/related"
+    html, png = related.get_payload()
+    assert html.get_content_type() == "text/html"
+    assert 'src="cid:chart"' in html.get_content()
+    assert "<script" not in html.get_content().lower()
+    assert png.get_content_type() == "image/png" and png["Content-ID"] == "<chart>"
+    image = Image.open(io.BytesIO(png.get_content()))
+    image.load()
+    assert image.format == "PNG" and image.size == (800, 320)
+
+
+@pytest.mark.parametrize("mail_server", ["starttls", "ssl"], indirect=True)
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
+def test_the_mail_arrives_once_per_period(
+    seeded: tuple[Project, Seed], mail_server: MailServer, certificate: Path
+) -> None:
+    project, _ = seeded
+    configure(project, mail_settings(project, mail_server, mail_server.security, certificate))
+    done = project.runner("run", "weekly_report", "-p", f"week={WEEK}")
+    assert done.returncode == 0, done
+    assert done.json()["sent"] is True
+    assert len(mail_server.messages) == 1
+    check_mail(mail_server.messages[0], WEEK)
+    assert SMTP_PASSWORD not in "".join(str(row["params"]) for row in project.history("weekly_report"))
+
+    again = project.runner("run", "weekly_report", "-p", f"week={WEEK}")
+    assert again.returncode == 0, again
+    assert again.json()["sent"] is False
+    assert len(mail_server.messages) == 1  # the same period is not sent twice
+
+    resent = project.runner("run", "weekly_report", "-p", f"week={WEEK}", "-p", "resend=true")
+    assert resent.returncode == 0 and resent.json()["sent"] is True, resent
+    assert len(mail_server.messages) == 2
+
+    dry = project.runner("run", "weekly_report", "-p", "week=2026-W42", "-p", "dry_run=true")
+    assert dry.returncode == 0 and dry.json()["sent"] is False, dry
+    assert (project.root / "reports" / "2026-W42" / "report.html").is_file()
+    assert len(mail_server.messages) == 2
+
+
+def test_a_down_mail_server_fails_the_run_in_one_line_after_writing_the_files(
+    seeded: tuple[Project, Seed], certificate: Path
+) -> None:
+    project, _ = seeded
+    with socket.socket() as reserved:  # bound, never listening: a connection is refused
+        reserved.bind(("127.0.0.1", 0))
+        down = MailServer.__new__(MailServer)
+        down.port = reserved.getsockname()[1]
+        configure(project, mail_settings(project, down, "starttls", certificate))
+        done = project.runner("run", "weekly_report", "-p", f"week={WEEK}")
+    assert done.returncode == 1, done
+    assert len(done.stderr_lines) == 1, done
+    assert f"could not send the report through 127.0.0.1:{down.port}" in done.stderr
+    assert "Traceback" not in done.stderr
+    assert (project.root / "reports" / WEEK / "report.html").is_file()
+    assert (project.root / "reports" / WEEK / "jobs.csv").is_file()
+    run = project.history("weekly_report")[-1]
+    assert run["status"] == "failed" and "could not send the report" in run["error"]
