@@ -546,6 +546,7 @@ def chart_png(report: Report) -> bytes:
 
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     colours = {
         "succeeded": "#2e7d32",
@@ -568,6 +569,7 @@ def chart_png(report: Report) -> bytes:
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     axes.set_title(f"Runs per day by status, {report.span.label} ({report.span.timezone})")
     axes.set_ylabel("runs")
+    axes.yaxis.set_major_locator(MaxNLocator(integer=True))
     if statuses:
         axes.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize="small")
     else:

@@ -375,6 +375,7 @@ def test_every_figure_matches_an_independent_computation(seeded: tuple[Project, 
     assert done.returncode == 0, done
     folder = project.root / "reports" / WEEK
     assert done.json()["folder"] == str(folder)
+    assert not [p.name for p in folder.iterdir() if p.name.startswith(".")]  # no temporary file left
 
     want = expected_jobs(seed)
     rows = read_csv(folder / "jobs.csv")
@@ -658,3 +659,98 @@ def test_a_down_mail_server_fails_the_run_in_one_line_after_writing_the_files(
     assert (project.root / "reports" / WEEK / "jobs.csv").is_file()
     run = project.history("weekly_report")[-1]
     assert run["status"] == "failed" and "could not send the report" in run["error"]
+
+
+# --- 3. the report in a browser --------------------------------------------------------------------
+
+CHART_GREEN = (0x2E, 0x7D, 0x32)  # the succeeded bars
+BROWSER_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-dev-shm-usage",
+    "--hide-scrollbars",
+)
+PROBE = (
+    '<script>addEventListener("load", () => { const img = document.getElementById("chart"); '
+    "document.title = `chart ${img.complete} ${img.naturalWidth}x${img.naturalHeight}`; });</script>"
+)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's headless Chromium, installed by the test set-up when this machine allows it."""
+    found = shutil.which("chromium")
+    if found:
+        return found
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip(
+            "chromium is not installed and cannot be (needs root and apt-get): apt-get install chromium"
+        )
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = [
+        "apt-get",
+        "install",
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "-o",
+        "DPkg::Lock::Timeout=600",
+        "chromium",
+    ]
+    if subprocess.run(install, capture_output=True, env=env, timeout=1800).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], capture_output=True, env=env, timeout=1800)
+        done = subprocess.run(install, capture_output=True, text=True, env=env, timeout=1800)
+        if done.returncode != 0:
+            pytest.skip(f"could not install chromium: {done.stderr.strip()[-300:]}")
+    return shutil.which("chromium") or pytest.skip("apt-get installed chromium but it is not on PATH")
+
+
+def browse(chromium: str, *args: str, home: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [chromium, *BROWSER_FLAGS, f"--user-data-dir={home}", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "HOME": str(home)},
+    )
+
+
+def test_the_report_opens_in_chromium_with_its_chart(
+    sqlite_project: Project, chromium: str, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    configure(sqlite_project)
+    install_seed(sqlite_project, make_seed())
+    done = sqlite_project.runner("run", "weekly_report", "-p", f"week={WEEK}")
+    assert done.returncode == 0, done
+    folder = Path(done.json()["folder"])
+    chart = Image.open(folder / "chart.png")
+
+    # The page as shipped has no script; a copy with a probe reports the image's natural size.
+    probe = tmp_path / "probe.html"
+    probe.write_text((folder / "report.html").read_text().replace("</body>", PROBE + "</body>"))
+    dom = browse(
+        chromium, "--virtual-time-budget=10000", "--dump-dom", probe.as_uri(), home=tmp_path / "home"
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert f"<title>chart true {chart.width}x{chart.height}</title>" in dom.stdout, dom.stdout[:500]
+
+    shot = tmp_path / "shot.png"
+    taken = browse(
+        chromium,
+        "--window-size=1000,1400",
+        f"--screenshot={shot}",
+        (folder / "report.html").as_uri(),
+        home=tmp_path / "home",
+    )
+    assert taken.returncode == 0 and shot.is_file(), taken.stderr[-2000:]
+    screen = Image.open(shot).convert("RGB")
+    assert screen.size == (1000, 1400)
+    colours = screen.getcolors(maxcolors=1_000_000) or []
+    assert len(colours) > 50, "the screenshot is (nearly) blank"
+    green = sum(
+        n for n, rgb in colours if all(abs(a - b) <= 12 for a, b in zip(rgb, CHART_GREEN, strict=True))
+    )
+    assert green > 1000, f"only {green} pixels of the chart's bars are on screen"
