@@ -112,6 +112,11 @@ def weekly_report(
         to: recipients, comma separated.
         cc: copy recipients, comma separated.
     """
+    try:
+        import jinja2  # noqa: F401  (imported here, not at start-up: see README "Writing a job")
+        import matplotlib  # noqa: F401
+    except ImportError as exc:
+        raise ReportError(f"{exc.name} is not installed: pip install 'backend-runner[report]'") from None
     span = resolve_period(period, week, month, ctx.timezone, datetime.now(UTC))
     security = smtp_security.strip().lower()
     if security not in SMTP_PORTS:
@@ -246,12 +251,24 @@ def _month(first: date, zone: Any, timezone: str, *, with_previous: bool) -> Spa
 # --- figures (SQL) --------------------------------------------------------------------------------
 
 
-def _runs(conn: sa.Connection) -> sa.Table:
-    """The run history's `runs` table, as the database has it (a job uses only runner's public API)."""
-    return sa.Table("runs", sa.MetaData(), autoload_with=conn)
+# The columns of the run history's `runs` table this report reads (naive UTC datetimes). Declared
+# here rather than imported (a job uses only runner's public API) or reflected (which would cost
+# more round trips than the report's own queries on a small history).
+RUNS = sa.table(
+    "runs",
+    sa.column("id", sa.Integer),
+    sa.column("job", sa.String),
+    sa.column("trigger", sa.String),
+    sa.column("status", sa.String),
+    sa.column("late", sa.Boolean),
+    sa.column("queued_at", sa.DateTime),
+    sa.column("started_at", sa.DateTime),
+    sa.column("ended_at", sa.DateTime),
+    sa.column("error", sa.Text),
+)
 
 
-def duration_seconds(dialect: str, runs: sa.Table) -> sa.ColumnElement[float]:
+def duration_seconds(dialect: str, runs: sa.TableClause) -> sa.ColumnElement[float]:
     """ended_at - started_at in seconds, in SQL (SQLite keeps datetimes as text)."""
     if dialect == "postgresql":
         return sa.func.extract("epoch", runs.c.ended_at - runs.c.started_at)
@@ -263,7 +280,7 @@ def _count_if(condition: sa.ColumnElement[bool]) -> sa.ColumnElement[int]:
 
 
 def _job_counts(conn: sa.Connection, start: datetime, end: datetime) -> dict[str, dict[str, Any]]:
-    runs = _runs(conn)
+    runs = RUNS
     ran = runs.c.status != "skipped"
     query = (
         sa.select(
@@ -286,15 +303,9 @@ def _job_counts(conn: sa.Connection, start: datetime, end: datetime) -> dict[str
 
 def _job_durations(conn: sa.Connection, start: datetime, end: datetime) -> dict[str, tuple[Any, Any]]:
     """p50 and p95 per job by nearest rank (the ceil(p*n)-th shortest), with window functions."""
-    runs = _runs(conn)
-    seconds = duration_seconds(conn.dialect.name, runs)
-    ranked = (
-        sa.select(
-            runs.c.job,
-            seconds.label("seconds"),
-            sa.func.row_number().over(partition_by=runs.c.job, order_by=seconds).label("rank"),
-            sa.func.count().over(partition_by=runs.c.job).label("n"),
-        )
+    runs = RUNS
+    finished = (
+        sa.select(runs.c.job, duration_seconds(conn.dialect.name, runs).label("seconds"))
         .where(
             runs.c.queued_at >= _naive(start),
             runs.c.queued_at < _naive(end),
@@ -304,6 +315,12 @@ def _job_durations(conn: sa.Connection, start: datetime, end: datetime) -> dict[
         )
         .subquery()
     )
+    ranked = sa.select(
+        finished.c.job,
+        finished.c.seconds,
+        sa.func.row_number().over(partition_by=finished.c.job, order_by=finished.c.seconds).label("rank"),
+        sa.func.count().over(partition_by=finished.c.job).label("n"),
+    ).subquery()
     query = sa.select(
         ranked.c.job,
         sa.func.max(sa.case((ranked.c.rank == (ranked.c.n + 1) // 2, ranked.c.seconds))).label("p50"),
@@ -349,7 +366,7 @@ def job_figures(conn: sa.Connection, span: Span) -> list[dict[str, Any]]:
 def daily_runs(conn: sa.Connection, span: Span) -> list[dict[str, Any]]:
     """Runs per local day and status: the day is found in SQL from the UTC bounds of local midnights
     (DST-correct without time zone support in the database)."""
-    runs = _runs(conn)
+    runs = RUNS
     day = sa.case(
         *((runs.c.queued_at < _naive(bound), index) for index, bound in enumerate(span.day_starts[1:])),
         else_=len(span.days),
@@ -369,7 +386,11 @@ def daily_runs(conn: sa.Connection, span: Span) -> list[dict[str, Any]]:
 
 
 def recent_failures(conn: sa.Connection, span: Span) -> list[dict[str, Any]]:
-    runs = _runs(conn)
+    """The newest failed runs of the period, with their error (queued_at in the report's timezone)."""
+    from zoneinfo import ZoneInfo
+
+    zone = ZoneInfo(span.timezone)
+    runs = RUNS
     query = (
         sa.select(runs.c.id, runs.c.job, runs.c.status, runs.c.queued_at, runs.c.error)
         .where(
@@ -385,7 +406,7 @@ def recent_failures(conn: sa.Connection, span: Span) -> list[dict[str, Any]]:
             "run": row.id,
             "job": row.job,
             "status": row.status,
-            "queued_at": row.queued_at.replace(tzinfo=None).isoformat(sep=" ", timespec="seconds"),
+            "queued_at": f"{row.queued_at.replace(tzinfo=UTC).astimezone(zone):%Y-%m-%d %H:%M:%S}",
             "error": (row.error or "")[:ERROR_CHARS],
         }
         for row in conn.execute(query)
@@ -720,7 +741,8 @@ HTML_TEMPLATE = """<!DOCTYPE html>
 <style>
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }
+td.error { white-space: normal; }
 th:first-child, td:first-child, td.text { text-align: left; }
 .up { color: #2e7d32; } .down { color: #c62828; } .muted { color: #777; }
 </style>
@@ -773,9 +795,9 @@ compared with {{ report.span.previous.label if report.span.previous else "nothin
 <h2>Recent failures</h2>
 {% if report.failures %}
 <table id="failures">
-<thead><tr><th>run</th><th>job</th><th>status</th><th>queued (UTC)</th><th>error</th></tr></thead>
+<thead><tr><th>run</th><th>job</th><th>status</th><th>queued ({{ report.span.timezone }})</th><th>error</th></tr></thead>
 <tbody>
-{% for f in report.failures %}<tr><td>{{ f.run }}</td><td class="text">{{ f.job }}</td><td class="text">{{ f.status }}</td><td class="text">{{ f.queued_at }}</td><td class="text">{{ f.error }}</td></tr>
+{% for f in report.failures %}<tr><td>{{ f.run }}</td><td class="text">{{ f.job }}</td><td class="text">{{ f.status }}</td><td class="text">{{ f.queued_at }}</td><td class="text error">{{ f.error }}</td></tr>
 {% endfor %}</tbody>
 </table>
 {% else %}<p>None.</p>{% endif %}
