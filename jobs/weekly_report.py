@@ -741,9 +741,10 @@ HTML_TEMPLATE = """<!DOCTYPE html>
 <style>
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
 table { border-collapse: collapse; margin: 1em 0; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: right; white-space: nowrap; }
-td.error { white-space: normal; }
-th:first-child, td:first-child, td.text { text-align: left; }
+table { font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: right; }
+th, td:first-child { white-space: nowrap; }
+th:first-child, td:first-child, .text { text-align: left; }
 .up { color: #2e7d32; } .down { color: #c62828; } .muted { color: #777; }
 </style>
 </head>
@@ -776,7 +777,7 @@ compared with {{ report.span.previous.label if report.span.previous else "nothin
 {% if report.quarantined is not none and report.quarantined.reasons %}
 <h3>Top quarantine reasons</h3>
 <table id="quarantine">
-<thead><tr><th>reason</th><th>files</th></tr></thead>
+<thead><tr><th class="text">reason</th><th>files</th></tr></thead>
 <tbody>
 {% for r in report.quarantined.reasons[:10] %}<tr><td class="text">{{ r.reason }}</td><td>{{ r.files }}</td></tr>
 {% endfor %}</tbody>
@@ -795,7 +796,7 @@ compared with {{ report.span.previous.label if report.span.previous else "nothin
 <h2>Recent failures</h2>
 {% if report.failures %}
 <table id="failures">
-<thead><tr><th>run</th><th>job</th><th>status</th><th>queued ({{ report.span.timezone }})</th><th>error</th></tr></thead>
+<thead><tr><th>run</th><th class="text">job</th><th class="text">status</th><th class="text">queued ({{ report.span.timezone }})</th><th class="text">error</th></tr></thead>
 <tbody>
 {% for f in report.failures %}<tr><td>{{ f.run }}</td><td class="text">{{ f.job }}</td><td class="text">{{ f.status }}</td><td class="text">{{ f.queued_at }}</td><td class="text error">{{ f.error }}</td></tr>
 {% endfor %}</tbody>

@@ -440,6 +440,25 @@ def test_every_figure_matches_an_independent_computation(seeded: tuple[Project, 
     assert page.images[0]["src"].startswith("data:image/png;base64,")
 
 
+def test_a_month_compares_with_the_month_before(seeded: tuple[Project, Seed]) -> None:
+    project, seed = seeded
+    done = project.runner("run", "weekly_report", "-p", "month=2026-10")
+    assert done.returncode == 0, done
+    zone = ZoneInfo(TIMEZONE)
+    october = (
+        datetime(2026, 10, 1, tzinfo=zone).astimezone(UTC),
+        datetime(2026, 11, 1, tzinfo=zone).astimezone(UTC),
+    )
+    september = datetime(2026, 9, 1, tzinfo=zone).astimezone(UTC), october[0]
+    now, before = period_figures(seed.runs, *october), period_figures(seed.runs, *september)
+    assert not before and now
+    rows = read_csv(project.root / "reports" / "2026-10" / "jobs.csv")
+    assert {row["job"]: [number(row[m]) for m in METRICS] for row in rows} == {
+        job: [figures[m] for m in METRICS] for job, figures in now.items()
+    }
+    assert len(read_csv(project.root / "reports" / "2026-10" / "daily.csv")) == 31
+
+
 def test_missing_job_tables_leave_their_sections_out(project: Project) -> None:
     configure(project)
     done = project.runner("run", "weekly_report", "-p", "period=month")
