@@ -145,32 +145,27 @@ def weekly_report(
         return summary
     recipients = [*(to or []), *(cc or [])]
     TABLES.ensure(ctx)
-    with ctx.transaction() as conn:  # held while sending: two runs never both send one period
-        sent = conn.execute(
-            sa.select(report_sends.c.sent_at).where(
-                report_sends.c.job == ctx.job, report_sends.c.period == span.label
-            )
-        ).first()
-        if sent is not None and not resend:
-            ctx.log.info("the report for %s was sent at %s UTC; not sending it again", span.label, sent[0])
-            summary["sent"] = False
-            return summary
-        message = build_message(report, written, sender=sender, to=to or [], cc=cc or [])
-        port = smtp_port or SMTP_PORTS[security]
-        send(message, smtp_host, port, security, (smtp_user, smtp_password), smtp_cafile)
-        values = {
-            "recipients": ", ".join(recipients),
-            "run_id": ctx.run_id,
-            "sent_at": datetime.now(UTC).replace(tzinfo=None),
-        }
-        if sent is None:
+    # No transaction is held while the mail goes out (that would stall every other job's writes to
+    # the job data for as long as the mail server takes); the job's lease (overlap = skip) keeps two
+    # runs of it from sending at once. A crash between sending and recording sends once more.
+    where = (report_sends.c.job == ctx.job, report_sends.c.period == span.label)
+    with ctx.engine.connect() as conn:
+        sent = conn.execute(sa.select(report_sends.c.sent_at).where(*where)).first()
+    if sent is not None and not resend:
+        ctx.log.info("the report for %s was sent at %s UTC; not sending it again", span.label, sent[0])
+        summary["sent"] = False
+        return summary
+    message = build_message(report, written, sender=sender, to=to or [], cc=cc or [])
+    port = smtp_port or SMTP_PORTS[security]
+    send(message, smtp_host, port, security, (smtp_user, smtp_password), smtp_cafile)
+    values = {
+        "recipients": ", ".join(recipients),
+        "run_id": ctx.run_id,
+        "sent_at": datetime.now(UTC).replace(tzinfo=None),
+    }
+    with ctx.transaction() as conn:
+        if conn.execute(sa.update(report_sends).where(*where).values(**values)).rowcount == 0:
             conn.execute(sa.insert(report_sends).values(job=ctx.job, period=span.label, **values))
-        else:
-            conn.execute(
-                sa.update(report_sends)
-                .where(report_sends.c.job == ctx.job, report_sends.c.period == span.label)
-                .values(**values)
-            )
     ctx.log.info("sent the report for %s to %s", span.label, ", ".join(recipients))
     summary["sent"] = True
     return summary
