@@ -47,7 +47,9 @@ JOB_METRICS = (
 )
 IMAGE_METRICS = ("processed", "duplicates", "near_duplicates", "bytes")
 IMAGES_TABLE = "images"  # jobs/ingest_images.py's table
-POLL_TABLE = "poll_items"  # jobs/poll_api.py's table: source, item_id, first_seen, last_seen, changed_at
+# jobs/poll_api.py's table: source, item_id, first_seen, last_seen, changed_at (= first_seen until the
+# content changes); naive UTC. New: first seen in the period; changed: changed in it, first seen before.
+POLL_TABLE = "poll_items"
 RECENT_FAILURES = 20  # failed runs listed with their error
 ERROR_CHARS = 500  # an error message is cut to this many characters in the report
 SMTP_TIMEOUT_S = 30

@@ -109,13 +109,13 @@ def make_seed() -> Seed:
     for source in ("orders", "users <x>"):
         for n in range(30):
             first = lo + timedelta(minutes=rng.randrange(int((hi - lo).total_seconds() // 60)))
-            changed = first + timedelta(hours=rng.randrange(1, 200)) if rng.random() < 0.5 else None
+            changed = first + timedelta(hours=rng.randrange(1, 200)) if rng.random() < 0.5 else first
             seed.items.append(
                 {
                     "source": source,
                     "item_id": str(n),
                     "first_seen": first,
-                    "last_seen": changed or first,
+                    "last_seen": changed,
                     "changed_at": changed,
                 }
             )
@@ -138,14 +138,14 @@ def install_seed(project: Project, seed: Seed) -> None:
     history.dispose()
     data = sa.create_engine(project.data_url)
     item_columns = sa.MetaData()
-    items = sa.Table(
+    items = sa.Table(  # the columns of jobs/poll_api.py's table that the report reads
         "poll_items",
         item_columns,
         sa.Column("source", sa.String(200), primary_key=True),
         sa.Column("item_id", sa.String(200), primary_key=True),
         sa.Column("first_seen", sa.DateTime, nullable=False),
         sa.Column("last_seen", sa.DateTime, nullable=False),
-        sa.Column("changed_at", sa.DateTime, nullable=True),
+        sa.Column("changed_at", sa.DateTime, nullable=False),  # poll_api: first_seen until it changes
     )
     images_table.metadata.create_all(data)
     item_columns.create_all(data)
@@ -265,11 +265,7 @@ def expected_polling(seed: Seed) -> dict[str, tuple[int, int]]:
     counts: dict[str, list[int]] = defaultdict(lambda: [0, 0])
     for item in seed.items:
         new = WEEK_START <= item["first_seen"] < WEEK_END
-        changed = (
-            item["changed_at"] is not None
-            and WEEK_START <= item["changed_at"] < WEEK_END
-            and item["first_seen"] < WEEK_START
-        )
+        changed = WEEK_START <= item["changed_at"] < WEEK_END and item["first_seen"] < WEEK_START
         counts[item["source"]][0] += new
         counts[item["source"]][1] += changed
     return {source: (new, changed) for source, (new, changed) in counts.items() if new or changed}
