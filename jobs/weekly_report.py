@@ -46,7 +46,8 @@ JOB_METRICS = (
     "p95_s",
 )
 IMAGE_METRICS = ("processed", "duplicates", "near_duplicates", "bytes")
-IMAGES_TABLE = "images"  # jobs/ingest_images.py's table
+IMAGES_TABLE = "images"  # jobs/ingest_images.py's tables
+QUARANTINED_TABLE = "quarantined"  # reason, quarantined_at (naive UTC), one row per quarantined file
 # jobs/poll_api.py's table: source, item_id, first_seen, last_seen, changed_at (= first_seen until the
 # content changes); naive UTC. New: first seen in the period; changed: changed in it, first seen before.
 POLL_TABLE = "poll_items"
@@ -132,7 +133,9 @@ def weekly_report(
     with ctx.engine.connect() as conn:
         images = image_figures(conn, span)
         polled = poll_figures(conn, span)
-    quarantined = quarantine_figures(quarantine, span) if quarantine else None
+        quarantined = quarantine_table_figures(conn, span)
+    if quarantined is None and quarantine:  # an ingest_images that records no `quarantined` rows
+        quarantined = quarantine_folder_figures(quarantine, span)
     report = Report(span, jobs, daily, failures, images, quarantined, polled)
     folder = Path(os.path.abspath(reports)) / span.label
     written = write_report(folder, report)
@@ -474,9 +477,28 @@ def poll_figures(conn: sa.Connection, span: Span) -> list[dict[str, Any]] | None
     ]
 
 
-def quarantine_figures(folder: Path, span: Span) -> dict[str, Any] | None:
+def quarantine_table_figures(conn: sa.Connection, span: Span) -> dict[str, Any] | None:
+    """Files quarantined in the period with the most frequent reasons, from ingest_images' table
+    `quarantined` (None: no such table here)."""
+    table = _has_table(conn, QUARANTINED_TABLE)
+    if table is None:
+        return None
+    c = table.c
+    files = sa.func.count().label("files")
+    query = (
+        sa.select(c.reason, files)
+        .where(c.quarantined_at >= _naive(span.start), c.quarantined_at < _naive(span.end))
+        .group_by(c.reason)
+        .order_by(files.desc(), c.reason)
+    )
+    reasons = [{"reason": row.reason, "files": int(row.files)} for row in conn.execute(query)]
+    return {"count": sum(r["files"] for r in reasons), "reasons": reasons}
+
+
+def quarantine_folder_figures(folder: Path, span: Span) -> dict[str, Any] | None:
     """Files quarantined in the period (by the time their NAME.reason.txt was written), with the
-    most frequent reasons. Quarantined files have no row in `images`: the folder is their record."""
+    most frequent reasons, for an ingest_images that keeps no `quarantined` table: the folder is
+    then their only record."""
     if not folder.is_dir():
         return None
     start, end = span.start.timestamp(), span.end.timestamp()

@@ -125,7 +125,9 @@ def make_seed() -> Seed:
     return seed
 
 
-def install_seed(project: Project, seed: Seed) -> None:
+def install_seed(project: Project, seed: Seed, quarantine_as: str = "table") -> None:
+    """The runs into the history; images, polled items and quarantined files (rows of
+    ingest_images' `quarantined` table, or NAME.reason.txt files in a folder) into the job data."""
     from jobs.ingest_images import images as images_table
     from runner.models import runs
 
@@ -147,8 +149,15 @@ def install_seed(project: Project, seed: Seed) -> None:
         sa.Column("last_seen", sa.DateTime, nullable=False),
         sa.Column("changed_at", sa.DateTime, nullable=False),  # poll_api: first_seen until it changes
     )
+    quarantined = sa.Table(  # the columns of ingest_images' table that the report reads
+        "quarantined",
+        item_columns,
+        sa.Column("id", sa.Integer, primary_key=True),
+        sa.Column("reason", sa.Text, nullable=False),
+        sa.Column("quarantined_at", sa.DateTime, nullable=False),
+    )
     images_table.metadata.create_all(data)
-    item_columns.create_all(data)
+    item_columns.create_all(data, tables=[items] + ([quarantined] if quarantine_as == "table" else []))
     naive = {"ingested_at", "first_seen", "last_seen", "changed_at"}
 
     def plain(row: dict[str, Any]) -> dict[str, Any]:
@@ -181,7 +190,12 @@ def install_seed(project: Project, seed: Seed) -> None:
             ],
         )
         conn.execute(sa.insert(items), [plain(row) for row in seed.items])
+        if quarantine_as == "table":
+            rows = [{"reason": r, "quarantined_at": when.replace(tzinfo=None)} for r, when in seed.reasons]
+            conn.execute(sa.insert(quarantined), rows)
     data.dispose()
+    if quarantine_as != "folder":
+        return
     quarantine = project.root / "quarantine"
     quarantine.mkdir()
     for n, (reason, when) in enumerate(seed.reasons):
@@ -453,6 +467,19 @@ def test_a_month_compares_with_the_month_before(seeded: tuple[Project, Seed]) ->
         job: [figures[m] for m in METRICS] for job, figures in now.items()
     }
     assert len(read_csv(project.root / "reports" / "2026-10" / "daily.csv")) == 31
+
+
+def test_without_a_quarantined_table_the_reason_files_count(sqlite_project: Project) -> None:
+    configure(sqlite_project)
+    seed = make_seed()
+    install_seed(sqlite_project, seed, quarantine_as="folder")
+    done = sqlite_project.runner("run", "weekly_report", "-p", f"week={WEEK}")
+    assert done.returncode == 0, done
+    folder = sqlite_project.root / "reports" / WEEK
+    reasons = Counter(reason for reason, when in seed.reasons if WEEK_START <= when < WEEK_END)
+    assert {r["reason"]: int(r["files"]) for r in read_csv(folder / "quarantine_reasons.csv")} == reasons
+    images = {row["metric"]: row for row in read_csv(folder / "images.csv")}
+    assert int(images["quarantined"]["value"]) == sum(reasons.values())
 
 
 def test_missing_job_tables_leave_their_sections_out(project: Project) -> None:
