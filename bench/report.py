@@ -16,6 +16,7 @@ Targets: aggregates ratio <= 1.5, peak RSS <= 300 MB. Exit status 0 when both ar
     .venv/bin/python bench/report.py                 # 1,000,000 runs over 26 weeks
     .venv/bin/python bench/report.py --weeks 2       # every run in the two weeks the report reads
     .venv/bin/python bench/report.py --runs 200000 --json
+    .venv/bin/python bench/report.py --without-index   # what the index of revision 0008 buys
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ def text_time(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
-def build_history(workdir: Path, runs: int, weeks: int) -> tuple[Path, float]:
+def build_history(workdir: Path, runs: int, weeks: int, *, index: bool = True) -> tuple[Path, float]:
     """`runner db upgrade`, then `runs` rows of JOBS jobs spread evenly over `weeks` weeks."""
     started = time.perf_counter()
     var_dir = workdir / "var"
@@ -154,7 +155,10 @@ def build_history(workdir: Path, runs: int, weeks: int) -> tuple[Path, float]:
             )
             db.commit()
             rows = []
-    db.execute("ANALYZE")
+    if not index:  # what the report would cost without revision 0008
+        db.execute("DROP INDEX ix_runs_queued_at")
+    # No ANALYZE: runner never runs it, and its statistics would let SQLite skip-scan
+    # ix_runs_reason_queued_at instead, hiding what a real history without the index costs.
     db.commit()
     db.close()
     return config, time.perf_counter() - started
@@ -235,6 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=1_000_000)
     parser.add_argument("--weeks", type=int, default=26, help="weeks the history spans (at least 2)")
     parser.add_argument("-n", "--rounds", type=int, default=5)
+    parser.add_argument("--without-index", action="store_true", help="drop ix_runs_queued_at (revision 0008)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -243,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(temp)
         script = workdir / "baseline.py"
         script.write_text(BASELINE)
-        config, build_s = build_history(workdir, args.runs, max(args.weeks, 2))
+        config, build_s = build_history(workdir, args.runs, max(args.weeks, 2), index=not args.without_index)
         database = workdir / "var" / "runner.db"
         ours(database)  # warm-up: imports, page cache
         theirs(database, script)
