@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from runner.config import Settings, format_duration, load_settings
+from runner.config import Settings, load_settings
 from runner.context import Fire
 from runner.errors import EXIT_NOT_STARTED, EXIT_STORAGE, RunnerError
 from runner.forkserver import ForkServer
@@ -293,60 +293,32 @@ class Daemon:
             )
 
     def _catch_up(self) -> None:
-        """Fires missed while no daemon ran: the newest one of each job runs once, marked late,
-        if it is within the job's catchup window; every other miss gets a `skipped` row.
+        """Fires missed while no daemon ran (see runner.catchup.plan): the newest one of each job
+        runs once, marked late, if it is within the job's catchup window; every other miss gets a
+        `skipped` row.
 
         A job's misses count from its last recorded fire; a job with none yet (new in the config)
-        counts from when a scheduler last ran or the config file changed, whichever is later.
-        Fires that came due while this daemon started up are no downtime: when they are all that
-        was missed, the newest of them runs as an ordinary fire."""
-        from runner.catchup import find_missed, known_since, missed_fires
+        counts from when a scheduler last ran or the config file changed, whichever is later."""
+        from runner.catchup import known_since, plan
 
         now = utcnow()
         last = self.store.last_scheduled()
         since = known_since(self.config_path, self.store.last_daemon_beat())
         self.caught_up_to = now
         for name in self._scheduled_names():
-            job = self.settings.jobs[name]
-            start = last.get(name) or since
-            missed = find_missed(job, start, now)
-            if missed is None:
+            planned = plan(
+                self.settings.jobs[name], last.get(name) or since, now, Trigger.SCHEDULE, self.started_at
+            )
+            if planned is None:
                 continue
-            fires = missed_fires(job, start, now)
-            newest = fires.pop() if fires and fires[-1] == missed.latest else missed.latest
-            down = missed.count - sum(1 for at in (*fires, newest) if at >= self.started_at)
-            late = down > 0  # the newest fire stands in for fires nobody ran
-            runnable = not late or missed.runnable
-            if down:
-                last_down = max((at for at in (*fires, newest) if at < self.started_at), default=newest)
-                log.warning("job=%s %s", name, self._miss_message(job, down, last_down, newest, runnable))
-            for at in fires:
-                what = f"missed the fire of {at.astimezone():%Y-%m-%d %H:%M:%S} while no scheduler ran"
-                if runnable and job.catchup_s and (now - at).total_seconds() <= job.catchup_s:
-                    reason, error = (
-                        SkipReason.COALESCED,
-                        f"{what}; the newer fire {fire_key(newest)} ran instead",
-                    )
-                else:
-                    window = format_duration(job.catchup_s) if job.catchup_s else "0 (never)"
-                    reason, error = SkipReason.CATCHUP, f"{what}; outside catchup = {window}"
-                self.store.record_skipped(name, Trigger.SCHEDULE.value, [(fire_key(at), at)], reason, error)
-            fire = Fire(Trigger.SCHEDULE.value, fire_key(newest), newest, late=late)
-            if runnable:
-                self.dispatcher.submit(name, fire, jitter_s=0.0)
-            else:
-                error = missed.reason(job.catchup_s)
-                self.store.record_skipped(name, fire.kind, [(fire.key, newest)], SkipReason.CATCHUP, error)
-
-    @staticmethod
-    def _miss_message(job: Any, down: int, last_down: datetime, newest: datetime, runnable: bool) -> str:
-        more = f" and {down - 1} earlier" if down > 1 else ""
-        what = f"missed the fire of {last_down.astimezone():%Y-%m-%d %H:%M:%S}{more} while no scheduler ran"
-        if runnable and newest != last_down:
-            return f"{what}; running the newer fire {fire_key(newest)} late instead"
-        if runnable:
-            return f"{what}; running it late"
-        return f"{what}; outside catchup = {format_duration(job.catchup_s) if job.catchup_s else '0 (never)'}"
+            if planned.downtime:
+                log.warning("job=%s %s", name, planned.downtime)
+            for skip in planned.skipped:
+                self.store.record_skipped(
+                    name, planned.fire.kind, [(skip.key, skip.at)], skip.reason, skip.error
+                )
+            if planned.runnable:
+                self.dispatcher.submit(name, planned.fire, jitter_s=0.0)
 
     def _resume_retries(self) -> None:
         """Retries a stop cut short (they never started): each runs now if still within catchup."""
