@@ -7,9 +7,10 @@ chart.png; then, when `smtp_host` is set, mails it once per period (recorded in 
 
 Figures per job, over the runs *queued* in the period (a run belongs to the period in which its fire
 was claimed or recorded): runs (every attempt that was not skipped), succeeded, failures by status
-(failed, timed_out, killed, lost), late (runs recorded late: a catch-up of a missed fire), missed (scheduled fires recorded skipped: overlap, queue full, beyond catch-up,
-shutdown ...), p50/p95 duration (nearest rank over the finished runs), each with the previous
-period's figure and the delta.
+(failed, timed_out, killed, lost), late (runs recorded late: a missed fire caught up, or a fire
+that started well after it was due), missed (scheduled fires recorded skipped: overlap, queue full,
+beyond catch-up, shutdown ...), p50/p95 duration (nearest rank over the finished runs), each with
+the previous period's figure and the delta.
 """
 
 from __future__ import annotations
