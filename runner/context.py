@@ -144,8 +144,10 @@ class JobContext:
         store: Store,
         log: logging.Logger,
         tty: IO[str] | None = None,
+        timezone: str = "UTC",
     ) -> None:
         self.run_id = run_id
+        self.timezone = timezone  # IANA name: the job's schedule timezone ([runner] timezone by default)
         self.job = job
         self.attempt = attempt
         self.fire = fire
@@ -164,6 +166,13 @@ class JobContext:
         file beside it (`runner-jobs.db`), so a job's long write transaction never holds up the
         run history. `[runner] data_database` names another one."""
         return self._store.job_data().engine
+
+    @contextlib.contextmanager
+    def history(self) -> Iterator[sa.Connection]:
+        """A read-only transaction on the run history (the `runs` table of `runner.models`), for
+        reports. It takes no write lock and never waits for a writer."""
+        with self._store.read() as conn:
+            yield conn
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sa.Connection]:

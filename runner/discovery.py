@@ -93,7 +93,9 @@ def build_spec(settings: Settings, name: str, func: Callable[..., Any]) -> JobSp
         )
     section = settings.job(name)
     try:
-        spec = JobSpec.build(name, func, section, base_dir=settings.path.parent)
+        spec = JobSpec.build(
+            name, func, section, base_dir=settings.path.parent, timezone=settings.runner.timezone
+        )
     except ValueError as exc:  # a bad duration in the decorator
         raise ConfigError(f"@job default is not a duration: {exc}", path=spec_where(func)) from None
     if section:

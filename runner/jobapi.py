@@ -90,6 +90,7 @@ class JobSpec:
     config_params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     base_dir: Path | None = None
     max_log_bytes: int | None = None  # None: [runner] max_log_bytes
+    timezone: str = "UTC"  # the section's timezone ([runner] timezone when it sets none)
 
     @classmethod
     def build(
@@ -98,6 +99,7 @@ class JobSpec:
         func: Callable[..., Any],
         settings: JobSettings | None = None,
         base_dir: Path | None = None,
+        timezone: str = "UTC",
     ) -> JobSpec:
         """Combine the decorator's defaults with the job's INI section (`JobSettings` or None)."""
         from runner.durations import parse_duration
@@ -138,4 +140,5 @@ class JobSpec:
             config_params=settings.params if settings else MappingProxyType({}),
             base_dir=base_dir,
             max_log_bytes=getattr(settings, "max_log_bytes", None),
+            timezone=settings.timezone if settings else timezone,
         )

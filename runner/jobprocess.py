@@ -98,6 +98,7 @@ def job_main(attempt: Attempt, *, log_fd: int, result_fd: int, leader: int) -> i
         store=plan.store,
         log=_child_logging(attempt.run_id, spec.name),
         tty=tty,
+        timezone=spec.timezone,
     )
     kwargs = dict(plan.params)
     if spec.takes_ctx:
