@@ -327,7 +327,7 @@ def files_list(app: App, job: str, state: str | None, as_json: bool) -> None:
     from runner.discovery import require_known_job
 
     require_known_job(app.settings, job)
-    rows = app.reaped_store().list_files(job, state)
+    rows = app.reaped_store().files.versions(job, state)
     if as_json:
         _print_json(rows)
         return
@@ -355,12 +355,12 @@ def files_retry(app: App, job: str, paths: tuple[Path, ...], as_json: bool) -> N
     wanted = [str(p.absolute()) for p in paths] or None
     store = app.reaped_store()
     if wanted:
-        failed = {r["path"] for r in store.list_files(job, "failed")}
+        failed = {r["path"] for r in store.files.versions(job, "failed")}
         if unknown := [p for p in wanted if p not in failed]:
             raise RunnerError(
                 f"not a failed file of job {job}: {unknown[0]}; see `runner files {job} --state failed`"
             )
-    changed = store.retry_files(job, wanted)
+    changed = store.files.retry(job, wanted)
     if as_json:
         _print_json({"job": job, "retried": changed})
     elif changed:
@@ -649,11 +649,11 @@ def _claim_present_files(app: App, job: str, key: str, watch: Any) -> tuple[Path
     if problem:
         raise RunnerError(f"job {job}: {problem}")
     store = app.store  # the run's own store: one engine, one SQLite writer queue
-    store.release_orphan_claims(job)
+    store.files.release_orphans(job)
     versions = [(v.path, v.size, v.mtime_ns) for v in scan(watch)]
     claimed: list[str] = []
     for start in range(0, len(versions), 500):
-        claimed += store.claim_files(job, key, versions[start : start + 500])
+        claimed += store.files.claim(job, key, versions[start : start + 500])
     return tuple(Path(p) for p in claimed)
 
 
@@ -824,10 +824,10 @@ def status(app: App, as_json: bool) -> None:
     settings = app.settings
     store = app.reaped_store()
     now = utcnow()
-    alive = store.daemons(settings.runner.stale_after_s)
+    alive = store.daemons.alive(settings.runner.stale_after_s)
     running = store.active_runs()
     last = store.last_scheduled()
-    since = known_since(settings.path, store.last_daemon_beat())
+    since = known_since(settings.path, store.daemons.last_beat())
     upcoming, missed = [], []
     for name, job in sorted(settings.jobs.items()):
         if not job.scheduled:
@@ -841,7 +841,7 @@ def status(app: App, as_json: bool) -> None:
             missed.append({"job": name, "latest": fire_key(gap.latest), "count": gap.count})
     problems = store.problems(10)
     watching = [
-        {"job": name, "folders": [str(f) for f in job.watch.folders], "files": store.file_states(name)}
+        {"job": name, "folders": [str(f) for f in job.watch.folders], "files": store.files.counts(name)}
         for name, job in sorted(settings.jobs.items())
         if job.watch is not None
     ]

@@ -123,10 +123,10 @@ def execute(
     ttl_s = settings.stale_after_s if lease else None
     try:
         if resume is not None:
-            store.update_run(resume.id, **_resumed(resume))
+            store.requeue(resume)
             run_id, first, holder = resume.id, (resume.attempt, resume.first_run_id or resume.id), None
             if lease:
-                holder = store.acquire_lease(spec.name, run_id, settings.stale_after_s)
+                holder = store.leases.acquire(spec.name, run_id, settings.stale_after_s)
         else:
             run_id, holder = store.claim(**claim, lease_ttl_s=ttl_s)
             first = (1, run_id)
@@ -135,30 +135,13 @@ def execute(
         )
     except (AlreadyRan, OverlapSkipped, Stopped):
         if fire.paths:  # not started (or stopped while queued): its files go back, untouched
-            store.settle_files(spec.name, fire.key, succeeded=False, started=False)
+            store.files.settle(spec.name, fire.key, succeeded=False, started=False)
         raise
     if fire.paths:
         # With ctx.files() the job acknowledged each file it finished; the rest go back.
         finished = outcome.status is RunStatus.SUCCEEDED and not outcome.acked_files_only
-        store.settle_files(spec.name, fire.key, succeeded=finished, blame=outcome.file_in_progress)
+        store.files.settle(spec.name, fire.key, succeeded=finished, blame=outcome.file_in_progress)
     return outcome
-
-
-def _resumed(record: Any) -> dict[str, Any]:
-    """A stopped retry's row, made this supervisor's queued run again."""
-    from runner.store import HOSTNAME, PIDNS
-
-    now = utcnow()
-    return dict(
-        status=RunStatus.QUEUED.value,
-        host=HOSTNAME,
-        pid=os.getpid(),
-        pidns=PIDNS,
-        heartbeat_at=now,
-        ended_at=None,
-        late=True,
-        late_s=(now - record.queued_at).total_seconds(),
-    )
 
 
 def _drop_vanished(job: str, fire: Fire, store: Store) -> Fire:
@@ -169,7 +152,7 @@ def _drop_vanished(job: str, fire: Fire, store: Store) -> Fire:
     if len(present) == len(fire.paths):
         return fire
     gone = [str(p) for p in fire.paths if p not in present]
-    store.mark_files_vanished(job, fire.key, gone)
+    store.files.mark_vanished(job, fire.key, gone)
     if present:
         return replace(fire, paths=present)
     error = f"{len(gone)} file(s) were deleted before the run could open them: {', '.join(gone)}"
@@ -190,6 +173,8 @@ def _run_attempts(
     lease: bool,
     first: tuple[int, int],
 ) -> Outcome:
+    from runner.store import RunEnd
+
     attempt, first_run_id = first
     with _StopSignals() as stops:
         if holder is not None:
@@ -211,7 +196,7 @@ def _run_attempts(
             )
             if outcome.status is RunStatus.SUCCEEDED or outcome.stop_signal or final:
                 if lease and not final:
-                    store.release_lease(spec.name, run_id)
+                    store.leases.release(spec.name, run_id)
                 return outcome
             attempt += 1
             next_id, _ = store.claim(
@@ -221,7 +206,7 @@ def _run_attempts(
                 status=RunStatus.QUEUED,
             )
             if lease:
-                store.move_lease(spec.name, run_id, next_id)
+                store.leases.move(spec.name, run_id, next_id)
             run_id = next_id
             delay = retry_delay(spec.retry_backoff_s, attempt - 1)
             _say(
@@ -236,11 +221,13 @@ def _run_attempts(
                 resumable = fire.kind == Trigger.SCHEDULE.value
                 store.finish(
                     run_id,
+                    RunEnd(
+                        status=RunStatus.KILLED,
+                        ended_at=utcnow(),
+                        error=error,
+                        reason=SkipReason.RETRY_STOPPED if resumable else None,
+                    ),
                     release_lease_of=spec.name if lease else None,
-                    status=RunStatus.KILLED.value,
-                    ended_at=utcnow(),
-                    error=error,
-                    reason=SkipReason.RETRY_STOPPED.value if resumable else None,
                 )
                 return Outcome(
                     run_id,
@@ -323,14 +310,18 @@ def _wait_for_lease(
     stops: _StopSignals,
 ) -> None:
     """overlap = skip: record the run skipped and raise; overlap = queue: wait for the lease."""
+    from runner.store import RunEnd
+
     if spec.overlap == "skip":
         since = holder.started_at or holder.queued_at
         store.finish(
             run_id,
-            status=RunStatus.SKIPPED.value,
-            ended_at=utcnow(),
-            error=f"overlap: run {holder.id} was still running",
-            reason=SkipReason.OVERLAP.value,
+            RunEnd(
+                status=RunStatus.SKIPPED,
+                ended_at=utcnow(),
+                error=f"overlap: run {holder.id} was still running",
+                reason=SkipReason.OVERLAP,
+            ),
         )
         raise OverlapSkipped(
             f"job {spec.name} is still running as run {holder.id} (pid {holder.pid} on {holder.host}, "
@@ -346,16 +337,18 @@ def _wait_for_lease(
         if not _wait(QUEUE_POLL_S, stops, lambda: store.heartbeat(run_id, None, 0), settings.heartbeat_s):
             store.finish(
                 run_id,
-                status=RunStatus.KILLED.value,
-                ended_at=utcnow(),
-                error=f"stopped by {_signame(stops.received)} while queued",
+                RunEnd(
+                    status=RunStatus.KILLED,
+                    ended_at=utcnow(),
+                    error=f"stopped by {_signame(stops.received)} while queued",
+                ),
             )
             raise Stopped(
                 f"job {spec.name}: stopped by {_signame(stops.received)} while waiting for run {holder.id}",
                 stops.received or signal.SIGTERM,
             )
         store.reap_lost(settings.stale_after_s)
-        holder = store.acquire_lease(spec.name, run_id, settings.stale_after_s)
+        holder = store.leases.acquire(spec.name, run_id, settings.stale_after_s)
 
 
 def _wait(seconds: float, stops: _StopSignals, heartbeat: Callable[[], None], every_s: float) -> bool:
@@ -387,11 +380,12 @@ def _attempt(
 ) -> Outcome:
     from runner.containment import Containment
     from runner.spool import record_outcome
+    from runner.store import RunEnd
 
     log_path = run_log_path(settings, spec.name, run_id)
     started = utcnow()
     if attempt > 1:  # the first attempt's row was marked running when it was claimed
-        store.update_run(run_id, status=RunStatus.RUNNING.value, started_at=started, heartbeat_at=started)
+        store.start(run_id, started)
     containment = Containment.create(cgroup=settings.contain == "cgroup")
     terminal = LiveTerminal(sys.stderr) if live else None
     try:
@@ -413,7 +407,7 @@ def _attempt(
             store,
             settings.var_dir,
             run_id,
-            dict(status=RunStatus.FAILED.value, ended_at=utcnow(), error=error),
+            RunEnd(status=RunStatus.FAILED, ended_at=utcnow(), error=error),
             release_lease_of=spec.name if spec.overlap != "allow" else None,
             patience_s=settings.lock_timeout_s,
         )
@@ -450,10 +444,9 @@ def _attempt(
         store,
         settings.var_dir,
         run_id,
-        dict(
-            status=status.value,
+        RunEnd(
+            status=status,
             ended_at=ended,
-            heartbeat_at=ended,
             exit_code=exit_code,
             signal=sig,
             error=error,
