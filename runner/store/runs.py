@@ -81,7 +81,7 @@ class RunWrites:
         for _ in range(LEASE_ATTEMPTS):
             try:
                 with self.begin() as conn:
-                    return self._insert_run(conn, values, lease_ttl_s, now)
+                    return _insert_run(conn, values, lease_ttl_s, now)
             except LeaseRace:
                 continue
             except sa.exc.IntegrityError:
@@ -91,21 +91,6 @@ class RunWrites:
                 what = f"run {existing.id} ({existing.status})" if existing else "another run"
                 raise AlreadyRan(f"job {job}: fire {fire_key} already ran as {what}; not started") from None
         raise DatabaseError(f"could not take the overlap lease of job {job}: too much contention")
-
-    @staticmethod
-    def _insert_run(
-        conn: sa.Connection, values: dict[str, Any], lease_ttl_s: float | None, now: datetime
-    ) -> tuple[int, RunRecord | None]:
-        run_id = conn.execute(_INSERT_RUN, values).scalar_one()
-        # A first attempt is its own first run: one query groups a fire's attempts.
-        update: dict[str, Any] = {"first_run_id": values["first_run_id"] or run_id}
-        holder = None
-        if lease_ttl_s is not None:
-            holder = Leases.take(conn, values["job"], run_id, lease_ttl_s, now)
-            if holder is not None:
-                update.update(status=RunStatus.QUEUED.value, started_at=None)
-        conn.execute(_UPDATE_RUN, {"b_run_id": run_id, **update})
-        return run_id, holder
 
     def record_skipped(
         self: Store, job: str, trigger: str, fires: list[tuple[str, datetime | None]], reason: str, error: str
@@ -287,3 +272,19 @@ class RunWrites:
                 continue
             verdicts.append((run_id, reason))
         return verdicts
+
+
+def _insert_run(
+    conn: sa.Connection, values: dict[str, Any], lease_ttl_s: float | None, now: datetime
+) -> tuple[int, RunRecord | None]:
+    """Claim's transaction: the row, then (if asked) the lease; a held lease queues the row."""
+    run_id = conn.execute(_INSERT_RUN, values).scalar_one()
+    # A first attempt is its own first run: one query groups a fire's attempts.
+    update: dict[str, Any] = {"first_run_id": values["first_run_id"] or run_id}
+    holder = None
+    if lease_ttl_s is not None:
+        holder = Leases.take(conn, values["job"], run_id, lease_ttl_s, now)
+        if holder is not None:
+            update.update(status=RunStatus.QUEUED.value, started_at=None)
+    conn.execute(_UPDATE_RUN, {"b_run_id": run_id, **update})
+    return run_id, holder
