@@ -36,7 +36,7 @@ import sqlalchemy as sa
 
 from jobs import _filemoves as moves
 from jobs._imaging import Failed, Limits, Measured, analyse, hamming
-from runner import JobContext, job, main
+from runner import JobContext, JobTables, job, main
 
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000  # about 200 MB decoded as RGBA: what a small server can hold per worker
@@ -80,6 +80,7 @@ images = sa.Table(
     sa.Index("ix_images_sha256", "sha256"),
     sa.Index("ix_images_state", "state"),
 )
+TABLES = JobTables("ingest_images", metadata, version=1)  # the job creates its own table
 
 
 @job(watch_param="inbox")
@@ -302,6 +303,7 @@ class Ingest:
         )
         self.inbox_real = folders.inbox.resolve()
         self.left_alone, self.first_left_alone = 0, ""  # skipped for a reason other than vanishing
+        TABLES.ensure(ctx)
         with ctx.engine.connect() as conn:
             rows = conn.execute(
                 sa.select(images.c.id, images.c.dhash)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from runner.context import Fire, JobContext, JobState
 from runner.jobapi import job
+from runner.jobtables import JobTables
 
 __version__ = "0.1.0"
-__all__ = ["Fire", "JobContext", "JobState", "__version__", "job", "main"]
+__all__ = ["Fire", "JobContext", "JobState", "JobTables", "__version__", "job", "main"]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -6,9 +6,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from runner.params import ParamSpec, read_params, summary_line
+
+if TYPE_CHECKING:
+    from runner.settings import JobSettings
 
 JOB_ATTR = "__runner_job__"
 DEFAULT_RETRY_BACKOFF_S = 30.0
@@ -90,10 +93,14 @@ class JobSpec:
 
     @classmethod
     def build(
-        cls, name: str, func: Callable[..., Any], settings: Any = None, base_dir: Path | None = None
+        cls,
+        name: str,
+        func: Callable[..., Any],
+        settings: JobSettings | None = None,
+        base_dir: Path | None = None,
     ) -> JobSpec:
         """Combine the decorator's defaults with the job's INI section (`JobSettings` or None)."""
-        from runner.config import parse_duration
+        from runner.durations import parse_duration
 
         defaults = job_defaults(func) or JobDefaults()
         params, takes_ctx = read_params(func)

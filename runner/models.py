@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import sqlalchemy as sa
 
-SCHEMA_REVISION = "0006"  # the newest Alembic revision; tests keep the two equal
+SCHEMA_REVISION = "0007"  # the newest Alembic revision; tests keep the two equal
 
 
 class RunStatus(enum.StrEnum):
@@ -117,6 +117,14 @@ job_state = sa.Table(
     sa.Column("job", sa.String(200), primary_key=True),
     sa.Column("key", sa.String(200), primary_key=True),
     sa.Column("value", sa.JSON, nullable=True),
+    sa.Column("updated_at", UTCDateTime, nullable=False),
+)
+
+job_schema = sa.Table(  # which version of its own tables each job module created (runner.jobtables)
+    "job_schema",
+    metadata,
+    sa.Column("owner", sa.String(200), primary_key=True),
+    sa.Column("version", sa.Integer, nullable=False),
     sa.Column("updated_at", UTCDateTime, nullable=False),
 )
 

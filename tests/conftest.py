@@ -1,9 +1,10 @@
 """Shared fixtures: a real run-history database (a SQLite file, or a fresh schema on the real
-PostgreSQL named by RUNNER_TEST_DATABASE_URL), a project folder with its own INI file, and helpers
+PostgreSQL named by RUNNER_TEST_DATABASE_URL, or else on the server at 127.0.0.1:5432), a project folder with its own INI file, and helpers
 that drive the installed `runner` console script the way a user would."""
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -38,15 +39,44 @@ T = TypeVar("T")
 # --- databases ------------------------------------------------------------------------------------
 
 
+LOCAL_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+_local_database: list[str] = []  # the database this session made on the local server, if any
+
+
 def _postgres_admin_url() -> str:
+    """RUNNER_TEST_DATABASE_URL, or else a fresh database (one per test session, dropped at exit)
+    on the PostgreSQL server answering on 127.0.0.1:5432, or else skip saying how to get one."""
     url = os.environ.get(PG_URL_ENV, "")
     if not url:
-        pytest.skip(
-            f"PostgreSQL variant: set {PG_URL_ENV} (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/db)"
-        )
+        url = _local_database[0] if _local_database else _make_local_database()
     from runner.store import normalise_url
 
     return normalise_url(url)
+
+
+def _make_local_database() -> str:
+    name = f"runner_test_{os.getpid()}_{int(time.time())}"
+    try:
+        server = sa.create_engine(
+            LOCAL_POSTGRES, isolation_level="AUTOCOMMIT", connect_args={"connect_timeout": 3}
+        )
+        with server.connect() as conn:
+            conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # no server, no driver, no permission: the variant cannot run here
+        pytest.skip(
+            f"PostgreSQL variant: no server answered as postgres@127.0.0.1:5432 ({type(exc).__name__}); "
+            f"start one with trust auth for local TCP, or set {PG_URL_ENV} to a database you may use"
+        )
+    url = LOCAL_POSTGRES.rsplit("/", 1)[0] + f"/{name}"
+    _local_database.append(url)
+
+    def drop() -> None:
+        with contextlib.suppress(Exception), server.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        server.dispose()
+
+    atexit.register(drop)
+    return url
 
 
 @contextlib.contextmanager
@@ -303,6 +333,15 @@ def _read_all(handle: Any) -> str:
     text = handle.read()
     handle.close()
     return text
+
+
+def stop(project: Project, daemon: subprocess.Popen[str]) -> str:
+    """SIGTERM a daemon started with `project.start`, as systemd stops it: it must exit 0.
+    Returns what it wrote to stderr."""
+    daemon.send_signal(signal.SIGTERM)
+    done = project.finish(daemon)
+    assert done.returncode == 0, done
+    return done.stderr
 
 
 def wait_until(predicate: Callable[[], T], what: str, timeout_s: float = DEADLINE_S) -> T:

@@ -391,20 +391,6 @@ def assert_each_file_once(folders: dict[str, Path], names: list[str]) -> None:
     assert sorted(found) == names
 
 
-def test_migration_builds_the_jobs_table(store: Any) -> None:
-    from alembic.autogenerate import compare_metadata
-    from alembic.migration import MigrationContext
-
-    from jobs.ingest_images import metadata
-
-    store.upgrade()
-    with store.engine.connect() as conn:
-        context = MigrationContext.configure(
-            conn, opts={"include_name": lambda name, kind, parent: kind != "table" or name == "images"}
-        )
-        assert compare_metadata(context, metadata) == []
-
-
 def test_importing_the_job_module_skips_pillow_and_numpy() -> None:
     probe = "import sys, jobs.ingest_images; print(sorted({'PIL', 'numpy'} & set(sys.modules)))"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)

@@ -29,9 +29,20 @@ class SqliteFile:
             try:
                 names = {row[0] for row in db.execute("SELECT name FROM history.sqlite_master")}
                 db.execute("BEGIN IMMEDIATE")
-                for table in ("job_state", "images"):
-                    if table in names:  # INSERT OR IGNORE: two processes may both get here
-                        db.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM history.{table}")
+                for table in ("job_state", "images"):  # images: the ingest job's, from revision 0004
+                    if table not in names:
+                        continue
+                    mine = db.execute("SELECT 1 FROM main.sqlite_master WHERE name = ?", (table,))
+                    if mine.fetchone() is None:  # a job's own table: its layout comes along
+                        ddl = db.execute(
+                            "SELECT sql FROM history.sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL "
+                            "ORDER BY type = 'index'",
+                            (table,),
+                        )
+                        for (statement,) in ddl.fetchall():
+                            db.execute(statement)
+                    # INSERT OR IGNORE: two processes may both get here
+                    db.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM history.{table}")
                 db.execute("COMMIT")
             finally:
                 db.execute("DETACH DATABASE history")
