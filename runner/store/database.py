@@ -11,9 +11,10 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
-from runner.config import DEFAULT_LOCK_TIMEOUT_S, format_duration
+from runner.durations import format_duration
 from runner.errors import DatabaseBusy, RunnerError, StorageError
 from runner.models import SCHEMA_REVISION, RunStatus, utcnow
+from runner.settings import DEFAULT_LOCK_TIMEOUT_S
 from runner.store.daemons import Daemons
 from runner.store.engine import (
     SQLITE_SIDE_FILES,

@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 
 from runner import jsonsafe
-from runner.config import DEFAULT_LOCK_TIMEOUT_S
 from runner.errors import DatabaseError
 from runner.private import FILE_MODE as PRIVATE_FILE_MODE
 from runner.private import FOLDER_MODE as PRIVATE_DIR_MODE
+from runner.settings import DEFAULT_LOCK_TIMEOUT_S
 
 if TYPE_CHECKING:
     import sqlite3
