@@ -30,8 +30,6 @@ from runner.settings import (
     RunnerSettings,
     Settings,
     WatchSettings,
-    is_secret,
-    mask_value,
 )
 
 if TYPE_CHECKING:
@@ -48,19 +46,6 @@ __all__ = [
     "parse_size",
     "sqlite_path",
     "system_timezone",
-]
-# Defined elsewhere, still importable from here for the modules split in parallel (cli, store,
-# execution); new code imports them from runner.settings, runner.durations and runner.ini.
-__all__ += [
-    "DEFAULT_LOCK_TIMEOUT_S",
-    "JOB_PREFIX",
-    "SECRET_MASK",
-    "ConfigError",
-    "RunnerSettings",
-    "Settings",
-    "format_duration",
-    "is_secret",
-    "mask_value",
 ]
 
 DEFAULT_CONFIG = Path("config/runner.ini")

@@ -17,12 +17,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from runner.config import Settings, load_settings
+from runner.config import load_settings
 from runner.context import Fire
 from runner.errors import EXIT_NOT_STARTED, EXIT_STORAGE, RunnerError
 from runner.forkserver import ForkServer
 from runner.messages import FireRequest
 from runner.models import SkipReason, Trigger, utcnow
+from runner.settings import Settings
 from runner.spool import replay
 from runner.triggers import fire_key
 
@@ -91,7 +92,7 @@ class Daemon:
         self._resume_retries()
         self._start_scheduler()
         self._start_watches()
-        self.daemon_id = self.store.register_daemon(str(self.config_path))  # `runner status`: up
+        self.daemon_id = self.store.daemons.register(str(self.config_path))  # `runner status`: up
         jobs = self._scheduled_names() + [
             f"{n} (watch)" for n, j in sorted(self.settings.jobs.items()) if j.watch
         ]
@@ -148,7 +149,7 @@ class Daemon:
 
     def _publish(self) -> None:
         with contextlib.suppress(Exception):  # the heartbeat reports database trouble
-            self.store.daemon_heartbeat(self.daemon_id, queues=self.dispatcher.snapshot(), notes=self.notes)
+            self.store.daemons.heartbeat(self.daemon_id, queues=self.dispatcher.snapshot(), notes=self.notes)
 
     def _record_skips(self, skips: list[Any]) -> None:
         """Rows for fires the dispatcher did not run, one transaction per job and reason."""
@@ -162,7 +163,7 @@ class Daemon:
 
     def _heartbeat(self) -> None:
         try:
-            self.store.daemon_heartbeat(self.daemon_id, queues=self.dispatcher.snapshot(), notes=self.notes)
+            self.store.daemons.heartbeat(self.daemon_id, queues=self.dispatcher.snapshot(), notes=self.notes)
             self.store.checkpoint()
             replay(self.settings.runner.var_dir, self.store)  # outcomes kept while the database was away
             lost = self.store.reap_lost(self.settings.runner.stale_after_s)
@@ -199,7 +200,7 @@ class Daemon:
         else:
             self._record_unscheduled()
             with contextlib.suppress(Exception):
-                self.store.daemon_heartbeat(self.daemon_id, stopped=True, queues={})
+                self.store.daemons.heartbeat(self.daemon_id, stopped=True, queues={})
         log.info("daemon %s stopped", self.daemon_id)
         return self.exit_code
 
@@ -302,7 +303,7 @@ class Daemon:
 
         now = utcnow()
         last = self.store.last_scheduled()
-        since = known_since(self.config_path, self.store.last_daemon_beat())
+        since = known_since(self.config_path, self.store.daemons.last_beat())
         self.caught_up_to = now
         for name in self._scheduled_names():
             planned = plan(
@@ -361,18 +362,18 @@ class Daemon:
             claim=self._claim_files,
             dispatch=self._dispatch_files,
             free_slots=lambda: self.settings.runner.max_workers - self.server.in_flight,
-            release=self.store.release_orphan_claims,
+            release=self.store.files.release_orphans,
         )
         self.watches.start()
 
     def _claim_files(self, name: str, versions: list[Any]) -> tuple[str, list[str]]:
         key = f"files:{uuid.uuid4().hex}"
-        return key, self.store.claim_files(name, key, [(v.path, v.size, v.mtime_ns) for v in versions])
+        return key, self.store.files.claim(name, key, [(v.path, v.size, v.mtime_ns) for v in versions])
 
     def _dispatch_files(self, name: str, key: str, paths: list[str]) -> None:
         fire = Fire(Trigger.FILE, key, paths=tuple(Path(p) for p in paths))
         if self._stopping or self.dispatcher is None:
-            self.store.settle_files(name, key, succeeded=False)
+            self.store.files.settle(name, key, succeeded=False)
             return
         future = self.server.submit(FireRequest(name, fire))
 

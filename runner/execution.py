@@ -26,15 +26,16 @@ from runner.runlog import RunLog
 from runner.runplan import Attempt, Outcome, RunPlan, masked_params
 from runner.settings import Overlap
 from runner.stopsignals import StopSignals, signame
+from runner.store import RunEnd
 from runner.supervise import Child, Verdict
 from runner.terminal import LiveTerminal
 
 if TYPE_CHECKING:
     from datetime import datetime
 
-    from runner.config import RunnerSettings, Settings
     from runner.containment import Containment
     from runner.jobapi import JobSpec
+    from runner.settings import RunnerSettings, Settings
     from runner.store import RunRecord, Store
 
 log = logging.getLogger("runner.execution")
@@ -81,12 +82,12 @@ def execute(
         outcome = _run_attempts(first, holder)
     except (AlreadyRan, OverlapSkipped, Stopped):
         if fire.paths:  # not started (or stopped while queued): its files go back, untouched
-            store.settle_files(spec.name, fire.key, succeeded=False, started=False)
+            store.files.settle(spec.name, fire.key, succeeded=False, started=False)
         raise
     if fire.paths:
         # With ctx.files() the job acknowledged each file it finished; the rest go back.
         finished = outcome.status is RunStatus.SUCCEEDED and not outcome.acked_files_only
-        store.settle_files(spec.name, fire.key, succeeded=finished, blame=outcome.file_in_progress)
+        store.files.settle(spec.name, fire.key, succeeded=finished, blame=outcome.file_in_progress)
     return outcome
 
 
@@ -98,31 +99,14 @@ def _start(plan: RunPlan, resume: RunRecord | None) -> tuple[Attempt, RunRecord 
         ttl_s = settings.stale_after_s if plan.lease_job else None
         run_id, holder = store.claim(**plan.claim_values(), lease_ttl_s=ttl_s)
         return Attempt(plan, run_id=run_id, first_run_id=run_id, number=1), holder
-    store.update_run(resume.id, **_resumed(resume))
+    store.requeue(resume)
     attempt = Attempt(
         plan, run_id=resume.id, first_run_id=resume.first_run_id or resume.id, number=resume.attempt
     )
     holder = None
     if plan.lease_job:
-        holder = store.acquire_lease(plan.spec.name, resume.id, settings.stale_after_s)
+        holder = store.leases.acquire(plan.spec.name, resume.id, settings.stale_after_s)
     return attempt, holder
-
-
-def _resumed(record: RunRecord) -> dict[str, Any]:
-    """A stopped retry's row, made this supervisor's queued run again."""
-    from runner.store import HOSTNAME, PIDNS
-
-    now = utcnow()
-    return dict(
-        status=RunStatus.QUEUED,
-        host=HOSTNAME,
-        pid=os.getpid(),
-        pidns=PIDNS,
-        heartbeat_at=now,
-        ended_at=None,
-        late=True,
-        late_s=(now - record.queued_at).total_seconds(),
-    )
 
 
 def _drop_vanished(job: str, fire: Fire, store: Store) -> Fire:
@@ -133,7 +117,7 @@ def _drop_vanished(job: str, fire: Fire, store: Store) -> Fire:
     if len(present) == len(fire.paths):
         return fire
     gone = [str(p) for p in fire.paths if p not in present]
-    store.mark_files_vanished(job, fire.key, gone)
+    store.files.mark_vanished(job, fire.key, gone)
     if present:
         return replace(fire, paths=present)
     error = f"{len(gone)} file(s) were deleted before the run could open them: {', '.join(gone)}"
@@ -151,7 +135,7 @@ def _run_attempts(attempt: Attempt, holder: RunRecord | None) -> Outcome:
             outcome = _attempt(attempt, stops)
             if outcome.status is RunStatus.SUCCEEDED or outcome.stop_signal or attempt.final:
                 if plan.lease_job and not attempt.final:
-                    store.release_lease(spec.name, attempt.run_id)
+                    store.leases.release(spec.name, attempt.run_id)
                 return outcome
             attempt = _retry(attempt)
             delay = retry_delay(spec.retry_backoff_s, attempt.number - 1)
@@ -176,7 +160,7 @@ def _retry(failed: Attempt) -> Attempt:
         status=RunStatus.QUEUED,
     )
     if plan.lease_job:
-        plan.store.move_lease(plan.spec.name, failed.run_id, run_id)
+        plan.store.leases.move(plan.spec.name, failed.run_id, run_id)
     return Attempt(plan, run_id=run_id, first_run_id=failed.first_run_id, number=number)
 
 
@@ -187,11 +171,13 @@ def _stopped_before_retry(attempt: Attempt, stops: StopSignals) -> Outcome:
     resumable = plan.fire.kind is Trigger.SCHEDULE
     plan.store.finish(
         attempt.run_id,
+        RunEnd(
+            status=RunStatus.KILLED,
+            ended_at=utcnow(),
+            error=error,
+            reason=SkipReason.RETRY_STOPPED if resumable else None,
+        ),
         release_lease_of=plan.lease_job,
-        status=RunStatus.KILLED,
-        ended_at=utcnow(),
-        error=error,
-        reason=SkipReason.RETRY_STOPPED if resumable else None,
     )
     return Outcome(
         run_id=attempt.run_id,
@@ -265,10 +251,12 @@ def _wait_for_lease(attempt: Attempt, holder: RunRecord | None, stops: StopSigna
         since = holder.started_at or holder.queued_at
         store.finish(
             run_id,
-            status=RunStatus.SKIPPED,
-            ended_at=utcnow(),
-            error=f"overlap: run {holder.id} was still running",
-            reason=SkipReason.OVERLAP,
+            RunEnd(
+                status=RunStatus.SKIPPED,
+                ended_at=utcnow(),
+                error=f"overlap: run {holder.id} was still running",
+                reason=SkipReason.OVERLAP,
+            ),
         )
         raise OverlapSkipped(
             f"job {spec.name} is still running as run {holder.id} (pid {holder.pid} on {holder.host}, "
@@ -284,16 +272,18 @@ def _wait_for_lease(attempt: Attempt, holder: RunRecord | None, stops: StopSigna
         if not _wait(QUEUE_POLL_S, stops, lambda: store.heartbeat(run_id, None, 0), settings.heartbeat_s):
             store.finish(
                 run_id,
-                status=RunStatus.KILLED,
-                ended_at=utcnow(),
-                error=f"stopped by {signame(stops.received)} while queued",
+                RunEnd(
+                    status=RunStatus.KILLED,
+                    ended_at=utcnow(),
+                    error=f"stopped by {signame(stops.received)} while queued",
+                ),
             )
             raise Stopped(
                 f"job {spec.name}: stopped by {signame(stops.received)} while waiting for run {holder.id}",
                 stops.received or signal.SIGTERM,
             )
         store.reap_lost(settings.stale_after_s)
-        holder = store.acquire_lease(spec.name, run_id, settings.stale_after_s)
+        holder = store.leases.acquire(spec.name, run_id, settings.stale_after_s)
 
 
 def _wait(seconds: float, stops: StopSignals, heartbeat: Callable[[], object], every_s: float) -> bool:
@@ -318,9 +308,7 @@ def _attempt(attempt: Attempt, stops: StopSignals) -> Outcome:
     log_path = run_log_path(settings, spec.name, attempt.run_id)
     started = utcnow()
     if attempt.number > 1:  # the first attempt's row was marked running when it was claimed
-        plan.store.update_run(
-            attempt.run_id, status=RunStatus.RUNNING, started_at=started, heartbeat_at=started
-        )
+        plan.store.start(attempt.run_id, started)
     containment = Containment.create(cgroup=settings.contain == "cgroup")
     terminal = LiveTerminal(sys.stderr) if plan.live else None
     child = _spawn(attempt, log_path, containment, terminal)
@@ -363,7 +351,7 @@ def _spawn(
             plan.store,
             settings.var_dir,
             attempt.run_id,
-            dict(status=RunStatus.FAILED, ended_at=utcnow(), error=error),
+            RunEnd(status=RunStatus.FAILED, ended_at=utcnow(), error=error),
             release_lease_of=plan.lease_job,
             patience_s=settings.lock_timeout_s,
         )
@@ -408,10 +396,9 @@ def _record(
         plan.store,
         plan.settings.var_dir,
         attempt.run_id,
-        dict(
+        RunEnd(
             status=status,
             ended_at=ended,
-            heartbeat_at=ended,
             exit_code=verdict.exit_code,
             signal=verdict.signal,
             error=error,

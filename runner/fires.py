@@ -88,9 +88,9 @@ def claim_present_files(store: Store, job: str, key: str, watch: WatchSettings) 
     problem = check_folders(watch)
     if problem:
         raise RunnerError(f"job {job}: {problem}")
-    store.release_orphan_claims(job)
+    store.files.release_orphans(job)
     versions = [(v.path, v.size, v.mtime_ns) for v in scan(watch)]
     claimed: list[str] = []
     for start in range(0, len(versions), CLAIM_BATCH):
-        claimed += store.claim_files(job, key, versions[start : start + CLAIM_BATCH])
+        claimed += store.files.claim(job, key, versions[start : start + CLAIM_BATCH])
     return tuple(Path(p) for p in claimed)

@@ -25,11 +25,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runner.config import Settings, load_settings
+from runner.config import load_settings
 from runner.enums import RunStatus
 from runner.errors import RunnerError
 from runner.messages import Command, FireReply, FireRequest, Lines, read_order, send
 from runner.prctl import set_parent_death_signal
+from runner.settings import Settings
 
 if TYPE_CHECKING:
     from runner.store import Store

@@ -14,8 +14,8 @@ from runner.enums import RunStatus
 from runner.settings import Overlap, mask_value
 
 if TYPE_CHECKING:
-    from runner.config import RunnerSettings
     from runner.jobapi import JobSpec
+    from runner.settings import RunnerSettings
     from runner.store import Store
 
 LATE_AFTER_S = 1.0  # a fire that starts this much after it was due is recorded late

@@ -90,11 +90,11 @@ class StatusReport:
 def status_report(settings: Settings, store: Store) -> StatusReport:
     """Read everything `runner status` shows (run it on a reaped store: lost runs marked)."""
     now = utcnow()
-    alive = store.daemons(settings.runner.stale_after_s)
+    alive = store.daemons.alive(settings.runner.stale_after_s)
     running = store.active_runs()
     upcoming, missed = _fires(settings, store, now)
     watching = [
-        WatchedJob(name, tuple(str(f) for f in job.watch.folders), store.file_states(name))
+        WatchedJob(name, tuple(str(f) for f in job.watch.folders), store.files.counts(name))
         for name, job in sorted(settings.jobs.items())
         if job.watch is not None
     ]
@@ -114,7 +114,7 @@ def status_report(settings: Settings, store: Store) -> StatusReport:
 def _fires(settings: Settings, store: Store, now: datetime) -> tuple[list[NextFire], list[MissedFires]]:
     """Each scheduled job's next fire, and the fires nobody ran since its last recorded one."""
     last = store.last_scheduled()
-    since = known_since(settings.path, store.last_daemon_beat())
+    since = known_since(settings.path, store.daemons.last_beat())
     # A fire is missed once it is a heartbeat-and-a-bit old and nobody has claimed it.
     settled = now - timedelta(seconds=settings.runner.heartbeat_s + MISSED_SETTLE_S)
     upcoming, missed = [], []

@@ -55,7 +55,7 @@ def claim_states(project: Project) -> dict[str, int]:
 
     store = Store(project.database_url)
     try:
-        return store.file_states("files")
+        return store.files.counts("files")
     finally:
         store.engine.dispose()
 

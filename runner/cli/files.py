@@ -53,7 +53,7 @@ def files_list(app: App, job: str, state: str | None, as_json: bool) -> None:
     from runner.discovery import require_known_job
 
     require_known_job(app.settings, job)
-    rows = app.reaped_store().list_files(job, state)
+    rows = app.reaped_store().files.versions(job, state)
     if as_json:
         print_json(rows)
         return
@@ -82,12 +82,12 @@ def files_retry(app: App, job: str, paths: tuple[Path, ...], as_json: bool) -> N
     wanted = [str(p.absolute()) for p in paths] or None
     store = app.reaped_store()
     if wanted:
-        failed = {r["path"] for r in store.list_files(job, ClaimState.FAILED)}
+        failed = {r["path"] for r in store.files.versions(job, ClaimState.FAILED)}
         if unknown := [p for p in wanted if p not in failed]:
             raise RunnerError(
                 f"not a failed file of job {job}: {unknown[0]}; see `runner files {job} --state failed`"
             )
-    changed = store.retry_files(job, wanted)
+    changed = store.files.retry(job, wanted)
     if as_json:
         print_json({"job": job, "retried": changed})
     elif changed:
