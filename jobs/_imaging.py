@@ -41,6 +41,7 @@ DHASH_SIZE = 8  # 8 rows x 8 differences = 64 bits
 EXIF_IFD = 0x8769
 EXIF_DATETIME_ORIGINAL = 36867
 EXIF_DATETIME = 306
+TIFF_BITS_PER_SAMPLE = 258
 THUMB_QUALITY = 80
 BACKGROUND = 255  # transparent pixels are measured and shown as if on white paper
 
@@ -145,10 +146,11 @@ def _analyse(path: Path, limits: Limits, thumbs: Path) -> Measured:
     image, frames = decode(data, path.name, limits.max_pixels)
     try:
         original_format, original_mode = image.format or "?", image.mode
+        declared_bits = declared_bit_depth(image, data)
         captured_at = capture_time(image)
         ImageOps.exif_transpose(image, in_place=True)
         width, height = image.size
-        work = normalise(image)
+        work = normalise(image, declared_bits)
         pixels = np.asarray(work)
         means, stds = channel_stats(pixels)
         luma = work if work.mode == "L" else work.convert("L")
@@ -253,10 +255,14 @@ def capture_time(image: Any) -> datetime | None:
         return None
 
 
-def normalise(image: Any) -> Any:
+def normalise(image: Any, declared_bits: int | None = None) -> Any:
     """An 8-bit 'L' or 'RGB' image of any mode: alpha composited onto white, 16-bit scaled to 8.
 
     Grey modes (1, L, LA, I;16, I, F) become L; everything else (P, RGBA, CMYK, YCbCr, ...) RGB.
+    An alpha channel that carries nothing (one value everywhere, as some writers leave it at 0) is
+    ignored. 16-bit samples are scaled by the bits they use: `declared_bits` (PNG sBIT, TIFF
+    BitsPerSample) or else the fewest bits that hold the largest sample, so a 12-bit scan or 8-bit
+    values in a 16-bit file look as a viewer shows them, not black.
     """
     import numpy as np
     from PIL import Image
@@ -271,17 +277,63 @@ def normalise(image: Any) -> Any:
         if mode == "F":
             scaled = np.clip(values, 0, 255).astype(np.uint8)
         else:
-            scaled = (np.clip(values, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+            values = np.clip(values, 0, 65535).astype(np.uint32)
+            shift = sample_bits(values, declared_bits) - 8
+            scaled = (values >> shift).astype(np.uint8)
         return Image.fromarray(scaled)
     if mode == "P" or mode == "PA":
         image = image.convert("RGBA")
         mode = "RGBA"
     if mode in ("LA", "La", "RGBA", "RGBa"):
         base = "L" if mode[0] == "L" else "RGB"
+        alpha = image.getchannel("A")
+        low, high = alpha.getextrema()
+        if low == high:  # the same alpha everywhere says nothing about the picture
+            return image.convert(base)
         flat = Image.new(base, image.size, (BACKGROUND,) * len(base))
-        flat.paste(image.convert(base), mask=image.getchannel("A"))
+        flat.paste(image.convert(base), mask=alpha)
         return flat
     return image.convert("RGB")
+
+
+def sample_bits(values: Any, declared_bits: int | None) -> int:
+    """How many bits (8 to 16) the samples of a 16-bit image use: as declared when the file
+    declares fewer than 16 (unless a sample is larger), else the fewest that hold the largest sample.
+    A declared 16 is only the container's size: 12-bit cameras write their samples in it."""
+    largest = int(values.max()) if values.size else 0
+    used = largest.bit_length()
+    if declared_bits is not None and declared_bits < 16:
+        used = max(used, declared_bits)
+    return min(max(used, 8), 16)
+
+
+def declared_bit_depth(image: Any, data: bytes) -> int | None:
+    """Significant bits per sample where the file says so: PNG sBIT, TIFF BitsPerSample."""
+    if image.format == "TIFF":
+        try:
+            bits = image.tag_v2.get(TIFF_BITS_PER_SAMPLE)
+        except Exception:
+            return None
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        return max(bits) if bits and all(isinstance(b, int) and 0 < b <= 16 for b in bits) else None
+    if image.format == "PNG":
+        return png_significant_bits(data)
+    return None
+
+
+def png_significant_bits(data: bytes) -> int | None:
+    """The largest value of the sBIT chunk (which comes before the image data), if there is one."""
+    at = 8  # the PNG signature
+    while at + 8 <= len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        kind = data[at + 4 : at + 8]
+        if kind == b"sBIT":
+            values = data[at + 8 : at + 8 + min(length, 4)]
+            return max(values) if values and 0 < max(values) <= 16 else None
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        at += 12 + length
+    return None
 
 
 def channel_stats(pixels: Any) -> tuple[list[float], list[float]]:

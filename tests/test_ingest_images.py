@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from conftest import COMMAND_TIMEOUT_S, Project, command_line, wait_until
-from imagecorpus import CAPTURED, make_bad, make_valid, rgb_image
+from imagecorpus import CAPTURED, make_bad, make_valid, pattern, rgb_image
 from PIL import Image, ImageOps
 
 MAX_BYTES = 2_000_000
@@ -396,3 +396,83 @@ def test_importing_the_job_module_skips_pillow_and_numpy() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# --- classes of valid input measured truthfully (issue 14) ----------------------------------------
+
+
+def with_chunk(png: bytes, kind: bytes, payload: bytes) -> bytes:
+    """`png` with one more chunk right after IHDR (written by hand: Pillow's writer varies)."""
+    import struct
+    import zlib
+
+    at = 8 + 8 + 13 + 4  # signature, IHDR's length and type, its 13 bytes, its CRC
+    chunk = struct.pack(">I", len(payload)) + kind + payload
+    chunk += struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    return png[:at] + chunk + png[at:]
+
+
+def expected_figures(pixels: np.ndarray) -> dict[str, Any]:
+    """Means, stds, brightness mean and median of a float picture as a viewer shows it (0-255)."""
+    means, stds, luma_mean = reference_stats(pixels)
+    luma = pixels if pixels.ndim == 2 else pixels @ np.array([0.299, 0.587, 0.114])
+    return {"means": means, "stds": stds, "luma": luma_mean, "median": float(np.median(luma))}
+
+
+def assert_measured_as(row: dict[str, Any], expected: dict[str, Any], name: str) -> None:
+    assert row["channel_means"] == pytest.approx(expected["means"], abs=0.75), name
+    assert row["channel_stds"] == pytest.approx(expected["stds"], abs=0.75), name
+    assert row["brightness"]["mean"] == pytest.approx(expected["luma"], abs=1.0), name
+    assert abs(row["brightness"]["p50"] - expected["median"]) <= 2, name
+    assert row["dhash"] != 0, name  # a picture, not a black or white square
+    with Image.open(row["thumbnail_path"]) as thumb:
+        shown = np.asarray(thumb.convert("L")).astype(np.float64).mean()
+    assert shown == pytest.approx(expected["luma"], abs=4.0), name  # the thumbnail is the picture too
+
+
+def test_sixteen_bit_images_that_use_only_the_low_bits_are_scaled_by_their_range(
+    sqlite_project: Project,
+) -> None:
+    folders = configure(sqlite_project, workers=1)
+    inbox = folders["inbox"]
+    grey = np.asarray(rgb_image(96, 64, 41).convert("L")).astype(np.uint16)
+    fine = np.random.default_rng(41).integers(0, 16, grey.shape).astype(np.uint16)
+    twelve = grey * 16 + fine  # a 12-bit scan: 0..4095 in 16-bit samples
+    Image.fromarray(twelve).save(inbox / "scan12.tif", "TIFF")
+    Image.fromarray(grey).save(inbox / "eight_in_16.png", "PNG")  # 8-bit values in a 16-bit file
+    dim = (grey * 6 + fine).astype(np.uint16)  # declared 12-bit (sBIT), its brightest sample < 2048
+    plain = inbox / "dim12.png"
+    Image.fromarray(dim).save(plain, "PNG")
+    plain.write_bytes(with_chunk(plain.read_bytes(), b"sBIT", bytes([12])))
+    expected = {
+        "scan12.tif": expected_figures((twelve // 16).astype(np.float64)),
+        "eight_in_16.png": expected_figures(grey.astype(np.float64)),
+        "dim12.png": expected_figures((dim // 16).astype(np.float64)),
+    }
+
+    result = run(sqlite_project, inbox)
+
+    assert result["processed"] == 3, result
+    rows = {Path(row["source_path"]).name: row for row in image_rows(sqlite_project)}
+    for name, figures in expected.items():
+        assert rows[name]["mode"].startswith("I"), rows[name]["mode"]
+        assert_measured_as(rows[name], figures, name)
+
+
+def test_an_alpha_channel_that_carries_nothing_is_ignored(sqlite_project: Project) -> None:
+    folders = configure(sqlite_project, workers=1)
+    inbox = folders["inbox"]
+    picture = pattern(96, 64, 42)
+    clear = np.dstack([picture, np.zeros(picture.shape[:2], np.uint8)])  # alpha 0 over a picture
+    Image.fromarray(clear, "RGBA").save(inbox / "alpha_zero.png")
+    grey = np.asarray(Image.fromarray(picture).convert("L"))
+    half = np.dstack([grey, np.full(grey.shape, 128, np.uint8)])  # one alpha value everywhere
+    Image.fromarray(half, "LA").save(inbox / "alpha_constant.png")
+
+    result = run(sqlite_project, inbox)
+
+    assert result["processed"] == 2, result
+    rows = {Path(row["source_path"]).name: row for row in image_rows(sqlite_project)}
+    assert rows["alpha_zero.png"]["mode"] == "RGBA"
+    assert_measured_as(rows["alpha_zero.png"], expected_figures(picture.astype(np.float64)), "alpha_zero")
+    assert_measured_as(rows["alpha_constant.png"], expected_figures(grey.astype(np.float64)), "constant")
