@@ -45,6 +45,7 @@ IN_FLIGHT_PER_WORKER = 2  # files handed to the pool ahead of the one being reco
 TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", ".swp", "~")  # uploads still being written
 MOVING, DONE, LOST = "moving", "done", "lost"
 MAX_NAME_TRIES = 1000
+NEAR_RECENT_FOLD = 256  # hashes compared one by one before they join the NumPy array
 
 metadata = sa.MetaData()
 
@@ -61,6 +62,7 @@ images = sa.Table(
     sa.Column("duplicate_of", sa.Integer, sa.ForeignKey("images.id"), nullable=True),
     sa.Column("near_duplicate_of", sa.Integer, sa.ForeignKey("images.id"), nullable=True),
     sa.Column("near_distance", sa.Integer, nullable=True),
+    sa.Column("near_unlinked", sa.Text, nullable=True),  # why it was not compared for near duplicates
     sa.Column("format", sa.String(16), nullable=False),
     sa.Column("mode", sa.String(16), nullable=False),
     sa.Column("width", sa.Integer, nullable=False),
@@ -80,7 +82,12 @@ images = sa.Table(
     sa.Index("ix_images_sha256", "sha256"),
     sa.Index("ix_images_state", "state"),
 )
-TABLES = JobTables("ingest_images", metadata, version=1)  # the job creates its own table
+TABLES = JobTables(  # the job creates its own table, and brings an older one up to date
+    "ingest_images",
+    metadata,
+    version=2,
+    upgrades={2: lambda conn: conn.execute(sa.text("ALTER TABLE images ADD COLUMN near_unlinked TEXT"))},
+)
 
 
 @job(watch_param="inbox")
@@ -263,7 +270,10 @@ class Feed:
 
 
 class NearIndex:
-    """dHashes of the first copy of every image, for near-duplicate lookup by Hamming distance."""
+    """dHashes of the first copy of every image, for near-duplicate lookup by Hamming distance.
+
+    Counts bits with a byte table, not `np.bitwise_count` (NumPy >= 2 only): NumPy 1.26 is supported.
+    """
 
     def __init__(self, rows: list[tuple[int, int]]) -> None:
         import numpy as np
@@ -271,6 +281,7 @@ class NearIndex:
         self.ids = np.array([row[0] for row in rows], dtype=np.int64)
         self.hashes = np.array([row[1] for row in rows], dtype=np.int64).view(np.uint64)
         self.recent: list[tuple[int, int]] = []
+        self.bits_in_byte = np.array([bin(byte).count("1") for byte in range(256)], dtype=np.uint8)
 
     def nearest(self, value: int, within: int) -> tuple[int, int] | None:
         import numpy as np
@@ -278,7 +289,8 @@ class NearIndex:
         best: tuple[int, int] | None = None
         if len(self.ids):
             target = np.array([value], dtype=np.int64).view(np.uint64)[0]
-            distances = np.bitwise_count(self.hashes ^ target)
+            differ = (self.hashes ^ target).view(np.uint8).reshape(-1, 8)
+            distances = self.bits_in_byte[differ].sum(axis=1, dtype=np.int64)
             where = int(np.argmin(distances))
             best = (int(distances[where]), int(self.ids[where]))
         for row_id, other in self.recent:
@@ -291,6 +303,27 @@ class NearIndex:
 
     def add(self, row_id: int, value: int) -> None:
         self.recent.append((row_id, value))
+        if len(self.recent) >= NEAR_RECENT_FOLD:  # a long batch: compare in NumPy, not in a loop
+            import numpy as np
+
+            ids, hashes = zip(*self.recent, strict=True)
+            self.ids = np.concatenate([self.ids, np.array(ids, dtype=np.int64)])
+            added = np.array(hashes, dtype=np.int64).view(np.uint64)
+            self.hashes = np.concatenate([self.hashes, added])
+            self.recent = []
+
+
+def featureless(value: int, near_bits: int) -> str | None:
+    """Why a dHash says nothing about similarity, or None. A flat, tiny or featureless picture
+    hashes to (almost) no set bits; all hashes with at most near_bits/2 bits set lie within
+    near_bits of each other, so linking on them would make every such picture a near duplicate."""
+    ones = hamming(value, 0)
+    if ones > near_bits // 2:
+        return None
+    return (
+        f"its dHash has {ones} of 64 bits set (a flat, tiny or featureless picture), "
+        "which says nothing about similarity: not compared for near duplicates"
+    )
 
 
 class Ingest:
@@ -319,7 +352,7 @@ class Ingest:
                     images.c.source_mtime_ns,
                 ).where(images.c.state == MOVING)
             ).all()
-        self.near = NearIndex([(row.id, row.dhash) for row in rows])
+        self.near = NearIndex([(row.id, row.dhash) for row in rows if not featureless(row.dhash, near_bits)])
         self.moving = {
             row.source_path: (row.id, Path(row.processed_path), (row.source_size, row.source_mtime_ns))
             for row in moving
@@ -444,7 +477,7 @@ class Ingest:
         self.counts["bytes"] += measured.byte_size
         if first is not None:
             self.counts["duplicates"] += 1
-        else:
+        elif not featureless(measured.dhash, self.near_bits):
             self.near.add(row_id, measured.dhash)
             if near is not None:
                 self.counts["near_duplicates"] += 1
@@ -459,7 +492,8 @@ class Ingest:
                 .order_by(images.c.id)
                 .limit(1)
             ).scalar()
-            near = self.near.nearest(m.dhash, self.near_bits) if first is None else None
+            unlinked = featureless(m.dhash, self.near_bits) if first is None else None
+            near = self.near.nearest(m.dhash, self.near_bits) if first is None and not unlinked else None
             result = conn.execute(
                 sa.insert(images).values(
                     sha256=m.sha256,
@@ -471,6 +505,7 @@ class Ingest:
                     duplicate_of=first,
                     near_duplicate_of=near[0] if near else None,
                     near_distance=near[1] if near else None,
+                    near_unlinked=unlinked,
                     format=m.format,
                     mode=m.mode,
                     width=m.width,

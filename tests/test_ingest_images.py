@@ -476,3 +476,47 @@ def test_an_alpha_channel_that_carries_nothing_is_ignored(sqlite_project: Projec
     assert rows["alpha_zero.png"]["mode"] == "RGBA"
     assert_measured_as(rows["alpha_zero.png"], expected_figures(picture.astype(np.float64)), "alpha_zero")
     assert_measured_as(rows["alpha_constant.png"], expected_figures(grey.astype(np.float64)), "constant")
+
+
+def test_flat_tiny_and_featureless_images_are_not_near_duplicates_of_each_other(project: Project) -> None:
+    folders = configure(project, workers=1)
+    inbox = folders["inbox"]
+    flat = {"a_dot.png": (200, 30, 60), "c_white.png": (250, 250, 250)}
+    Image.new("RGB", (1, 1), flat["a_dot.png"]).save(inbox / "a_dot.png")
+    Image.new("L", (64, 64), 90).save(inbox / "b_grey.png")
+    Image.new("RGB", (64, 64), flat["c_white.png"]).save(inbox / "c_white.png")
+    picture = pattern(64, 64, 43)
+    Image.fromarray(picture).save(inbox / "d_picture.png")
+
+    result = run(project, inbox)
+
+    assert (result["processed"], result["near_duplicates"]) == (4, 0), result
+    rows = {Path(row["source_path"]).name: row for row in image_rows(project)}
+    for name in ("a_dot.png", "b_grey.png", "c_white.png"):
+        row = rows[name]
+        assert row["near_duplicate_of"] is None and row["duplicate_of"] is None, (name, row)
+        assert row["dhash"] == 0 and "0 of 64 bits set" in row["near_unlinked"], (name, row)
+        expected = [90.0] if name == "b_grey.png" else [float(v) for v in flat[name]]
+        assert row["channel_means"] == expected and row["channel_stds"] == [0.0] * len(expected), row
+    assert rows["d_picture.png"]["near_unlinked"] is None
+    assert_measured_as(rows["d_picture.png"], expected_figures(picture.astype(np.float64)), "picture")
+
+
+def test_near_duplicate_search_needs_no_numpy_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyproject allows numpy>=1.26, which has no np.bitwise_count: the search must not need it
+    (CI also runs this file on the lowest supported NumPy and Pillow, see .ci/run)."""
+    from jobs.ingest_images import NearIndex
+
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    rng = random.Random(44)
+    stored = [(row_id, rng.getrandbits(64) - (1 << 63)) for row_id in range(1, 40)]
+    index = NearIndex(stored)
+    probe = stored[17][1] ^ 0b1011  # three bits away from row 18
+    assert index.nearest(probe, 6) == (18, 3)
+    assert index.nearest(probe, 2) is None
+    expected = min((bin((probe ^ value) & (2**64 - 1)).count("1"), row_id) for row_id, value in stored)
+    assert index.nearest(probe, 64) == (expected[1], expected[0])
+    grown = NearIndex([])  # a long batch: added hashes move into the NumPy array as they pile up
+    for row_id, value in stored * 10:
+        grown.add(row_id, value)
+    assert grown.nearest(probe, 6) == (18, 3)
