@@ -7,9 +7,11 @@ on; nothing here touches the database or moves a file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import re
 import stat
 import warnings
 from dataclasses import dataclass
@@ -20,7 +22,6 @@ from typing import Any
 # What we open: Pillow knows many more formats, some of which run external programs (EPS) or are
 # rarely-fuzzed parsers; a camera/upload inbox needs these.
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
-FORMAT_NAMES = "JPEG, PNG, WebP, GIF, TIFF or BMP"
 EXTENSION_FORMATS = {
     ".jpg": "JPEG",
     ".jpeg": "JPEG",
@@ -35,7 +36,11 @@ EXTENSION_FORMATS = {
     ".dib": "BMP",
 }
 FORMAT_EXTENSION = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif"}
-FORMAT_EXTENSION |= {"TIFF": ".tif", "BMP": ".bmp"}
+FORMAT_EXTENSION |= {"TIFF": ".tif", "BMP": ".bmp", "DIB": ".dib"}
+SAME_FORMATS = ({"JPEG", "MPO"}, {"BMP", "DIB"})  # a name for one may hold the other
+REFUSED_FORMATS = {"EPS"}  # Pillow runs Ghostscript to decode it
+# The text of Pillow's errors for a well-formed file in a variant it does not implement.
+UNSUPPORTED_VARIANT = re.compile(r"unsupported|not supported|unknown raw mode|unknown pixel mode", re.I)
 MAX_FRAMES = 5000  # an animation with more frames is refused rather than decoded for minutes
 DHASH_SIZE = 8  # 8 rows x 8 differences = 64 bits
 EXIF_IFD = 0x8769
@@ -56,6 +61,7 @@ class Limits:
     max_pixels: int
     thumb_size: int
     thumb_format: str  # "webp" | "jpeg"
+    formats: tuple[str, ...] = FORMATS  # Pillow format names to open
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,7 +149,7 @@ def _analyse(path: Path, limits: Limits, thumbs: Path) -> Measured:
     from PIL import ImageOps
 
     data, identity = read_bytes(path, limits.max_bytes)
-    image, frames = decode(data, path.name, limits.max_pixels)
+    image, frames = decode(data, path.name, limits.max_pixels, limits.formats)
     try:
         original_format, original_mode = image.format or "?", image.mode
         declared_bits = declared_bit_depth(image, data)
@@ -183,21 +189,25 @@ def _analyse(path: Path, limits: Limits, thumbs: Path) -> Measured:
     )
 
 
-def decode(data: bytes, name: str, max_pixels: int) -> tuple[Any, int]:
-    """Open, verify(), reopen and decode every frame; returns (first frame loaded, frame count)."""
+def decode(data: bytes, name: str, max_pixels: int, formats: tuple[str, ...] = FORMATS) -> tuple[Any, int]:
+    """Open, verify(), reopen and decode every frame; returns (first frame loaded, frame count).
+
+    Only `formats` are opened (a DIB, a BMP without its file header, counts as BMP)."""
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = max_pixels
+    opened = opened_formats(formats)
     fmt = "image"
     with warnings.catch_warnings():
         # Pillow warns between max_pixels and twice that, and raises above: both mean "refuse".
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(data), formats=FORMATS) as probe:
+            fmt = header_format(data, opened) or fmt
+            with Image.open(io.BytesIO(data), formats=opened) as probe:
                 fmt = probe.format or fmt
                 _check_extension(name, fmt)
                 probe.verify()
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            image = Image.open(io.BytesIO(data), formats=opened)
             frames = int(getattr(image, "n_frames", 1) or 1)
             if frames > MAX_FRAMES:
                 raise Rejected(
@@ -217,23 +227,87 @@ def decode(data: bytes, name: str, max_pixels: int) -> tuple[Any, int]:
                 "if it is a real image, raise max_pixels"
             ) from None
         except UnidentifiedImageError:
-            raise Rejected(
-                f"its content is not a {FORMAT_NAMES} image; check what the sender meant to send"
-            ) from None
+            raise Rejected(not_accepted(data, formats)) from None
         except MemoryError:
             raise
         except Exception as exc:
+            if UNSUPPORTED_VARIANT.search(str(exc)):
+                raise Rejected(
+                    f"Pillow cannot decode this variant of {fmt} ({_error(exc)}); the file may be fine: "
+                    "convert it to PNG or JPEG and put that in the inbox"
+                ) from None
             raise Rejected(
                 f"the {fmt} data is damaged or truncated ({_error(exc)}); ask the sender for the file again"
             ) from None
     return image, frames
 
 
+def opened_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
+    """The Pillow formats to try for `formats`: a DIB is a BMP without its file header."""
+    return (*formats, "DIB") if "BMP" in formats and "DIB" not in formats else formats
+
+
+def header_format(data: bytes, formats: tuple[str, ...]) -> str | None:
+    """The first of `formats` whose signature the data starts with (what it claims to be), or None."""
+    from PIL import Image
+
+    Image.preinit()
+    if any(fmt not in Image.OPEN for fmt in formats):
+        Image.init()
+    prefix = data[:16]
+    for fmt in formats:
+        if fmt not in Image.OPEN:
+            continue
+        accept = Image.OPEN[fmt][1]
+        try:
+            claims = accept is None or accept(prefix)
+        except Exception:
+            continue
+        if claims and not isinstance(claims, str):  # a str is Pillow's "looks like it, but" warning
+            return fmt
+    return None
+
+
+def not_accepted(data: bytes, formats: tuple[str, ...]) -> str:
+    """Why data that none of `formats` opens is refused: the format it is, if Pillow knows it."""
+    from PIL import Image
+
+    found = None
+    with contextlib.suppress(Exception), Image.open(io.BytesIO(data)) as other:  # header only, no decode
+        found = other.format
+    if found and found not in formats:
+        article = "an" if found[0] in "AEIO" else "a"
+        return (
+            f"its content is {article} {found} image; accepted: {', '.join(formats)}; "
+            f"add {found} to `formats` to take it"
+        )
+    either = f"{', '.join(formats[:-1])} or {formats[-1]}" if len(formats) > 1 else formats[0]
+    return f"its content is not a {either} image; check what the sender meant to send"
+
+
+def check_formats(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The `formats` setting, upper-cased and checked against what Pillow opens; ValueError if not."""
+    from PIL import Image
+
+    Image.init()
+    wanted = tuple(dict.fromkeys(name.strip().upper() for name in names if name.strip()))
+    unknown = [name for name in wanted if name not in Image.OPEN]
+    if not wanted or unknown:
+        raise ValueError(
+            f"formats = {', '.join(names)}: {'unknown: ' + ', '.join(unknown) if unknown else 'empty'}; "
+            f"expected names from {', '.join(sorted(set(Image.OPEN) - REFUSED_FORMATS))}"
+        )
+    refused = [name for name in wanted if name in REFUSED_FORMATS]
+    if refused:
+        raise ValueError(f"formats = {', '.join(refused)}: refused, Pillow runs an external program for it")
+    return wanted
+
+
 def _check_extension(name: str, fmt: str) -> None:
     suffix = Path(name).suffix.lower()
     claimed = EXTENSION_FORMATS.get(suffix)
-    if claimed is not None and claimed != fmt and {claimed, fmt} != {"JPEG", "MPO"}:
-        proper = FORMAT_EXTENSION.get(fmt, "")
+    if claimed is not None and claimed != fmt and {claimed, fmt} not in SAME_FORMATS:
+        proper = FORMAT_EXTENSION.get(fmt, f".{fmt.lower()}")
         raise Rejected(
             f"the name says {suffix} but the content is {fmt}; rename it to {Path(name).stem}{proper} "
             "and put it back in the inbox"

@@ -35,7 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobs import _filemoves as moves
-from jobs._imaging import Failed, Limits, Measured, analyse, hamming
+from jobs._imaging import FORMATS, Failed, Limits, Measured, analyse, check_formats, hamming
 from runner import JobContext, JobTables, job, main
 
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024
@@ -103,6 +103,7 @@ def ingest_images(
     thumb_format: str = "webp",
     near_duplicate_bits: int = 6,
     workers: int = 0,
+    formats: tuple[str, ...] = FORMATS,
 ) -> dict[str, Any]:
     """Check, measure, thumbnail and record the images in INBOX, then move each one on.
 
@@ -117,6 +118,8 @@ def ingest_images(
         thumb_format: webp or jpeg.
         near_duplicate_bits: dHash Hamming distance up to which an image is linked as a near-duplicate.
         workers: processes decoding images (0 = one per CPU).
+        formats: the image formats taken (Pillow's names); a file in another one is quarantined
+            with a reason naming its format.
     """
     started = time.monotonic()
     thumb_format = {"jpg": "jpeg"}.get(thumb_format.strip().lower(), thumb_format.strip().lower())
@@ -126,6 +129,7 @@ def ingest_images(
         raise ValueError(
             "max_bytes, max_pixels and thumb_size must be positive; workers, near_duplicate_bits >= 0"
         )
+    accepted = check_formats(formats)
     inbox = Path(os.path.abspath(inbox))
     folders = Folders(
         inbox=inbox,
@@ -140,7 +144,7 @@ def ingest_images(
         for folder in (folders.processed, folders.quarantine, folders.thumbs):
             folder.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
-    limits = Limits(max_bytes, max_pixels, thumb_size, thumb_format)
+    limits = Limits(max_bytes, max_pixels, thumb_size, thumb_format, accepted)
     # The pool forks before anything else opens a database connection or starts a thread.
     pool = start_pool(workers) if workers > 1 and len(paths) > 1 else None
     feed = Feed(pool, paths, limits, folders, workers, ctx.log)

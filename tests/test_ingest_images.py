@@ -520,3 +520,51 @@ def test_near_duplicate_search_needs_no_numpy_2(monkeypatch: pytest.MonkeyPatch)
     for row_id, value in stored * 10:
         grown.add(row_id, value)
     assert grown.nearest(probe, 6) == (18, 3)
+
+
+# --- refusals that name their cause (issue 14) ----------------------------------------------------
+
+
+def test_refusals_name_the_format_or_the_variant_and_a_dib_is_taken(sqlite_project: Project) -> None:
+    import struct
+
+    folders = configure(sqlite_project, workers=1)
+    inbox, quarantined = folders["inbox"], folders["quarantine"]
+    picture = pattern(48, 32, 45)
+    Image.fromarray(picture).save(inbox / "scan.ppm", "PPM")
+    Image.fromarray(picture).save(inbox / "icon.ico", "ICO", sizes=[(32, 32)])
+    Image.fromarray(picture).save(inbox / "clipboard.dib", "DIB")  # a BMP without its file header
+    bmp = inbox / "jpeg_inside.bmp"
+    Image.fromarray(picture).save(bmp, "BMP")
+    data = bytearray(bmp.read_bytes())
+    data[30:34] = struct.pack("<I", 4)  # biCompression = BI_JPEG: well-formed, Pillow has no decoder
+    bmp.write_bytes(bytes(data))
+
+    first = run(sqlite_project, inbox)
+
+    assert (first["processed"], first["quarantined"]) == (1, 3), first
+    reasons = {p.name[: -len(".reason.txt")]: p.read_text() for p in quarantined.glob("*.reason.txt")}
+    assert reasons["scan.ppm"].startswith(
+        "its content is a PPM image; accepted: JPEG, PNG, WEBP, GIF, TIFF, BMP"
+    )
+    assert "add PPM to `formats`" in reasons["scan.ppm"]
+    assert reasons["icon.ico"].startswith("its content is an ICO image; accepted:")
+    assert "Pillow cannot decode this variant of BMP" in reasons["jpeg_inside.bmp"]
+    assert "compression" in reasons["jpeg_inside.bmp"] and "damaged" not in reasons["jpeg_inside.bmp"]
+    (row,) = image_rows(sqlite_project)
+    assert (Path(row["source_path"]).name, row["format"]) == ("clipboard.dib", "DIB")
+    assert_measured_as(row, expected_figures(picture.astype(np.float64)), "clipboard.dib")
+
+    configure(sqlite_project, workers=1, formats="jpeg, png, ppm")
+    shutil.copyfile(quarantined / "scan.ppm", inbox / "scan.ppm")
+    shutil.copyfile(quarantined / "icon.ico", inbox / "icon.ico")
+    second = run(sqlite_project, inbox)
+
+    assert (second["processed"], second["quarantined"]) == (1, 1), second
+    ppm = next(r for r in image_rows(sqlite_project) if r["format"] == "PPM")
+    assert_measured_as(ppm, expected_figures(picture.astype(np.float64)), "scan.ppm")
+    assert "accepted: JPEG, PNG, PPM; add ICO" in (quarantined / "icon-1.ico.reason.txt").read_text()
+
+    configure(sqlite_project, workers=1, formats="png, eps, nope")
+    refused = sqlite_project.runner("run", "ingest_images", "-p", f"inbox={inbox}")
+    assert refused.returncode == 1 and "formats = png, eps, nope: unknown: NOPE" in refused.stderr, refused
