@@ -13,6 +13,7 @@ import io
 import os
 import re
 import stat
+import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -48,6 +49,9 @@ EXIF_DATETIME_ORIGINAL = 36867
 EXIF_DATETIME = 306
 TIFF_BITS_PER_SAMPLE = 258
 THUMB_QUALITY = 80
+# Tests only: a file of this name hangs in its decode (how the tests reach file_timeout).
+TEST_STALL_ENV = "RUNNER_INGEST_TEST_STALL"
+TEST_STALL_S = 3600.0
 BACKGROUND = 255  # transparent pixels are measured and shown as if on white paper
 
 
@@ -134,6 +138,8 @@ def read_bytes(path: Path, max_bytes: int) -> tuple[bytes, Identity]:
 
 def analyse(path: str, limits: Limits, thumbs: str) -> Measured | Failed:
     """Check, decode, measure and thumbnail one file; never raises for a bad file."""
+    if os.environ.get(TEST_STALL_ENV) == Path(path).name:
+        time.sleep(TEST_STALL_S)  # tests only: a decode that never ends, for file_timeout
     try:
         return _analyse(Path(path), limits, Path(thumbs))
     except Rejected as exc:

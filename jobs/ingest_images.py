@@ -41,6 +41,9 @@ from runner import JobContext, JobTables, job, main
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000  # about 200 MB decoded as RGBA: what a small server can hold per worker
 DEFAULT_THUMB_SIZE = 256
+DEFAULT_FILE_TIMEOUT_S = 60.0
+# A batch is safe to stop anywhere (the next run goes on from there): an hour bounds a stuck run.
+DEFAULT_TIMEOUT = "1h"
 IN_FLIGHT_PER_WORKER = 2  # files handed to the pool ahead of the one being recorded
 TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", ".swp", "~")  # uploads still being written
 MOVING, DONE, LOST = "moving", "done", "lost"
@@ -90,7 +93,7 @@ TABLES = JobTables(  # the job creates its own table, and brings an older one up
 )
 
 
-@job(watch_param="inbox")
+@job(watch_param="inbox", timeout=DEFAULT_TIMEOUT)
 def ingest_images(
     ctx: JobContext,
     inbox: Path,
@@ -103,7 +106,8 @@ def ingest_images(
     thumb_format: str = "webp",
     near_duplicate_bits: int = 6,
     workers: int = 0,
-    formats: tuple[str, ...] = FORMATS,
+    formats: str = ", ".join(FORMATS),
+    file_timeout: float = DEFAULT_FILE_TIMEOUT_S,
 ) -> dict[str, Any]:
     """Check, measure, thumbnail and record the images in INBOX, then move each one on.
 
@@ -118,18 +122,21 @@ def ingest_images(
         thumb_format: webp or jpeg.
         near_duplicate_bits: dHash Hamming distance up to which an image is linked as a near-duplicate.
         workers: processes decoding images (0 = one per CPU).
-        formats: the image formats taken (Pillow's names); a file in another one is quarantined
-            with a reason naming its format.
+        formats: the image formats taken (Pillow's names, comma-separated); a file in another
+            one is quarantined with a reason naming its format.
+        file_timeout: seconds one file may take to decode and measure; a file over it is
+            quarantined and its decoding process replaced.
     """
     started = time.monotonic()
     thumb_format = {"jpg": "jpeg"}.get(thumb_format.strip().lower(), thumb_format.strip().lower())
     if thumb_format not in ("webp", "jpeg"):
         raise ValueError(f"thumb_format = {thumb_format!r}: expected webp or jpeg")
-    if min(max_bytes, max_pixels, thumb_size) <= 0 or near_duplicate_bits < 0 or workers < 0:
+    if min(max_bytes, max_pixels, thumb_size, file_timeout) <= 0 or near_duplicate_bits < 0 or workers < 0:
         raise ValueError(
-            "max_bytes, max_pixels and thumb_size must be positive; workers, near_duplicate_bits >= 0"
+            "max_bytes, max_pixels, thumb_size and file_timeout must be positive; "
+            "workers, near_duplicate_bits >= 0"
         )
-    accepted = check_formats(formats)
+    accepted = check_formats(formats.replace(",", " ").split())
     inbox = Path(os.path.abspath(inbox))
     folders = Folders(
         inbox=inbox,
@@ -145,18 +152,16 @@ def ingest_images(
             folder.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
     limits = Limits(max_bytes, max_pixels, thumb_size, thumb_format, accepted)
-    # The pool forks before anything else opens a database connection or starts a thread.
-    pool = start_pool(workers) if workers > 1 and len(paths) > 1 else None
-    feed = Feed(pool, paths, limits, folders, workers, ctx.log)
+    feed = Feed(paths, limits, folders, workers, file_timeout, ctx.log)
     try:
         ingest = Ingest(ctx, folders, limits, near_duplicate_bits)
         ingest.reconcile_finished()
         walk = ctx.files() if ctx.fire.paths else iter(paths)
-        for index, path in enumerate(ctx.progress(walk, total=len(paths), label="ingest_images")):
-            ingest.handle(Path(os.path.abspath(path)), feed, index)
+        for path in ctx.progress(walk, total=len(paths), label="ingest_images"):
+            ingest.handle(Path(os.path.abspath(path)), feed)
     finally:
         feed.close()
-    summary = ingest.summary(time.monotonic() - started, workers if pool else 1)
+    summary = ingest.summary(time.monotonic() - started, workers)
     ctx.log.info(
         "ingest_images: %(processed)d processed (%(duplicates)d duplicates, %(near_duplicates)d near), "
         "%(quarantined)d quarantined, %(skipped)d skipped, %(bytes)d bytes in %(seconds).1fs",
@@ -210,63 +215,107 @@ def _worker_init() -> None:
 
 
 class Feed:
-    """Hands files to the pool ahead of the parent, and gives back each file's outcome in order.
+    """Hands files to the decoding processes ahead of the parent, and gives back each file's
+    outcome when the parent asks for it (in the batch's order, so the next ones are in flight).
 
-    Without a pool (workers = 1) the file is measured inline when its outcome is asked for.
+    A file whose outcome takes longer than `file_timeout_s` to come (counted from when the parent
+    starts waiting for it, so it had at least that long) is refused, and the decoding processes
+    are replaced: the one working on it may never finish. Files in flight are handed out again.
     """
 
     def __init__(
-        self, pool: Any, paths: list[Path], limits: Limits, folders: Folders, workers: int, log: Any
+        self,
+        paths: list[Path],
+        limits: Limits,
+        folders: Folders,
+        workers: int,
+        file_timeout_s: float,
+        log: Any,
     ) -> None:
-        self.pool, self.paths, self.limits, self.folders = pool, paths, limits, folders
-        self.workers, self.log = workers, log
+        self.paths, self.limits, self.folders = paths, limits, folders
+        self.workers, self.file_timeout_s, self.log = workers, file_timeout_s, log
+        self.position = {path: index for index, path in enumerate(paths)}
         self.ahead = workers * IN_FLIGHT_PER_WORKER
         self.futures: dict[int, Future] = {}
         self.submitted = 0
+        # The pool forks before anything else opens a database connection or starts a thread.
+        self.pool = start_pool(workers) if paths else None
 
-    def _submit(self, index: int) -> Future:
-        return self.pool.submit(analyse, str(self.paths[index]), self.limits, str(self.folders.thumbs))
+    def _submit(self, path: Path) -> Future:
+        return self.pool.submit(analyse, str(path), self.limits, str(self.folders.thumbs))
 
-    def outcome(self, index: int, path: Path) -> Measured | Failed:
-        if self.pool is None or index >= len(self.paths) or self.paths[index] != path:
+    def outcome(self, path: Path) -> Measured | Failed:
+        if self.pool is None:
             return analyse(str(path), self.limits, str(self.folders.thumbs))
         from concurrent.futures.process import BrokenProcessPool
 
+        index = self.position.get(path)
         try:
-            while self.submitted < min(len(self.paths), index + 1 + self.ahead):
-                self.futures[self.submitted] = self._submit(self.submitted)
-                self.submitted += 1
-            future = self.futures.pop(index, None) or self._submit(index)
-            return future.result()
+            if index is None:  # not in the batch it was given: measured on its own
+                future = self._submit(path)
+            else:
+                while self.submitted < min(len(self.paths), index + 1 + self.ahead):
+                    self.futures[self.submitted] = self._submit(self.paths[self.submitted])
+                    self.submitted += 1
+                future = self.futures.pop(index, None) or self._submit(path)
+            return future.result(timeout=self.file_timeout_s)
+        except TimeoutError:
+            return self._too_slow(path)
         except BrokenProcessPool:
-            self.futures.pop(index, None)
-            return self._isolate(index)
+            return self._isolate(path)
 
-    def discard(self, index: int) -> None:
-        """The file at `index` needs no measuring (refused, vanished, or finished from a crash)."""
+    def discard(self, path: Path) -> None:
+        """`path` needs no measuring (refused, vanished, or finished from a crash)."""
+        index = self.position.get(path)
+        if index is None:
+            return
         future = self.futures.pop(index, None)
         if future is not None:
             future.cancel()
         self.submitted = max(self.submitted, index + 1)
 
-    def _isolate(self, index: int) -> Measured | Failed:
+    def _too_slow(self, path: Path) -> Failed:
+        self.log.warning(
+            "%s took longer than file_timeout = %gs; replacing the decoding processes",
+            path.name,
+            self.file_timeout_s,
+        )
+        self._replace_pool(kill=True)
+        self._resubmit()
+        return Failed(
+            f"decoding it took longer than file_timeout = {self.file_timeout_s:g}s, so it was stopped; "
+            "if it is a real image (a very large one, a slow machine), raise file_timeout"
+        )
+
+    def _isolate(self, path: Path) -> Measured | Failed:
         """A worker died (a crash in native code, the OOM killer): retry this file alone."""
-        self.log.warning("a decoding process died; retrying %s on its own", self.paths[index].name)
-        self._restart()
+        from concurrent.futures.process import BrokenProcessPool
+
+        self.log.warning("a decoding process died; retrying %s on its own", path.name)
+        self._replace_pool()
         try:
-            outcome = self._submit(index).result()
-        except Exception:
-            self._restart()
+            outcome = self._submit(path).result(timeout=self.file_timeout_s)
+        except TimeoutError:
+            return self._too_slow(path)
+        except BrokenProcessPool:
+            self._replace_pool()
             outcome = Failed(
                 "it crashed the image decoder (the worker process died); report this file, do not retry it"
             )
-        for later in sorted(self.futures):
-            self.futures[later] = self._submit(later)
+        self._resubmit()
         return outcome
 
-    def _restart(self) -> None:
+    def _replace_pool(self, *, kill: bool = False) -> None:
+        if kill:  # a worker stuck in native code never looks at a cancelled future
+            for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+                process.kill()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.pool = start_pool(self.workers)
+
+    def _resubmit(self) -> None:
+        """Files that were in flight in the old pool go to the new one."""
+        for later in sorted(self.futures):
+            self.futures[later] = self._submit(self.paths[later])
 
     def close(self) -> None:
         if self.pool is not None:
@@ -394,16 +443,16 @@ class Ingest:
             conn.execute(sa.update(images).where(images.c.id == row_id).values(state=state))
 
     # -- one file
-    def handle(self, path: Path, feed: Feed, index: int) -> None:
+    def handle(self, path: Path, feed: Feed) -> None:
         if str(path) in self.moving and self._finish_interrupted(path):
-            feed.discard(index)
+            feed.discard(path)
             return
         problem = self._precheck(path)
         if problem is not None:
-            feed.discard(index)
+            feed.discard(path)
             if problem == "":
                 return
-        outcome = Failed(problem) if problem else feed.outcome(index, path)
+        outcome = Failed(problem) if problem else feed.outcome(path)
         if isinstance(outcome, Failed):
             self._quarantine(path, outcome.reason)
         else:

@@ -568,3 +568,44 @@ def test_refusals_name_the_format_or_the_variant_and_a_dib_is_taken(sqlite_proje
     configure(sqlite_project, workers=1, formats="png, eps, nope")
     refused = sqlite_project.runner("run", "ingest_images", "-p", f"inbox={inbox}")
     assert refused.returncode == 1 and "formats = png, eps, nope: unknown: NOPE" in refused.stderr, refused
+
+
+# --- a time limit per file, and for every shipped job (issue 14) ----------------------------------
+
+
+def test_a_file_whose_decode_outlasts_file_timeout_is_quarantined_and_its_worker_replaced(
+    sqlite_project: Project,
+) -> None:
+    from jobs._imaging import TEST_STALL_ENV
+
+    folders = configure(sqlite_project, workers=1, file_timeout=5)
+    inbox = folders["inbox"]
+    for index in range(4):
+        rgb_image(64, 48, 50 + index).save(inbox / f"img{index}.png")
+    rgb_image(64, 48, 60).save(inbox / "img1_stuck.png")  # third in the batch: files follow it
+    sqlite_project.environ[TEST_STALL_ENV] = "img1_stuck.png"  # its decode hangs (a test-only hook)
+
+    done = sqlite_project.runner("run", "ingest_images", "-p", f"inbox={inbox}", "--json")
+
+    assert done.returncode == 0, done
+    result = done.json()["result"]
+    assert (result["processed"], result["quarantined"]) == (4, 1), result
+    reason = (folders["quarantine"] / "img1_stuck.png.reason.txt").read_text()
+    assert "took longer than file_timeout = 5s" in reason, reason
+    assert sorted(Path(r["source_path"]).name for r in image_rows(sqlite_project)) == [
+        f"img{index}.png" for index in range(4)
+    ]
+    log = sqlite_project.runner("logs", str(done.json()["run_id"])).stdout
+    assert "img1_stuck.png took longer than file_timeout = 5s; replacing the decoding processes" in log
+    assert not [pid for pid in job_processes(sqlite_project)], "no decoding process outlives the run"
+
+
+def test_every_shipped_job_has_a_default_timeout(sqlite_project: Project) -> None:
+    sqlite_project.configure(
+        "[job:ingest_images]\nuses = jobs.ingest_images:ingest_images\ninbox = in\n\n"
+        "[job:hello]\nuses = jobs.hello:hello\n"
+    )
+    for name, expected in (("ingest_images", "1h"), ("hello", "1m")):
+        shown = sqlite_project.runner("show", name, "--json")
+        assert shown.returncode == 0, shown
+        assert shown.json()["settings"]["timeout"] == expected, shown.json()
