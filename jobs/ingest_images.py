@@ -35,6 +35,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobs import _filemoves as moves
+from jobs._cleanlog import clean_log
 from jobs._imaging import FORMATS, Failed, Limits, Measured, analyse, check_formats, hamming
 from runner import JobContext, JobTables, job, main
 
@@ -152,15 +153,19 @@ def ingest_images(
             folder.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
     limits = Limits(max_bytes, max_pixels, thumb_size, thumb_format, accepted)
-    feed = Feed(paths, limits, folders, workers, file_timeout, ctx.log)
-    try:
-        ingest = Ingest(ctx, folders, limits, near_duplicate_bits)
-        ingest.reconcile_finished()
-        walk = ctx.files() if ctx.fire.paths else iter(paths)
-        for path in ctx.progress(walk, total=len(paths), label="ingest_images"):
-            ingest.handle(Path(os.path.abspath(path)), feed)
-    finally:
-        feed.close()
+    # Decoders (libtiff) print to stderr, Pillow warns: every line of the run log gets its prefix.
+    with clean_log(ctx.log):
+        feed = Feed(paths, limits, folders, workers, file_timeout, ctx.log)
+        finished = False
+        try:
+            ingest = Ingest(ctx, folders, limits, near_duplicate_bits)
+            ingest.reconcile_finished()
+            walk = ctx.files() if ctx.fire.paths else iter(paths)
+            for path in ctx.progress(walk, total=len(paths), label="ingest_images"):
+                ingest.handle(Path(os.path.abspath(path)), feed)
+            finished = True
+        finally:
+            feed.close(wait=finished)
     summary = ingest.summary(time.monotonic() - started, workers)
     ctx.log.info(
         "ingest_images: %(processed)d processed (%(duplicates)d duplicates, %(near_duplicates)d near), "
@@ -317,9 +322,17 @@ class Feed:
         for later in sorted(self.futures):
             self.futures[later] = self._submit(self.paths[later])
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+    def close(self, *, wait: bool) -> None:
+        """Stop the decoding processes; with `wait`, let each finish what it holds (within
+        file_timeout), so what they print is in the run log before the job ends."""
+        if self.pool is None:
+            return
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes if wait else ():
+            process.join(self.file_timeout_s)
+            if process.is_alive():
+                process.kill()
 
 
 class NearIndex:

@@ -4,8 +4,10 @@ duplicates found, and the three-folder / one-row-per-file invariant surviving ki
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -609,3 +611,63 @@ def test_every_shipped_job_has_a_default_timeout(sqlite_project: Project) -> Non
         shown = sqlite_project.runner("show", name, "--json")
         assert shown.returncode == 0, shown
         assert shown.json()["settings"]["timeout"] == expected, shown.json()
+
+
+# --- clean run logs (issue 14) ----------------------------------------------------------------------
+
+
+def damaged_tiff(path: Path, compression: str) -> None:
+    """A TIFF whose compressed strip is garbled: libtiff, which decodes it, prints to stderr."""
+    buffer = io.BytesIO()
+    rgb_image(200, 150, 46).save(buffer, "TIFF", compression=compression)
+    data = bytearray(buffer.getvalue())
+    for at in range(200, 2000, 7):
+        data[at] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def jpeg_with_a_broken_exif_offset(path: Path) -> None:
+    """A good picture whose EXIF Software tag points past the end: Pillow warns while reading it."""
+    import struct
+
+    exif = Image.Exif()
+    exif[305] = "a camera that writes a long name"
+    raw = bytearray(exif.tobytes())
+    tiff_at = raw.index(b"Exif\x00\x00") + 6
+    order = "<" if raw[tiff_at : tiff_at + 2] == b"II" else ">"
+    ifd_at = tiff_at + struct.unpack(order + "I", raw[tiff_at + 4 : tiff_at + 8])[0]
+    for entry in range(struct.unpack(order + "H", raw[ifd_at : ifd_at + 2])[0]):
+        at = ifd_at + 2 + 12 * entry
+        if struct.unpack(order + "H", raw[at : at + 2])[0] == 305:
+            raw[at + 8 : at + 12] = struct.pack(order + "I", 60_000)
+    rgb_image(64, 48, 47).save(path, "JPEG", quality=90, exif=bytes(raw))
+
+
+def test_library_messages_and_warnings_reach_the_run_log_as_prefixed_lines(sqlite_project: Project) -> None:
+    folders = configure(sqlite_project, workers=2)
+    inbox = folders["inbox"]
+    run(sqlite_project, inbox)  # the databases' first migrations (the runner's lines) happen here
+    damaged_tiff(inbox / "lzw.tif", "tiff_lzw")
+    damaged_tiff(inbox / "deflate.tif", "tiff_adobe_deflate")
+    jpeg_with_a_broken_exif_offset(inbox / "exif.jpg")
+    rgb_image(64, 48, 48).save(inbox / "fine.png")
+
+    done = sqlite_project.runner("run", "ingest_images", "-p", f"inbox={inbox}", "--json")
+
+    assert done.returncode == 0, done
+    result, run_id = done.json()["result"], done.json()["run_id"]
+    assert (result["processed"], result["quarantined"]) == (2, 2), result
+    log = sqlite_project.runner("logs", str(run_id)).stdout
+    record = re.compile(
+        rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}} run={run_id} job=ingest_images [A-Z]+ \S+: "
+    )
+    lines = [line for line in log.splitlines() if line.strip()]
+    supervisor = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d runner: run ")  # its first and last line
+    job_lines = [line for line in lines if not supervisor.match(line)]
+    assert len(job_lines) == len(lines) - 2, log
+    assert [line for line in job_lines if not record.match(line)] == [], log
+    library = [line for line in job_lines if "jobs.ingest_images.stderr: " in line]
+    assert any("Decod" in line or "table" in line for line in library), log  # libtiff's own words
+    assert any("UserWarning: Truncated File Read" in line and "py.warnings" in line for line in job_lines), (
+        log
+    )
