@@ -101,6 +101,7 @@ class Measured:
 @dataclass(frozen=True, slots=True)
 class Failed:
     reason: str
+    sha256: str | None = None  # of the bytes read, when they were read
 
 
 def read_bytes(path: Path, max_bytes: int) -> tuple[bytes, Identity]:
@@ -140,22 +141,24 @@ def analyse(path: str, limits: Limits, thumbs: str) -> Measured | Failed:
     """Check, decode, measure and thumbnail one file; never raises for a bad file."""
     if os.environ.get(TEST_STALL_ENV) == Path(path).name:
         time.sleep(TEST_STALL_S)  # tests only: a decode that never ends, for file_timeout
+    sha = None
     try:
-        return _analyse(Path(path), limits, Path(thumbs))
+        data, identity = read_bytes(Path(path), limits.max_bytes)
+        sha = hashlib.sha256(data).hexdigest()
+        return _analyse(data, identity, sha, Path(path).name, limits, Path(thumbs))
     except Rejected as exc:
-        return Failed(str(exc))
+        return Failed(str(exc), sha)
     except MemoryError:
-        return Failed("decoding it ran out of memory; lower max_pixels or send a smaller image")
+        return Failed("decoding it ran out of memory; lower max_pixels or send a smaller image", sha)
     except Exception as exc:  # a surprise in a library must cost one file, not the batch
-        return Failed(f"it could not be processed ({_error(exc)}); report this file")
+        return Failed(f"it could not be processed ({_error(exc)}); report this file", sha)
 
 
-def _analyse(path: Path, limits: Limits, thumbs: Path) -> Measured:
+def _analyse(data: bytes, identity: Identity, sha: str, name: str, limits: Limits, thumbs: Path) -> Measured:
     import numpy as np
     from PIL import ImageOps
 
-    data, identity = read_bytes(path, limits.max_bytes)
-    image, frames = decode(data, path.name, limits.max_pixels, limits.formats)
+    image, frames = decode(data, name, limits.max_pixels, limits.formats)
     try:
         original_format, original_mode = image.format or "?", image.mode
         declared_bits = declared_bit_depth(image, data)
@@ -169,7 +172,6 @@ def _analyse(path: Path, limits: Limits, thumbs: Path) -> Measured:
         luma_pixels = pixels if work.mode == "L" else np.asarray(luma)
         brightness = brightness_summary(luma_pixels)
         hash_value = dhash(luma)
-        sha = hashlib.sha256(data).hexdigest()
         thumbnail = write_thumbnail(work, thumbs, sha, limits)
     except Rejected:
         raise

@@ -17,12 +17,15 @@ quarantine, and every file in processed/ has exactly one row in `images`.
    the same bytes, loses its inbox name); a 'moving' row whose processed file exists is 'done'.
    A crash before step 2 leaves the file in the inbox and no row: it is measured again.
 5. Quarantine. NAME.reason.txt is written first, then the file is moved beside it; a rerun reuses
-   the same free name (rewriting the reason) or finishes a half-done link.
+   the same free name (rewriting the reason) or finishes a half-done link. Then a row in
+   `quarantined` records it with its SHA-256, so the same content sent again is recognised (a crash
+   before that row costs only that recognition).
 The only unlink of an input name is in step 3/4/5, once the same file is durable under its new name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import time
@@ -49,6 +52,7 @@ IN_FLIGHT_PER_WORKER = 2  # files handed to the pool ahead of the one being reco
 TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", ".swp", "~")  # uploads still being written
 MOVING, DONE, LOST = "moving", "done", "lost"
 MAX_NAME_TRIES = 1000
+QUARANTINE_HASH_MAX_BYTES = 1 << 30  # a refused file larger than this is not read to compare it
 NEAR_RECENT_FOLD = 256  # hashes compared one by one before they join the NumPy array
 
 metadata = sa.MetaData()
@@ -86,11 +90,30 @@ images = sa.Table(
     sa.Index("ix_images_sha256", "sha256"),
     sa.Index("ix_images_state", "state"),
 )
-TABLES = JobTables(  # the job creates its own table, and brings an older one up to date
+# Every file quarantined, with the SHA-256 of its content when it is a regular file: a file sent
+# again says so in its reason, and `same_as` points at the first quarantined copy.
+quarantined = sa.Table(
+    "quarantined",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sha256", sa.String(64), nullable=True),  # None: a symlink, a device, over the hash limit
+    sa.Column("source_path", sa.Text, nullable=False),
+    sa.Column("quarantine_path", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("same_as", sa.Integer, sa.ForeignKey("quarantined.id"), nullable=True),
+    sa.Column("job", sa.String(200), nullable=False),
+    sa.Column("run_id", sa.Integer, nullable=False),
+    sa.Column("quarantined_at", sa.DateTime, nullable=False),  # UTC
+    sa.Index("ix_quarantined_sha256", "sha256"),
+)
+TABLES = JobTables(  # the job creates its own tables, and brings older ones up to date
     "ingest_images",
     metadata,
-    version=2,
-    upgrades={2: lambda conn: conn.execute(sa.text("ALTER TABLE images ADD COLUMN near_unlinked TEXT"))},
+    version=3,
+    upgrades={
+        2: lambda conn: conn.execute(sa.text("ALTER TABLE images ADD COLUMN near_unlinked TEXT")),
+        3: lambda conn: quarantined.create(conn, checkfirst=True),
+    },
 )
 
 
@@ -184,6 +207,24 @@ class Folders:
     processed: Path
     quarantine: Path
     thumbs: Path
+
+
+def content_sha256(path: Path) -> str | None:
+    """SHA-256 of a regular file (never through a symlink), or None; over the limit it is not read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > QUARANTINE_HASH_MAX_BYTES:
+            return None
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, moves.HASH_CHUNK_BYTES):
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
 
 
 def list_inbox(inbox: Path) -> list[Path]:
@@ -467,7 +508,7 @@ class Ingest:
                 return
         outcome = Failed(problem) if problem else feed.outcome(path)
         if isinstance(outcome, Failed):
-            self._quarantine(path, outcome.reason)
+            self._quarantine(path, outcome.reason, outcome.sha256)
         else:
             self._record(path, outcome)
 
@@ -502,13 +543,47 @@ class Ingest:
             self.first_left_alone = self.first_left_alone or f"{path}: {why}"
         self.ctx.log.warning("skipped %s: %s", path, why)
 
-    def _quarantine(self, path: Path, reason: str) -> None:
+    def _quarantine(self, path: Path, reason: str, sha: str | None = None) -> None:
         if not os.path.lexists(path):
             self._skip(path, "it is no longer there", vanished=True)
             return
+        sha = sha or content_sha256(path)
+        earlier = self._first_quarantined(sha) if sha else None
+        if earlier is not None:
+            when = earlier.quarantined_at.strftime("%Y-%m-%d %H:%M")
+            reason += (
+                f"; it is the same content as {Path(earlier.quarantine_path).name}, quarantined "
+                f"{when} UTC by run {earlier.run_id}"
+            )
         target = moves.quarantine(path, self.folders.quarantine, reason)
+        with self.ctx.transaction() as conn:
+            known = conn.execute(  # a rerun that finished a half-done quarantine: its row may be there
+                sa.select(quarantined.c.id).where(quarantined.c.quarantine_path == str(target))
+            ).first()
+            if known is None:
+                conn.execute(
+                    sa.insert(quarantined).values(
+                        sha256=sha,
+                        source_path=str(path),
+                        quarantine_path=str(target),
+                        reason=" ".join(reason.split()),
+                        same_as=earlier.id if earlier is not None else None,
+                        job=self.ctx.job,
+                        run_id=self.ctx.run_id,
+                        quarantined_at=datetime.now(UTC).replace(tzinfo=None),
+                    )
+                )
         self.counts["quarantined"] += 1
         self.ctx.log.warning("quarantined %s as %s: %s", path.name, target.name, reason)
+
+    def _first_quarantined(self, sha: str) -> Any:
+        with self.ctx.engine.connect() as conn:
+            return conn.execute(
+                sa.select(quarantined)
+                .where(quarantined.c.sha256 == sha, quarantined.c.same_as.is_(None))
+                .order_by(quarantined.c.id)
+                .limit(1)
+            ).first()
 
     def _record(self, path: Path, measured: Measured) -> None:
         try:

@@ -671,3 +671,46 @@ def test_library_messages_and_warnings_reach_the_run_log_as_prefixed_lines(sqlit
     assert any("UserWarning: Truncated File Read" in line and "py.warnings" in line for line in job_lines), (
         log
     )
+
+
+# --- files sent again (issue 14) -------------------------------------------------------------------
+
+
+def test_a_bad_file_sent_again_says_so_and_duplicates_are_counted_in_one_query(project: Project) -> None:
+    folders = configure(project, workers=1)
+    inbox, quarantine = folders["inbox"], folders["quarantine"]
+    (inbox / "notes.jpg").write_text("meeting notes, not a picture\n" * 20)
+    whole = io.BytesIO()
+    rgb_image(200, 150, 49).save(whole, "JPEG", quality=90)
+    (inbox / "cut.jpg").write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])
+    rgb_image(64, 48, 49).save(inbox / "good.png")
+    sent = {name: (inbox / name).read_bytes() for name in ("notes.jpg", "cut.jpg", "good.png")}
+    first = run(project, inbox)
+    (inbox / "notes.jpg").write_bytes(sent["notes.jpg"])  # the same name and content again
+    (inbox / "cut_again.jpg").write_bytes(sent["cut.jpg"])  # the same content, another name
+    (inbox / "good.png").write_bytes(sent["good.png"])
+    (inbox / "good_copy.png").write_bytes(sent["good.png"])
+
+    second = run(project, inbox)
+
+    assert (first["quarantined"], second["quarantined"], second["duplicates"]) == (2, 2, 2), second
+    first_note = (quarantine / "notes.jpg.reason.txt").read_text()
+    assert "same content" not in first_note
+    again = (quarantine / "notes-1.jpg.reason.txt").read_text()
+    assert again.startswith(first_note.strip()) and "it is the same content as notes.jpg" in again, again
+    assert "it is the same content as cut.jpg" in (quarantine / "cut_again.jpg.reason.txt").read_text()
+    engine = sa.create_engine(project.data_url)
+    try:
+        with engine.connect() as conn:
+            duplicates = conn.execute(sa.text("SELECT count(*) FROM images WHERE duplicate_of IS NOT NULL"))
+            resent = conn.execute(sa.text("SELECT count(*) FROM quarantined WHERE same_as IS NOT NULL"))
+            assert (duplicates.scalar(), resent.scalar()) == (2, 2)
+            rows = conn.execute(sa.text("SELECT quarantine_path, sha256 FROM quarantined ORDER BY id")).all()
+    finally:
+        engine.dispose()
+    assert [(Path(path).name, sha) for path, sha in rows] == [
+        ("cut.jpg", hashlib.sha256(sent["cut.jpg"]).hexdigest()),
+        ("notes.jpg", hashlib.sha256(sent["notes.jpg"]).hexdigest()),
+        ("cut_again.jpg", hashlib.sha256(sent["cut.jpg"]).hexdigest()),
+        ("notes-1.jpg", hashlib.sha256(sent["notes.jpg"]).hexdigest()),
+    ]
