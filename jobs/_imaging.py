@@ -166,11 +166,11 @@ def _analyse(data: bytes, identity: Identity, sha: str, name: str, limits: Limit
         ImageOps.exif_transpose(image, in_place=True)
         width, height = image.size
         work = normalise(image, declared_bits)
-        pixels = np.asarray(work)
-        means, stds = channel_stats(pixels)
+        # Pillow's histogram is one pass in C over the decoded image, with no copy into NumPy.
+        counts = np.array(work.histogram(), dtype=np.float64).reshape(len(work.getbands()), 256)
+        means, stds = channel_stats(counts)
         luma = work if work.mode == "L" else work.convert("L")
-        luma_pixels = pixels if work.mode == "L" else np.asarray(luma)
-        brightness = brightness_summary(luma_pixels)
+        brightness = brightness_summary(counts[0] if work.mode == "L" else np.array(luma.histogram()))
         hash_value = dhash(luma)
         thumbnail = write_thumbnail(work, thumbs, sha, limits)
     except Rejected:
@@ -418,29 +418,28 @@ def png_significant_bits(data: bytes) -> int | None:
     return None
 
 
-def channel_stats(pixels: Any) -> tuple[list[float], list[float]]:
-    """Per-channel mean and population standard deviation of a uint8 array, from exact histograms."""
+def channel_stats(counts: Any) -> tuple[list[float], list[float]]:
+    """Per-channel mean and population standard deviation from exact histograms (one row of 256
+    counts per channel of an 8-bit image)."""
     import numpy as np
 
-    planes = [pixels] if pixels.ndim == 2 else [pixels[..., i] for i in range(pixels.shape[2])]
     values = np.arange(256, dtype=np.float64)
     means, stds = [], []
-    for plane in planes:
-        counts = np.bincount(plane.ravel(), minlength=256).astype(np.float64)
-        total = counts.sum()
-        mean = float(counts @ values / total)
-        variance = float(counts @ (values - mean) ** 2 / total)
+    for row in np.asarray(counts, dtype=np.float64):
+        total = row.sum()
+        mean = float(row @ values / total)
+        variance = float(row @ (values - mean) ** 2 / total)
         means.append(round(mean, 4))
         stds.append(round(variance**0.5, 4))
     return means, stds
 
 
-def brightness_summary(luma: Any) -> dict[str, Any]:
-    """Brightness (ITU-R 601 luma, 0-255): mean, 5/50/95th percentiles, share of dark (< 32) and
-    bright (>= 224) pixels, and a 16-bin histogram of shares."""
+def brightness_summary(counts: Any) -> dict[str, Any]:
+    """Brightness (ITU-R 601 luma, 0-255) from its 256-bin histogram: mean, 5/50/95th percentiles,
+    share of dark (< 32) and bright (>= 224) pixels, and a 16-bin histogram of shares."""
     import numpy as np
 
-    counts = np.bincount(luma.ravel(), minlength=256).astype(np.float64)
+    counts = np.asarray(counts, dtype=np.float64)
     total = counts.sum()
     cumulative = np.cumsum(counts) / total
     return {

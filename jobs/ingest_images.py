@@ -182,11 +182,14 @@ def ingest_images(
         finished = False
         try:
             ingest = Ingest(ctx, folders, limits, near_duplicate_bits)
-            ingest.reconcile_finished()
-            walk = ctx.files() if ctx.fire.paths else iter(paths)
-            for path in ctx.progress(walk, total=len(paths), label="ingest_images"):
-                ingest.handle(Path(os.path.abspath(path)), feed)
-            finished = True
+            try:
+                ingest.reconcile_finished()
+                walk = ctx.files() if ctx.fire.paths else iter(paths)
+                for path in ctx.progress(walk, total=len(paths), label="ingest_images"):
+                    ingest.handle(Path(os.path.abspath(path)), feed)
+                finished = True
+            finally:
+                ingest.finish()
         finally:
             feed.close(wait=finished)
     summary = ingest.summary(time.monotonic() - started, workers)
@@ -443,6 +446,7 @@ class Ingest:
         )
         self.inbox_real = folders.inbox.resolve()
         self.left_alone, self.first_left_alone = 0, ""  # skipped for a reason other than vanishing
+        self.moved: list[int] = []  # rows whose file is in processed/, still 'moving' in the database
         TABLES.ensure(ctx)
         with ctx.engine.connect() as conn:
             rows = conn.execute(
@@ -483,6 +487,9 @@ class Ingest:
     def _finish_interrupted(self, path: Path) -> bool:
         """Finish a move a crashed run started for `path`; True if nothing is left to do for it."""
         row_id, target, version = self.moving.pop(str(path))
+        if os.path.lexists(target) and not moves.same_content(path, target):
+            self._set_state(row_id, DONE)  # its move had finished: the inbox name holds a new file
+            return False
         if moves.finish_move(path, target, version):
             self._set_state(row_id, DONE)
             self.counts["recovered"] += 1
@@ -495,6 +502,20 @@ class Ingest:
     def _set_state(self, row_id: int, state: str) -> None:
         with self.ctx.transaction() as conn:
             conn.execute(sa.update(images).where(images.c.id == row_id).values(state=state))
+
+    def _mark_moved(self, conn: sa.Connection) -> None:
+        """Inside the next write transaction: the rows whose files are in processed/ now become
+        'done' (one transaction a file, not two; a crash before it leaves 'moving' rows whose
+        processed file exists, which the next run's reconciling marks done)."""
+        if self.moved:
+            conn.execute(sa.update(images).where(images.c.id.in_(self.moved)).values(state=DONE))
+            self.moved = []
+
+    def finish(self) -> None:
+        """Record what is still to be recorded (the last files' 'done')."""
+        if self.moved:
+            with self.ctx.transaction() as conn:
+                self._mark_moved(conn)
 
     # -- one file
     def handle(self, path: Path, feed: Feed) -> None:
@@ -557,6 +578,7 @@ class Ingest:
             )
         target = moves.quarantine(path, self.folders.quarantine, reason)
         with self.ctx.transaction() as conn:
+            self._mark_moved(conn)
             known = conn.execute(  # a rerun that finished a half-done quarantine: its row may be there
                 sa.select(quarantined.c.id).where(quarantined.c.quarantine_path == str(target))
             ).first()
@@ -613,7 +635,7 @@ class Ingest:
             except sa.exc.IntegrityError:
                 continue  # a row reserved this name for a move still to finish: take the next one
         moves.move_file(path, target)
-        self._set_state(row_id, DONE)
+        self.moved.append(row_id)
         self.counts["processed"] += 1
         self.counts["bytes"] += measured.byte_size
         if first is not None:
@@ -627,6 +649,7 @@ class Ingest:
         self, path: Path, m: Measured, target: Path
     ) -> tuple[int, int | None, tuple[int, int] | None]:
         with self.ctx.transaction() as conn:
+            self._mark_moved(conn)
             first = conn.execute(
                 sa.select(images.c.id)
                 .where(images.c.sha256 == m.sha256, images.c.duplicate_of.is_(None), images.c.state != LOST)

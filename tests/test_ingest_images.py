@@ -313,6 +313,9 @@ def test_rerun_finishes_each_interrupted_step(sqlite_project: Project) -> None:
     reserve("not_moved.png", 32)
     both = reserve("both.png", 33)
     os.link(inbox / "both.png", both)
+    renewed = reserve("renewed.png", 34)  # moved, not yet 'done'; then a new file took the name
+    os.rename(inbox / "renewed.png", renewed)
+    rgb_image(60, 40, 35).save(inbox / "renewed.png")
     (inbox / "text.jpg").write_text("not an image")
     (quarantined / "text.jpg.reason.txt").write_text("stale reason from a crashed run\n")
     (inbox / "linked.jpg").write_text("also not an image")
@@ -321,11 +324,12 @@ def test_rerun_finishes_each_interrupted_step(sqlite_project: Project) -> None:
 
     result = run(sqlite_project, inbox)
 
-    assert result["recovered"] == 2 and result["processed"] == 0, result
+    assert result["recovered"] == 2 and result["processed"] == 1, result
     assert files_under(inbox) == []
-    assert sorted(p.name for p in files_under(processed)) == ["both.png", "not_moved.png", "x.png"]
+    names = ["both.png", "not_moved.png", "renewed-1.png", "renewed.png", "x.png"]
+    assert sorted(p.name for p in files_under(processed)) == names
     rows = image_rows(sqlite_project)
-    assert sorted(Path(r["processed_path"]).name for r in rows) == ["both.png", "not_moved.png", "x.png"]
+    assert sorted(Path(r["processed_path"]).name for r in rows) == names
     assert {r["state"] for r in rows} == {"done"}
     assert sorted(p.name for p in files_under(quarantined)) == [
         "linked.jpg",
