@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from typing import Any
 
 READ_BYTES = 64 * 1024
-DRAIN_S = 2.0  # how long the end of the run waits for lines still in the pipe
+DRAIN_S = 5.0  # the longest the end of the run waits for lines still in the pipe (a fork still writing)
 
 
 class _RawWriter:
