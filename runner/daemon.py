@@ -11,18 +11,18 @@ import signal
 import sys
 import threading
 import time
-import uuid
-from concurrent.futures import Future
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from runner.config import load_settings
 from runner.context import Fire
-from runner.errors import EXIT_NOT_STARTED, EXIT_STORAGE, RunnerError
+from runner.daemonevents import FileEvents
+from runner.daemonmissed import MissedFires
+from runner.errors import EXIT_STORAGE, RunnerError
 from runner.forkserver import ForkServer
 from runner.messages import FireRequest
-from runner.models import SkipReason, Trigger, utcnow
+from runner.models import Trigger, utcnow
 from runner.settings import Settings
 from runner.spool import replay
 from runner.triggers import fire_key
@@ -37,7 +37,7 @@ RESTART_SETTINGS = ("database",)  # [runner] keys a reload cannot apply: the sto
 # --- the daemon -------------------------------------------------------------------------------------
 
 
-class Daemon:
+class Daemon(MissedFires, FileEvents):
     """Schedules every job of the config with APScheduler and dispatches fires to the fork server."""
 
     def __init__(self, config_path: Path) -> None:
@@ -63,7 +63,7 @@ class Daemon:
         from runner.discovery import discover
         from runner.dispatch import Dispatcher
         from runner.store import Store
-        from runner.systemd import notify, watchdog_interval_s
+        from runner.systemd import notify
 
         catalog = discover(self.settings)
         for name, reason in catalog.broken.items():
@@ -103,6 +103,14 @@ class Daemon:
             os.getpid(),
             ", ".join(jobs) or "none",
         )
+        self._loop()
+        notify("STOPPING=1")
+        return self._shutdown()
+
+    def _loop(self) -> None:
+        """Until a stop signal: reloads, heartbeats (and systemd's watchdog), queue snapshots."""
+        from runner.systemd import notify, watchdog_interval_s
+
         watchdog_s = watchdog_interval_s()
         next_beat = 0.0
         while self.stop_signal is None:
@@ -121,8 +129,6 @@ class Daemon:
                     notify("WATCHDOG=1")
             elif self.dispatcher.changed:
                 self._publish()
-        notify("STOPPING=1")
-        return self._shutdown()
 
     def _on_stop(self, signum: int, _frame: Any) -> None:
         if self.stop_signal is None:
@@ -155,7 +161,7 @@ class Daemon:
         """Rows for fires the dispatcher did not run, one transaction per job and reason."""
         groups: dict[tuple[str, str, str, str], list[tuple[str, Any]]] = {}
         for skip in skips:
-            key = (skip.job, skip.fire.kind, skip.reason.value, skip.error)
+            key = (skip.job, skip.fire.kind, skip.reason, skip.error)
             groups.setdefault(key, []).append((skip.fire.key, skip.fire.scheduled_at))
             log.warning("job=%s fire=%s skipped: %s", skip.job, skip.fire.key, skip.error)
         for (job, kind, reason, error), fires in groups.items():
@@ -264,9 +270,6 @@ class Daemon:
                     self.notes.append(note)
 
     # -- scheduling --
-    def _scheduled_names(self) -> list[str]:
-        return sorted(name for name, job in self.settings.jobs.items() if job.scheduled)
-
     def _start_scheduler(self) -> None:
         from apscheduler.schedulers.background import BackgroundScheduler
 
@@ -291,99 +294,6 @@ class Daemon:
                 name=name,
                 replace_existing=True,
             )
-
-    def _catch_up(self) -> None:
-        """Fires missed while no daemon ran (see runner.catchup.plan): the newest one of each job
-        runs once, marked late, if it is within the job's catchup window; every other miss gets a
-        `skipped` row.
-
-        A job's misses count from its last recorded fire; a job with none yet (new in the config)
-        counts from when a scheduler last ran or the config file changed, whichever is later."""
-        from runner.catchup import known_since, plan
-
-        now = utcnow()
-        last = self.store.last_scheduled()
-        since = known_since(self.config_path, self.store.daemons.last_beat())
-        self.caught_up_to = now
-        for name in self._scheduled_names():
-            planned = plan(
-                self.settings.jobs[name], last.get(name) or since, now, Trigger.SCHEDULE, self.started_at
-            )
-            if planned is None:
-                continue
-            if planned.downtime:
-                log.warning("job=%s %s", name, planned.downtime)
-            for skip in planned.skipped:
-                self.store.record_skipped(
-                    name, planned.fire.kind, [(skip.key, skip.at)], skip.reason, skip.error
-                )
-            if planned.runnable:
-                self.dispatcher.submit(name, planned.fire, jitter_s=0.0)
-
-    def _resume_retries(self) -> None:
-        """Retries a stop cut short (they never started): each runs now if still within catchup."""
-        now = utcnow()
-        for record in self.store.stopped_retries():
-            job = self.settings.jobs.get(record.job)
-            if job is None or not job.catchup_s or (now - record.queued_at).total_seconds() > job.catchup_s:
-                continue
-            if not self.store.take_stopped_retry(record.id, f"resumed by daemon started at {now:%H:%M:%S}Z"):
-                continue  # another daemon took it
-            log.warning(
-                "job=%s run=%s: resuming retry %d that a stop cut short",
-                record.job,
-                record.id,
-                record.attempt,
-            )
-            fire = Fire(record.trigger, record.fire_key, record.scheduled_at, late=True)
-            self.server.submit(FireRequest(record.job, fire, resume=record.id))
-
-    def _record_unscheduled(self) -> None:
-        """Fires that came due after the scheduler stopped, while running jobs finished."""
-        from runner.catchup import missed_fires
-
-        now = utcnow()
-        error = "shutdown: due while the daemon was stopping"
-        for name in self._scheduled_names():
-            after = self.dispatcher.last_seen.get(name)
-            if after is None:
-                continue
-            fires = [(fire_key(at), at) for at in missed_fires(self.settings.jobs[name], after, now)]
-            with contextlib.suppress(Exception):
-                self.store.record_skipped(name, Trigger.SCHEDULE.value, fires, SkipReason.SHUTDOWN, error)
-
-    # -- file events --
-    def _start_watches(self) -> None:
-        from runner.watch import WatchService
-
-        jobs = [(name, job) for name, job in sorted(self.settings.jobs.items()) if job.watch]
-        self.watches = WatchService(
-            jobs,
-            claim=self._claim_files,
-            dispatch=self._dispatch_files,
-            free_slots=lambda: self.settings.runner.max_workers - self.server.in_flight,
-            release=self.store.files.release_orphans,
-        )
-        self.watches.start()
-
-    def _claim_files(self, name: str, versions: list[Any]) -> tuple[str, list[str]]:
-        key = f"files:{uuid.uuid4().hex}"
-        return key, self.store.files.claim(name, key, [(v.path, v.size, v.mtime_ns) for v in versions])
-
-    def _dispatch_files(self, name: str, key: str, paths: list[str]) -> None:
-        fire = Fire(Trigger.FILE, key, paths=tuple(Path(p) for p in paths))
-        if self._stopping or self.dispatcher is None:
-            self.store.files.settle(name, key, succeeded=False)
-            return
-        future = self.server.submit(FireRequest(name, fire))
-
-        def done(result: Future[int]) -> None:
-            if result.result() == EXIT_NOT_STARTED and self.watches is not None:
-                self.watches.offer_again(name, paths)  # skipped (overlap): its files wait for the next run
-            if self.watches is not None:
-                self.watches.wake()
-
-        future.add_done_callback(done)
 
 
 def _process_started_at() -> datetime:
@@ -420,9 +330,7 @@ class _DispatchExecutor(_executor_base()):  # type: ignore[misc]
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
         for run_time in run_times:  # each due time: the dispatcher queues, coalesces or records it
             scheduled = run_time.astimezone(UTC)
-            self.daemon.dispatcher.submit(
-                job.id, Fire(Trigger.SCHEDULE.value, fire_key(scheduled), scheduled)
-            )
+            self.daemon.dispatcher.submit(job.id, Fire(Trigger.SCHEDULE, fire_key(scheduled), scheduled))
         self._run_job_success(job.id, [])
 
 

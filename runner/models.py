@@ -14,7 +14,7 @@ from runner.enums import Trigger as Trigger
 
 SCHEMA_REVISION = "0008"  # the newest Alembic revision; tests keep the two equal
 
-ACTIVE_STATUSES = (RunStatus.QUEUED.value, RunStatus.RUNNING.value)
+ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
 class UTCDateTime(sa.TypeDecorator):

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from runner.catchup import find_missed, known_since, next_fire
+from runner.enums import RunStatus
 from runner.models import utcnow
 from runner.triggers import fire_key
 
@@ -79,7 +80,7 @@ class StatusReport:
                 }
                 for q in self.queues
             ],
-            "running": [r.to_json() for r in self.running],
+            RunStatus.RUNNING: [r.to_json() for r in self.running],
             "next": [{"job": u.job, "next_fire": fire_key(u.at) if u.at else None} for u in self.upcoming],
             "missed": [{"job": m.job, "latest": fire_key(m.latest), "count": m.count} for m in self.missed],
             "watching": [{"job": w.job, "folders": list(w.folders), "files": w.files} for w in self.watching],

@@ -38,11 +38,14 @@ def test_every_second_for_ten_seconds_gives_distinct_fires(project: Project):
         keys
     )  # shutdown: due while stopping
     assert len(set(keys)) == len(keys)
+
     # A run that took longer than a second (a loaded machine) makes the next fire an overlap skip;
-    # a scheduler that fell behind by more than a fire (a machine loaded enough that the daemon
-    # itself did not get the CPU) records the older fire as coalesced into the newer one.
-    allowed = ("overlap", "shutdown", "coalesced")
-    assert all(r["status"] == "succeeded" or r["reason"] in allowed for r in rows), [
+    # a daemon slow to start (a loaded machine) coalesces the fires due before its scheduler ran.
+    def explained(r: dict) -> bool:
+        startup = r["reason"] == "coalesced" and "while no scheduler ran" in (r["error"] or "")
+        return r["reason"] in ("overlap", "shutdown") or startup
+
+    assert all(r["status"] == "succeeded" or explained(r) for r in rows), [
         (r["fire_key"], r["status"], r["reason"], r["error"]) for r in rows
     ]
     assert sum(r["status"] == "succeeded" for r in rows) >= 5, rows

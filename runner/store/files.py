@@ -41,7 +41,7 @@ class FileClaims(StorePart):
                 "size": size,
                 "mtime_ns": mtime,
                 "fire_key": fire_key,
-                "state": ClaimState.CLAIMED.value,
+                "state": ClaimState.CLAIMED,
                 "attempts": 1,
                 "claimed_at": now,
                 **owner,
@@ -58,10 +58,10 @@ class FileClaims(StorePart):
                     file_claims.c.path == sa.bindparam("b_path"),
                     file_claims.c.size == sa.bindparam("b_size"),
                     file_claims.c.mtime_ns == sa.bindparam("b_mtime"),
-                    file_claims.c.state == ClaimState.PENDING.value,
+                    file_claims.c.state == ClaimState.PENDING,
                 )
                 .values(
-                    state=ClaimState.CLAIMED.value,
+                    state=ClaimState.CLAIMED,
                     fire_key=fire_key,
                     claimed_at=now,
                     attempts=file_claims.c.attempts + 1,
@@ -74,7 +74,7 @@ class FileClaims(StorePart):
                 .where(
                     file_claims.c.job == job,
                     file_claims.c.fire_key == fire_key,
-                    file_claims.c.state == ClaimState.CLAIMED.value,
+                    file_claims.c.state == ClaimState.CLAIMED,
                 )
                 .order_by(file_claims.c.path)  # a run walks its files in name order, every time
             )
@@ -100,7 +100,7 @@ class FileClaims(StorePart):
             file_claims.c.path == sa.bindparam("b_path"),
         ]
         if only_claimed:
-            where.append(file_claims.c.state == ClaimState.CLAIMED.value)
+            where.append(file_claims.c.state == ClaimState.CLAIMED)
         with self.begin() as conn:
             conn.execute(
                 sa.update(file_claims).where(*where).values(state=state.value, done_at=utcnow()),
@@ -114,7 +114,7 @@ class FileClaims(StorePart):
                 sa.select(file_claims.c.path).where(
                     file_claims.c.job == job,
                     file_claims.c.fire_key == fire_key,
-                    file_claims.c.state == ClaimState.DONE.value,
+                    file_claims.c.state == ClaimState.DONE,
                 )
             )
             return {row[0] for row in rows}
@@ -129,20 +129,18 @@ class FileClaims(StorePart):
         mine = (
             (file_claims.c.job == job)
             & (file_claims.c.fire_key == fire_key)
-            & (file_claims.c.state == ClaimState.CLAIMED.value)
+            & (file_claims.c.state == ClaimState.CLAIMED)
         )
         with self.begin() as conn:
             if succeeded:
-                conn.execute(
-                    sa.update(file_claims).where(mine).values(state=ClaimState.DONE.value, done_at=now)
-                )
+                conn.execute(sa.update(file_claims).where(mine).values(state=ClaimState.DONE, done_at=now))
                 return
             untouched = mine if blame is None else mine & (file_claims.c.path != blame)
             if not started or blame is not None:  # claiming counted an attempt: take it back
                 conn.execute(
                     sa.update(file_claims)
                     .where(untouched)
-                    .values(state=ClaimState.PENDING.value, attempts=file_claims.c.attempts - 1)
+                    .values(state=ClaimState.PENDING, attempts=file_claims.c.attempts - 1)
                 )
                 if not started:
                     return
@@ -151,8 +149,8 @@ class FileClaims(StorePart):
                 .where(mine)
                 .values(
                     state=sa.case(
-                        (file_claims.c.attempts >= MAX_FILE_ATTEMPTS, ClaimState.FAILED.value),
-                        else_=ClaimState.PENDING.value,
+                        (file_claims.c.attempts >= MAX_FILE_ATTEMPTS, ClaimState.FAILED),
+                        else_=ClaimState.PENDING,
                     )
                 )
             )
@@ -171,7 +169,7 @@ class FileClaims(StorePart):
                     file_claims.c.pidns,
                     sa.func.min(file_claims.c.claimed_at),
                 )
-                .where(file_claims.c.job == job, file_claims.c.state == ClaimState.CLAIMED.value)
+                .where(file_claims.c.job == job, file_claims.c.state == ClaimState.CLAIMED)
                 .group_by(file_claims.c.fire_key, file_claims.c.host, file_claims.c.pid, file_claims.c.pidns)
             ).all()
         released = held = 0
@@ -221,14 +219,12 @@ class FileClaims(StorePart):
     def retry(self, job: str, paths: list[str] | None = None) -> list[str]:
         """Failed files (all of the job's, or those of `paths`) become claimable again, with their
         attempts reset; returns the paths changed."""
-        failed = (file_claims.c.job == job) & (file_claims.c.state == ClaimState.FAILED.value)
+        failed = (file_claims.c.job == job) & (file_claims.c.state == ClaimState.FAILED)
         if paths is not None:
             failed = failed & file_claims.c.path.in_(paths)
         with self.begin() as conn:
             changed = [row[0] for row in conn.execute(sa.select(file_claims.c.path).where(failed))]
-            conn.execute(
-                sa.update(file_claims).where(failed).values(state=ClaimState.PENDING.value, attempts=0)
-            )
+            conn.execute(sa.update(file_claims).where(failed).values(state=ClaimState.PENDING, attempts=0))
             return changed
 
     def counts(self, job: str) -> dict[str, int]:

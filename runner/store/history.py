@@ -58,7 +58,7 @@ class HistoryQueries:
 
     def problems(self: Store, limit: int = 10) -> list[RunRecord]:
         """The newest runs that did not succeed (including recorded missed fires)."""
-        bad = [status.value for status in PROBLEM_STATUSES]
+        bad = list(PROBLEM_STATUSES)
         query = sa.select(runs).where(runs.c.status.in_(bad)).order_by(runs.c.id.desc()).limit(limit)
         with self.read() as conn:
             return [record_of(row) for row in conn.execute(query)]
@@ -77,7 +77,7 @@ class HistoryQueries:
         """Per job, how many fires were recorded skipped since `since`, by reason."""
         query = (
             sa.select(runs.c.job, runs.c.reason, sa.func.count())
-            .where(runs.c.status == RunStatus.SKIPPED.value, runs.c.queued_at >= since)
+            .where(runs.c.status == RunStatus.SKIPPED, runs.c.queued_at >= since)
             .group_by(runs.c.job, runs.c.reason)
         )
         found: dict[str, dict[str, int]] = {}
@@ -89,7 +89,7 @@ class HistoryQueries:
     def stopped_retries(self: Store) -> list[RunRecord]:
         """Retries a stop cut short before they started, not yet taken up again."""
         query = sa.select(runs).where(
-            runs.c.reason == SkipReason.RETRY_STOPPED.value, runs.c.status == RunStatus.KILLED.value
+            runs.c.reason == SkipReason.RETRY_STOPPED, runs.c.status == RunStatus.KILLED
         )
         with self.begin() as conn:
             return [record_of(row) for row in conn.execute(query.order_by(runs.c.id))]

@@ -43,7 +43,7 @@ class Leases(StorePart):
                         conn.execute(
                             sa.update(runs)
                             .where(runs.c.id == run_id)
-                            .values(status=RunStatus.RUNNING.value, started_at=utcnow())
+                            .values(status=RunStatus.RUNNING, started_at=utcnow())
                         )
                     return holder
             except (LeaseRace, sa.exc.IntegrityError):

@@ -106,7 +106,7 @@ class RunWrites:
                 fire_key=key,
                 trigger=trigger,
                 attempt=1,
-                status=RunStatus.SKIPPED.value,
+                status=RunStatus.SKIPPED,
                 late=False,
                 scheduled_at=at,
                 queued_at=now,
@@ -132,8 +132,8 @@ class RunWrites:
             return bool(
                 conn.execute(
                     sa.update(runs)
-                    .where(runs.c.id == run_id, runs.c.reason == SkipReason.RETRY_STOPPED.value)
-                    .values(reason=SkipReason.RETRY_RESUMED.value, error=note)
+                    .where(runs.c.id == run_id, runs.c.reason == SkipReason.RETRY_STOPPED)
+                    .values(reason=SkipReason.RETRY_RESUMED, error=note)
                 ).rowcount
             )
 
@@ -141,7 +141,7 @@ class RunWrites:
         """A stopped retry's row, made this supervisor's queued run again (late since it was queued)."""
         now = utcnow()
         values = dict(
-            status=RunStatus.QUEUED.value,
+            status=RunStatus.QUEUED,
             host=HOSTNAME,
             pid=os.getpid(),
             pidns=PIDNS,
@@ -159,7 +159,7 @@ class RunWrites:
             conn.execute(
                 sa.update(runs)
                 .where(runs.c.id == run_id)
-                .values(status=RunStatus.RUNNING.value, started_at=started_at, heartbeat_at=started_at)
+                .values(status=RunStatus.RUNNING, started_at=started_at, heartbeat_at=started_at)
             )
 
     def heartbeat(
@@ -200,7 +200,7 @@ class RunWrites:
     def finish_late(self: Store, run_id: int, end: RunEnd, *, release_lease_of: str | None = None) -> bool:
         """Record an outcome kept while the database was away, unless the run was finished since
         (a run marked lost meanwhile gets its true outcome). True when written."""
-        unfinished = (*ACTIVE_STATUSES, RunStatus.LOST.value)
+        unfinished = (*ACTIVE_STATUSES, RunStatus.LOST)
         with self.begin() as conn:
             updated = conn.execute(
                 sa.update(runs)
@@ -232,7 +232,7 @@ class RunWrites:
                     updated = conn.execute(
                         sa.update(runs)
                         .where(runs.c.id == run_id, runs.c.status.in_(ACTIVE_STATUSES))
-                        .values(status=RunStatus.LOST.value, ended_at=now, error=reason)
+                        .values(status=RunStatus.LOST, ended_at=now, error=reason)
                     ).rowcount
                     if updated:
                         lost.append(run_id)
@@ -285,6 +285,6 @@ def _insert_run(
     if lease_ttl_s is not None:
         holder = Leases.take(conn, values["job"], run_id, lease_ttl_s, now)
         if holder is not None:
-            update.update(status=RunStatus.QUEUED.value, started_at=None)
+            update.update(status=RunStatus.QUEUED, started_at=None)
     conn.execute(_UPDATE_RUN, {"b_run_id": run_id, **update})
     return run_id, holder

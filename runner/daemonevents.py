@@ -1,0 +1,57 @@
+"""The daemon's file events: watched folders claim their files and fire the job (a mixin of
+runner.daemon.Daemon)."""
+
+from __future__ import annotations
+
+import uuid
+from concurrent.futures import Future
+from pathlib import Path
+from typing import Any
+
+from runner.context import Fire
+from runner.errors import EXIT_NOT_STARTED
+from runner.messages import FireRequest
+from runner.models import Trigger
+
+
+class FileEvents:
+    """Uses the daemon's settings, store, dispatcher and fork server."""
+
+    settings: Any
+    store: Any
+    dispatcher: Any
+    server: Any
+    watches: Any
+    _stopping: bool
+
+    def _start_watches(self) -> None:
+        from runner.watch import WatchService
+
+        jobs = [(name, job) for name, job in sorted(self.settings.jobs.items()) if job.watch]
+        self.watches = WatchService(
+            jobs,
+            claim=self._claim_files,
+            dispatch=self._dispatch_files,
+            free_slots=lambda: self.settings.runner.max_workers - self.server.in_flight,
+            release=self.store.files.release_orphans,
+        )
+        self.watches.start()
+
+    def _claim_files(self, name: str, versions: list[Any]) -> tuple[str, list[str]]:
+        key = f"files:{uuid.uuid4().hex}"
+        return key, self.store.files.claim(name, key, [(v.path, v.size, v.mtime_ns) for v in versions])
+
+    def _dispatch_files(self, name: str, key: str, paths: list[str]) -> None:
+        fire = Fire(Trigger.FILE, key, paths=tuple(Path(p) for p in paths))
+        if self._stopping or self.dispatcher is None:
+            self.store.files.settle(name, key, succeeded=False)
+            return
+        future = self.server.submit(FireRequest(name, fire))
+
+        def done(result: Future[int]) -> None:
+            if result.result() == EXIT_NOT_STARTED and self.watches is not None:
+                self.watches.offer_again(name, paths)  # skipped (overlap): its files wait for the next run
+            if self.watches is not None:
+                self.watches.wake()
+
+        future.add_done_callback(done)
