@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -215,8 +216,9 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not JSON")
 
 
-def canonical(item: Any) -> bytes:
-    return json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+def canonical(item: Any) -> str:
+    """The item's JSON text with sorted keys: what is hashed, and what is stored as it is."""
+    return json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def order_key(value: Any) -> tuple[int, float | str]:
@@ -280,6 +282,7 @@ class Poll:
         self.key = STATE_PREFIX + source
         self.state = ctx.state.get(self.key) or {}
         self.watermark = self.state.get("watermark")
+        self.start_watermark = self.watermark  # what this run asks from, on every page
         self.counts = dict.fromkeys(("pages", "items", "new", "changed", "unchanged"), 0)
         self.not_modified = False
         self.complete = False
@@ -290,48 +293,61 @@ class Poll:
         self.first_request = ""
 
     # -- fetching
-    def pages(self):
+    def pages(self) -> Iterator[Page]:
+        """Each page, checked. The next page is fetched while the consumer stores this one (one
+        request in flight at a time): its answer is waited for only once this page is stored."""
+        from concurrent.futures import ThreadPoolExecutor
+
         s = self.s
-        url, query, body = s["url"], list(s["query"]), dict(s["json_body"] or {})
-        extra: dict[str, Any] = {}
-        if s["since_param"] and self.watermark is not None:
-            extra[s["since_param"]] = earlier(self.watermark, s["since_overlap"])
-        if s["page_size"]:
-            extra[s["page_size_param"]] = s["page_size"]
-        style = s["pagination"]
+        style, url = s["pagination"], s["url"]
         position = s["first_page"] if style == "page" else 0
         seen: set[str] = set()
-        for number in range(1, s["max_pages"] + 1):
-            if number > 1 and style in ("link", "next_url"):
-                response, data = self._get(url, [], {}, body)  # the next URL carries its parameters
+        fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poll-fetch")
+        try:
+            pending = fetcher.submit(self._get, *self._request(1, url, position))
+            for number in range(1, s["max_pages"] + 1):
+                response, data = pending.result()
+                if response is None:
+                    self.not_modified = self.complete = True
+                    return
+                page = self._page(number, response.url, data)
+                url, position = self._next(style, url, response, data, position, len(page.rows))
+                if not page.rows or url is None:
+                    yield page
+                    break
+                signature = f"{url} {position}"
+                if signature in seen:
+                    raise PollError(
+                        f"{self._where(url)}: the API sent the same next page twice (a pagination loop); "
+                        "expected a new page"
+                    )
+                seen.add(signature)
+                if number < s["max_pages"]:
+                    pending = fetcher.submit(self._get, *self._request(number + 1, url, position))
+                yield page
             else:
-                paging = dict(extra)
-                if style in ("page", "offset"):
-                    paging[s["page_param"] if style == "page" else s["offset_param"]] = position
-                elif style == "cursor" and number > 1:
-                    paging[s["cursor_param"]] = position
-                response, data = self._get(url, query, paging, body)
-            if response is None:
-                self.not_modified = self.complete = True
+                self.ctx.log.info("stopped after max_pages = %d; the next run goes on", s["max_pages"])
                 return
-            page = self._page(number, response.url, data)
-            yield page
-            if not page.rows:
-                break
-            url, position = self._next(style, url, response, data, position, len(page.rows))
-            if url is None:
-                break
-            signature = f"{url} {position}"
-            if signature in seen:
-                raise PollError(
-                    f"{self._where(url)}: the API sent the same next page twice (a pagination loop); "
-                    "expected a new page"
-                )
-            seen.add(signature)
-        else:
-            self.ctx.log.info("stopped after max_pages = %d; the next run goes on", s["max_pages"])
-            return
-        self.complete = True
+            self.complete = True
+        finally:
+            fetcher.shutdown(wait=False, cancel_futures=True)
+
+    def _request(self, number: int, url: str, position: Any) -> tuple[str, list, dict, dict]:
+        """The arguments of `_get` for page `number`."""
+        s = self.s
+        style, body = s["pagination"], dict(s["json_body"] or {})
+        if number > 1 and style in ("link", "next_url"):
+            return url, [], {}, body  # the next page's URL carries its own parameters
+        paging: dict[str, Any] = {}
+        if s["since_param"] and self.start_watermark is not None:
+            paging[s["since_param"]] = earlier(self.start_watermark, s["since_overlap"])
+        if s["page_size"]:
+            paging[s["page_size_param"]] = s["page_size"]
+        if style in ("page", "offset"):
+            paging[s["page_param"] if style == "page" else s["offset_param"]] = position
+        elif style == "cursor" and number > 1:
+            paging[s["cursor_param"]] = position
+        return url, list(s["query"]), paging, body
 
     def _next(self, style: str, url: str, response: Any, data: Any, position: Any, count: int) -> tuple:
         s = self.s
@@ -476,7 +492,7 @@ class Poll:
                 "expected a list of items (setting items)"
             )
         rows: dict[str, tuple] = {}
-        top = None
+        top, top_key = None, None
         for index, item in enumerate(found):
             try:
                 item_id = dig(item, s["id_field"])
@@ -509,10 +525,10 @@ class Poll:
                         index,
                     )
                 self.last_key = key
-                if top is None or key > order_key(top):
-                    top = updated
+                if top_key is None or key > top_key:
+                    top, top_key = updated, key
             content = canonical(item)
-            rows[str(item_id)] = (item, hashlib.sha256(content).hexdigest(), updated)
+            rows[str(item_id)] = (content, hashlib.sha256(content.encode()).hexdigest(), updated)
         return Page(number, url, rows, top)
 
     # -- storing
@@ -537,29 +553,19 @@ class Poll:
             ).all()
         )
         fresh, same = [], []
-        for item_id, (item, digest, updated) in page.rows.items():
+        dialect = conn.dialect.name
+        stamp = _db_time(dialect, now)
+        for item_id, (content, digest, updated) in page.rows.items():
             before = known.get(item_id)
             if before == digest:
                 same.append(item_id)
                 continue
             self.counts["changed" if before is not None else "new"] += 1
-            fresh.append(
-                {
-                    "source": self.source,
-                    "item_id": item_id,
-                    "payload": item,
-                    "content_hash": digest,
-                    "updated": None if updated is None else str(updated),
-                    "first_seen": now,
-                    "last_seen": now,
-                    "changed_at": now,
-                    "changes": 0,
-                    "run_id": self.ctx.run_id,
-                }
-            )
+            shown = None if updated is None else str(updated)
+            fresh.append((self.source, item_id, content, digest, shown, stamp, stamp, stamp, self.ctx.run_id))
         self.counts["unchanged"] += len(same)
         if fresh:
-            conn.execute(_upsert_statement(conn.dialect.name), fresh)
+            conn.exec_driver_sql(_upsert_sql(dialect), fresh)
         if same:
             conn.execute(
                 sa.update(table)
@@ -628,24 +634,26 @@ class Poll:
         return result
 
 
-def _upsert_statement(dialect: str) -> Any:
+# One executemany per page, below SQLAlchemy's per-row parameter processing (which cost more than
+# the HTTP, the parsing and the hashing together); the same SQL on SQLite and PostgreSQL.
+UPSERT_SQL = (
+    "INSERT INTO poll_items (source, item_id, payload, content_hash, updated, first_seen, last_seen, "
+    "changed_at, changes, run_id) VALUES ({p}, {p}, {payload}, {p}, {p}, {p}, {p}, {p}, 0, {p}) "
+    "ON CONFLICT (source, item_id) DO UPDATE SET payload = excluded.payload, "
+    "content_hash = excluded.content_hash, updated = excluded.updated, last_seen = excluded.last_seen, "
+    "changed_at = excluded.changed_at, changes = poll_items.changes + 1, run_id = excluded.run_id"
+)
+
+
+def _upsert_sql(dialect: str) -> str:
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    else:
-        from sqlalchemy.dialects.sqlite import insert
-    stmt = insert(poll_items)
-    return stmt.on_conflict_do_update(
-        index_elements=[poll_items.c.source, poll_items.c.item_id],
-        set_={
-            "payload": stmt.excluded.payload,
-            "content_hash": stmt.excluded.content_hash,
-            "updated": stmt.excluded.updated,
-            "last_seen": stmt.excluded.last_seen,
-            "changed_at": stmt.excluded.changed_at,
-            "changes": poll_items.c.changes + 1,
-            "run_id": stmt.excluded.run_id,
-        },
-    )
+        return UPSERT_SQL.format(p="%s", payload="%s::jsonb")
+    return UPSERT_SQL.format(p="?", payload="?")
+
+
+def _db_time(dialect: str, moment: datetime) -> Any:
+    """`moment` as the driver takes it: SQLite stores SQLAlchemy's DateTime text."""
+    return moment if dialect == "postgresql" else moment.strftime("%Y-%m-%d %H:%M:%S.%f")
 
 
 def _snippet(content: bytes) -> str:

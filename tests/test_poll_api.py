@@ -336,7 +336,7 @@ def test_retry_after_as_an_http_date_is_honoured(sqlite_project: Project, api: F
 
     def hook(request: Request, served: int) -> Response | None:
         if served == 1:
-            when = email.utils.formatdate(time.time() + 3, usegmt=True)  # 2 to 3 s ahead (whole seconds)
+            when = email.utils.formatdate(time.time() + 4, usegmt=True)  # 3 to 4 s ahead (whole seconds)
             return Response("slow down", 429, headers={"Retry-After": when})
         return None
 
