@@ -4,6 +4,7 @@ bad value is one line and exit 2 from `runner check` and `runner run`, before an
 from __future__ import annotations
 
 import re
+from typing import Any
 from urllib.parse import urlsplit
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(ms|s|m|h)?", re.IGNORECASE)
@@ -173,3 +174,43 @@ class JsonObject(str):
         import json
 
         return json.loads(self) if self else {}
+
+
+def check_settings(given: dict[str, Any]) -> dict[str, Any]:
+    """What the parameter types cannot check alone (combinations, ranges), as one-line errors."""
+    s = dict(given)
+    s.pop("ctx")
+    for name in ("page_size", "http_retries", "first_page"):
+        if s[name] < 0:
+            raise ValueError(f"{name} = {s[name]}: expected 0 or more")
+    if s["max_pages"] < 1:
+        raise ValueError(f"max_pages = {s['max_pages']}: expected 1 or more")
+    if s["rate_limit"] < 0:
+        raise ValueError(f"rate_limit = {s['rate_limit']}: expected requests per second, 0 or more")
+    if s["body"] and Method(s["method"]) != "POST":
+        raise ValueError("body is set but method = GET; set method = POST or put the values in params")
+    if s["since_param"] and not s["updated_field"]:
+        raise ValueError("since_param needs updated_field: the watermark is the largest updated_field seen")
+    auth, secret = Auth(s["auth"]), s["auth_secret"]
+    if auth != "none" and not secret:
+        raise ValueError(f"auth = {auth} needs auth_secret (in the INI: auth_secret = ${{env:NAME}})")
+    if auth == "none" and secret:
+        raise ValueError("auth_secret is set but auth = none; set auth = bearer, basic or header")
+    if auth == "basic" and not s["auth_user"]:
+        raise ValueError("auth = basic needs auth_user")
+    s["auth_headers"] = {}
+    s["secret_headers"] = ()
+    s["basic"] = (s["auth_user"], secret) if auth == "basic" else None
+    if auth == "bearer":
+        s["auth_headers"] = {"Authorization": f"Bearer {secret}"}
+    elif auth == "header":
+        s["auth_headers"] = {s["auth_header"]: secret}
+        s["secret_headers"] = (s["auth_header"],)
+    s["method"] = Method(s["method"])
+    s["pagination"] = Pagination(s["pagination"])
+    s["query"] = Query(s["params"]).pairs
+    s["json_body"] = JsonObject(s["body"]).value if s["method"] == "POST" else None
+    s["timeouts"] = Timeouts(s["request_timeout"]).pair
+    for name in ("since_overlap", "backoff", "max_retry_after"):
+        s[name] = float(Seconds(s[name]))
+    return s

@@ -18,17 +18,28 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-from jobs._pollparams import Auth, Headers, HttpUrl, JsonObject, Method, Pagination, Query, Seconds, Timeouts
+from jobs._pollbody import canonical, dig, earlier, order_key, reject_constant, snippet
+from jobs._pollparams import (
+    Auth,
+    Headers,
+    HttpUrl,
+    JsonObject,
+    Method,
+    Pagination,
+    Query,
+    Seconds,
+    Timeouts,
+    check_settings,
+)
 from runner import JobContext, JobTables, job, main
 
-ERROR_BODY_CHARS = 120  # of an error page, quoted in the failure
 STATE_PREFIX = "poll:"  # ctx.state key of a source: watermark and the first page's validators
 
 metadata = sa.MetaData()
@@ -131,7 +142,7 @@ def poll_api(
     from jobs import _http
 
     started = time.monotonic()
-    settings = _check_settings(locals())
+    settings = check_settings(locals())
     TABLES.ensure(ctx)
     source = source or ctx.job
     traffic = _http.Traffic()
@@ -155,107 +166,6 @@ def poll_api(
         poll.log_partial()
         raise
     return poll.summary(time.monotonic() - started)
-
-
-def _check_settings(given: dict[str, Any]) -> dict[str, Any]:
-    """What the parameter types cannot check alone (combinations, ranges), as one-line errors."""
-    s = dict(given)
-    s.pop("ctx")
-    for name in ("page_size", "http_retries", "first_page"):
-        if s[name] < 0:
-            raise ValueError(f"{name} = {s[name]}: expected 0 or more")
-    if s["max_pages"] < 1:
-        raise ValueError(f"max_pages = {s['max_pages']}: expected 1 or more")
-    if s["rate_limit"] < 0:
-        raise ValueError(f"rate_limit = {s['rate_limit']}: expected requests per second, 0 or more")
-    if s["body"] and Method(s["method"]) != "POST":
-        raise ValueError("body is set but method = GET; set method = POST or put the values in params")
-    if s["since_param"] and not s["updated_field"]:
-        raise ValueError("since_param needs updated_field: the watermark is the largest updated_field seen")
-    auth, secret = Auth(s["auth"]), s["auth_secret"]
-    if auth != "none" and not secret:
-        raise ValueError(f"auth = {auth} needs auth_secret (in the INI: auth_secret = ${{env:NAME}})")
-    if auth == "none" and secret:
-        raise ValueError("auth_secret is set but auth = none; set auth = bearer, basic or header")
-    if auth == "basic" and not s["auth_user"]:
-        raise ValueError("auth = basic needs auth_user")
-    s["auth_headers"] = {}
-    s["secret_headers"] = ()
-    s["basic"] = (s["auth_user"], secret) if auth == "basic" else None
-    if auth == "bearer":
-        s["auth_headers"] = {"Authorization": f"Bearer {secret}"}
-    elif auth == "header":
-        s["auth_headers"] = {s["auth_header"]: secret}
-        s["secret_headers"] = (s["auth_header"],)
-    s["method"] = Method(s["method"])
-    s["pagination"] = Pagination(s["pagination"])
-    s["query"] = Query(s["params"]).pairs
-    s["json_body"] = JsonObject(s["body"]).value if s["method"] == "POST" else None
-    s["timeouts"] = Timeouts(s["request_timeout"]).pair
-    for name in ("since_overlap", "backoff", "max_retry_after"):
-        s[name] = float(Seconds(s[name]))
-    return s
-
-
-# --- reading the body -----------------------------------------------------------------------------
-
-
-def dig(value: Any, path: str) -> Any:
-    """`value` at the dotted `path` ('' is the value itself); KeyError naming the missing part."""
-    for part in path.split(".") if path else ():
-        if isinstance(value, dict) and part in value:
-            value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
-            value = value[int(part)]
-        else:
-            raise KeyError(part)
-    return value
-
-
-def _reject_constant(name: str) -> None:
-    raise ValueError(f"{name} is not JSON")
-
-
-def canonical(item: Any) -> str:
-    """The item's JSON text with sorted keys: what is hashed, and what is stored as it is."""
-    return json.dumps(item, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def order_key(value: Any) -> tuple[int, float | str]:
-    """How updated_field values compare: numbers and ISO 8601 times (naive = UTC) as instants."""
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return (0, float(value))
-    if isinstance(value, str):
-        try:
-            moment = datetime.fromisoformat(value.strip())
-        except ValueError:
-            return (1, value)
-        return (0, (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp())
-    raise TypeError(type(value).__name__)
-
-
-def earlier(value: Any, seconds: float) -> Any:
-    """`value` (the watermark) moved `seconds` back, written the way the API wrote it."""
-    if seconds <= 0:
-        return value
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        return value - seconds if isinstance(value, float) else value - int(seconds + 0.999999)
-    try:
-        moment = datetime.fromisoformat(value.strip())
-    except (AttributeError, ValueError):
-        return value  # not a time: sent as it is
-    text = value.strip()
-    moved = moment - timedelta(seconds=seconds)
-    shown = moved.isoformat(sep=text[10] if len(text) > 10 else "T", timespec=_timespec(text))
-    return shown[:-6] + "Z" if text.endswith(("Z", "z")) and shown.endswith("+00:00") else shown
-
-
-def _timespec(text: str) -> str:
-    clock = text[11:].split("+")[0].split("Z")[0].split("-")[0]
-    if "." not in clock:
-        return "seconds" if clock.count(":") == 2 else "minutes"
-    digits = len(clock.split(".")[1])
-    return "milliseconds" if digits <= 3 else "microseconds"
 
 
 # --- one run --------------------------------------------------------------------------------------
@@ -417,12 +327,12 @@ class Poll:
                 if response.headers.get(header):
                     self.validators[key] = response.headers[header]
         try:
-            data = json.loads(content, parse_constant=_reject_constant)
+            data = json.loads(content, parse_constant=reject_constant)
         except ValueError as exc:
             kind = response.headers.get("Content-Type", "no Content-Type")
             raise PollError(
                 f"{where}: status {response.status_code}, {kind}, but the body is not JSON ({exc}): "
-                f"{_snippet(content)}; expected a JSON document"
+                f"{snippet(content)}; expected a JSON document"
             ) from None
         return response, data
 
@@ -453,11 +363,9 @@ class Poll:
         code = response.status_code
         text = f"status {code} {response.reason or ''}".rstrip()
         if code == 429 or code >= 500:
-            return (
-                f"{text} after {self.s['http_retries']} retries: {_snippet(response.content)}; expected 2xx"
-            )
+            return f"{text} after {self.s['http_retries']} retries: {snippet(response.content)}; expected 2xx"
         hint = " (check auth and auth_secret)" if code in (401, 403) else ""
-        return f"{text}{hint}: {_snippet(response.content)}; expected 2xx"
+        return f"{text}{hint}: {snippet(response.content)}; expected 2xx"
 
     def _where(self, url: str, kwargs: dict | None = None) -> str:
         if kwargs and kwargs.get("params"):
@@ -654,16 +562,6 @@ def _upsert_sql(dialect: str) -> str:
 def _db_time(dialect: str, moment: datetime) -> Any:
     """`moment` as the driver takes it: SQLite stores SQLAlchemy's DateTime text."""
     return moment if dialect == "postgresql" else moment.strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
-def _snippet(content: bytes) -> str:
-    text = content[: ERROR_BODY_CHARS * 4].decode("utf-8", "replace")
-    text = " ".join(text.split())
-    return (
-        repr(text[:ERROR_BODY_CHARS] + ("…" if len(text) > ERROR_BODY_CHARS else ""))
-        if text
-        else "(empty body)"
-    )
 
 
 if __name__ == "__main__":

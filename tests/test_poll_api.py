@@ -564,7 +564,7 @@ def test_importing_the_job_module_skips_requests() -> None:
 
 
 def test_the_watermark_is_sent_earlier_in_the_apis_own_format() -> None:
-    from jobs.poll_api import earlier, order_key
+    from jobs._pollbody import earlier, order_key
 
     assert earlier("2026-11-01T10:00:00Z", 1.0) == "2026-11-01T09:59:59Z"
     assert earlier("2026-11-01 10:00:00.250+02:00", 0.5) == "2026-11-01 09:59:59.750+02:00"
