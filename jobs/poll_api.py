@@ -237,6 +237,11 @@ class Poll:
                 yield page
             else:
                 self.ctx.log.info("stopped after max_pages = %d; the next run goes on", s["max_pages"])
+                if self.start_watermark is not None and self.watermark == self.start_watermark:
+                    self.ctx.log.warning(
+                        "the watermark did not move: max_pages x page_size items share its overlap "
+                        "(since_overlap); raise max_pages or page_size, or every run reads the same pages"
+                    )
                 return
             self.complete = True
         finally:

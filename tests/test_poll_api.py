@@ -46,6 +46,7 @@ class FakeApi:
     style: str = "cursor"
     page_size: int = PAGE_SIZE
     strict: bool = False
+    newest_first: bool = False
     auth: dict[str, str] = field(default_factory=dict)  # header -> value every request must carry
     orders: dict[int, dict[str, Any]] = field(default_factory=dict)
     hook: Callable[[Request, int], Response | None] | None = None  # (request, served so far) -> reply
@@ -80,7 +81,9 @@ class FakeApi:
         for header, expected in self.auth.items():
             if request.headers.get(header) != expected:
                 return Response('{"error": "unauthorized"}', 401, content_type="application/json")
-        listing = sorted(self.orders.values(), key=lambda o: (o["updated_at"], o["id"]))
+        listing = sorted(
+            self.orders.values(), key=lambda o: (o["updated_at"], o["id"]), reverse=self.newest_first
+        )
         if "since" in values:
             since = datetime.fromisoformat(values["since"])
             listing = [
@@ -573,3 +576,75 @@ def test_the_watermark_is_sent_earlier_in_the_apis_own_format() -> None:
     assert earlier("v42", 1.0) == "v42"
     assert order_key("2026-11-01T10:00:00Z") == order_key("2026-11-01T12:00:00+02:00")
     assert order_key("2026-11-01T10:00:01Z") > order_key("2026-11-01T10:00:00.999Z")
+
+
+# --- paging limits and hostile paging -------------------------------------------------------------
+
+
+def test_max_pages_stops_a_run_and_the_next_goes_on_from_the_watermark(
+    sqlite_project: Project, api: FakeApi
+) -> None:
+    ids = [order_id for second in range(6) for order_id in api.add(PAGE_SIZE, second)]
+    configure(sqlite_project, api, max_pages=4)
+
+    first = run(sqlite_project)
+    mark = watermark(sqlite_project)
+    second = run(sqlite_project)
+
+    assert (first["pages"], first["new"], first["complete"]) == (4, 4 * PAGE_SIZE, False), first
+    assert mark == stamp(3)
+    assert (second["new"], second["unchanged"], second["complete"]) == (2 * PAGE_SIZE, 2 * PAGE_SIZE, True)
+    assert sorted(map(int, stored(sqlite_project))) == ids
+    assert watermark(sqlite_project) == stamp(5)
+
+
+def test_items_out_of_order_hold_the_watermark_until_every_page_is_read(
+    sqlite_project: Project, api: FakeApi
+) -> None:
+    """Newest first: after a page the items still to come are older, so a run cut short (here by
+    max_pages) must not move the watermark past them."""
+    for second in range(12):
+        api.add(2, second)
+    api.newest_first = True
+    configure(sqlite_project, api, since_param="", max_pages=2)
+
+    cut_short = run(sqlite_project)
+    mark_after_cut = watermark(sqlite_project)
+    whole = run(sqlite_project, "orders", "-p", "max_pages=100")
+
+    assert not cut_short["complete"] and mark_after_cut is None, cut_short
+    assert whole["complete"] and watermark(sqlite_project) == stamp(11), whole
+    log = sqlite_project.runner("logs", str(sqlite_project.history()[0]["id"])).stdout
+    assert "items are not oldest first" in log, log
+
+
+def test_a_next_page_on_another_server_is_refused(sqlite_project: Project, api: FakeApi) -> None:
+    api.add(PAGE_SIZE, 1)
+
+    def elsewhere(request: Request, served: int) -> Response:
+        body = {"data": {"orders": list(api.orders.values())}, "links": {"next": "http://169.254.0.1/steal"}}
+        return Response(json.dumps(body), 200, content_type="application/json")
+
+    api.hook = elsewhere
+    configure(sqlite_project, api, pagination="next_url", auth="bearer", auth_secret="x")
+
+    done = sqlite_project.runner("run", "orders")
+
+    assert_one_line_error(done, "the next page is on another server", "expected the same", exit_code=1)
+    assert len(api.served) == 1
+
+
+def test_a_cursor_that_repeats_is_a_pagination_loop(sqlite_project: Project, api: FakeApi) -> None:
+    api.add(PAGE_SIZE, 1)
+
+    def same_cursor(request: Request, served: int) -> Response:
+        body = {"data": {"orders": list(api.orders.values())}, "next_cursor": "again"}
+        return Response(json.dumps(body), 200, content_type="application/json")
+
+    api.hook = same_cursor
+    configure(sqlite_project, api, pagination="cursor")
+
+    done = sqlite_project.runner("run", "orders")
+
+    assert_one_line_error(done, "the same next page twice", exit_code=1)
+    assert len(api.served) == 2
