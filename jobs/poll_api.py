@@ -40,6 +40,10 @@ from jobs._pollparams import (
 )
 from runner import JobContext, JobTables, job, main
 
+STORE_BATCH_ITEMS = 5000  # pages are written together up to this many items,
+STORE_BATCH_PAGES = 50  # ... this many pages,
+STORE_BATCH_S = 2.0  # ... or this long after the first of them was read
+SQL_IDS_PER_STATEMENT = 5000  # ids in one IN (...): SQLite allows 32766 parameters
 STATE_PREFIX = "poll:"  # ctx.state key of a source: watermark and the first page's validators
 
 metadata = sa.MetaData()
@@ -161,8 +165,10 @@ def poll_api(
         with session:
             for page in ctx.progress(poll.pages(), label=f"{ctx.job} pages"):
                 poll.store(page)
+            poll.flush()
             poll.finish()
-    except PollError:
+    except Exception:
+        poll.flush()  # the pages read and checked before the failure are kept, with their watermark
         poll.log_partial()
         raise
     return poll.summary(time.monotonic() - started)
@@ -200,6 +206,9 @@ class Poll:
         self.last_key: tuple | None = None  # order_key of the previous item of this run
         self.pending: Any = None  # the watermark a run with out-of-order items moves at its end
         self.validators: dict[str, str] = {}
+        self.buffer: list[Page] = []  # checked pages not written yet
+        self.buffered_items = 0
+        self.buffered_at = 0.0
         self.first_request = ""
 
     # -- fetching
@@ -237,11 +246,6 @@ class Poll:
                 yield page
             else:
                 self.ctx.log.info("stopped after max_pages = %d; the next run goes on", s["max_pages"])
-                if self.start_watermark is not None and self.watermark == self.start_watermark:
-                    self.ctx.log.warning(
-                        "the watermark did not move: max_pages x page_size items share its overlap "
-                        "(since_overlap); raise max_pages or page_size, or every run reads the same pages"
-                    )
                 return
             self.complete = True
         finally:
@@ -446,54 +450,77 @@ class Poll:
 
     # -- storing
     def store(self, page: Page) -> None:
+        """Buffer a checked page; write the buffer when it is big or old enough (one transaction
+        per page cost more than the pages' own rows)."""
+        if not self.buffer:
+            self.buffered_at = time.monotonic()
+        self.buffer.append(page)
+        self.buffered_items += len(page.rows)
+        if (
+            self.buffered_items >= STORE_BATCH_ITEMS
+            or len(self.buffer) >= STORE_BATCH_PAGES
+            or time.monotonic() - self.buffered_at >= STORE_BATCH_S
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffered pages and move the watermark over them, in one transaction."""
+        if not self.buffer:
+            return
+        pages, self.buffer, self.buffered_items = self.buffer, [], 0
         now = datetime.now(UTC).replace(tzinfo=None)
-        self.counts["pages"] += 1
-        self.counts["items"] += len(page.rows)
         with self.ctx.transaction() as conn:
-            if page.rows:
-                self._upsert(conn, page, now)
-            if page.top is not None:
-                self._move_watermark(conn, page)
+            top = None
+            for page in pages:
+                if page.rows:
+                    self._upsert(conn, page, now)
+                if page.top is not None:
+                    top = self._move_watermark(page, top)
+            if top is not None:
+                self._set_watermark(top)
+        for page in pages:
+            self.counts["pages"] += 1
+            self.counts["items"] += len(page.rows)
 
     def _upsert(self, conn: sa.Connection, page: Page, now: datetime) -> None:
-        table = poll_items
-        ids = list(page.rows)
-        known = dict(
-            conn.execute(
-                sa.select(table.c.item_id, table.c.content_hash).where(
-                    table.c.source == self.source, table.c.item_id.in_(ids)
-                )
-            ).all()
-        )
-        fresh, same = [], []
         dialect = conn.dialect.name
+        known: dict[str, str] = {}
+        ids = list(page.rows)
+        for chunk in range(0, len(ids), SQL_IDS_PER_STATEMENT):
+            sql, params = _in_ids(
+                dialect, SELECT_KNOWN_SQL, self.source, ids[chunk : chunk + SQL_IDS_PER_STATEMENT]
+            )
+            known.update(conn.exec_driver_sql(sql, params).all())
+        fresh, same = [], []
         stamp = _db_time(dialect, now)
+        counts = self.counts
         for item_id, (content, digest, updated) in page.rows.items():
             before = known.get(item_id)
             if before == digest:
                 same.append(item_id)
                 continue
-            self.counts["changed" if before is not None else "new"] += 1
+            counts["changed" if before is not None else "new"] += 1
             shown = None if updated is None else str(updated)
             fresh.append((self.source, item_id, content, digest, shown, stamp, stamp, stamp, self.ctx.run_id))
-        self.counts["unchanged"] += len(same)
+        counts["unchanged"] += len(same)
         if fresh:
             conn.exec_driver_sql(_upsert_sql(dialect), fresh)
-        if same:
-            conn.execute(
-                sa.update(table)
-                .where(table.c.source == self.source, table.c.item_id.in_(same))
-                .values(last_seen=now)
+        for chunk in range(0, len(same), SQL_IDS_PER_STATEMENT):
+            sql, params = _in_ids(
+                dialect, TOUCH_SQL, self.source, same[chunk : chunk + SQL_IDS_PER_STATEMENT]
             )
+            conn.exec_driver_sql(sql, (stamp, *params))
 
-    def _move_watermark(self, conn: sa.Connection, page: Page) -> None:
+    def _move_watermark(self, page: Page, top: Any) -> Any:
+        """The watermark to set after `page` (None: not yet); out of order, it waits for the end."""
         if self.ordered:
-            self._set_watermark(page.top)
-        elif self.pending is None or order_key(page.top) > order_key(self.pending):
+            return page.top if top is None or order_key(page.top) > order_key(top) else top
+        if self.pending is None or order_key(page.top) > order_key(self.pending):
             self.pending = page.top
+        return top
 
     def _set_watermark(self, value: Any) -> None:
-        """Inside the page's transaction: the key is locked by `get` until it commits."""
+        """Inside the pages' transaction: the key is locked by `get` until it commits."""
         state = self.ctx.state.get(self.key) or {}
         current = state.get("watermark")
         if current is None or order_key(value) > order_key(current):
@@ -502,8 +529,15 @@ class Poll:
             self.watermark = value
 
     def finish(self) -> None:
-        """A run that read every page: the deferred watermark, and the validators of its first page."""
-        if not self.complete or self.not_modified:
+        """After the last page is written: the deferred watermark, the first page's validators."""
+        if not self.complete:
+            if self.start_watermark is not None and self.watermark == self.start_watermark:
+                self.ctx.log.warning(
+                    "the watermark did not move: max_pages x page_size items share its overlap "
+                    "(since_overlap); raise max_pages or page_size, or every run reads the same pages"
+                )
+            return
+        if self.not_modified:
             return
         with self.ctx.transaction():
             if self.pending is not None:
@@ -558,10 +592,21 @@ UPSERT_SQL = (
 )
 
 
+SELECT_KNOWN_SQL = "SELECT item_id, content_hash FROM poll_items WHERE source = {p} AND item_id {ids}"
+TOUCH_SQL = "UPDATE poll_items SET last_seen = {p} WHERE source = {p} AND item_id {ids}"
+
+
 def _upsert_sql(dialect: str) -> str:
     if dialect == "postgresql":
         return UPSERT_SQL.format(p="%s", payload="%s::jsonb")
     return UPSERT_SQL.format(p="?", payload="?")
+
+
+def _in_ids(dialect: str, template: str, source: str, ids: list[str]) -> tuple[str, tuple]:
+    """`template`'s `item_id {ids}` as this driver takes a list: `= ANY(%s)` on PostgreSQL."""
+    if dialect == "postgresql":
+        return template.format(p="%s", ids="= ANY(%s)"), (source, ids)
+    return template.format(p="?", ids=f"IN ({','.join('?' * len(ids))})"), (source, *ids)
 
 
 def _db_time(dialect: str, moment: datetime) -> Any:
