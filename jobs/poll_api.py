@@ -25,7 +25,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 
-from jobs._pollbody import canonical, dig, earlier, order_key, reject_constant, snippet
+from jobs._pollbody import canonical, dig, earlier, field_getter, order_key, reject_constant, snippet
 from jobs._pollparams import (
     Auth,
     Headers,
@@ -409,31 +409,33 @@ class Poll:
                 "expected a list of items (setting items)"
             )
         rows: dict[str, tuple] = {}
-        top, top_key = None, None
+        top, top_key, last_key = None, None, self.last_key
+        id_of, updated_of = field_getter(s["id_field"]), field_getter(s["updated_field"])
+        sha256 = hashlib.sha256
         for index, item in enumerate(found):
             try:
-                item_id = dig(item, s["id_field"])
-            except KeyError:
+                item_id = id_of(item)
+            except LookupError:
                 raise PollError(
                     f"{where}: item {index} has no {s['id_field']!r}; expected every item to have its id there "
                     "(setting id_field)"
                 ) from None
-            if not isinstance(item_id, str | int) or isinstance(item_id, bool) or item_id == "":
+            if type(item_id) not in (str, int) or item_id == "":
                 raise PollError(
                     f"{where}: item {index} has {s['id_field']} = {json.dumps(item_id)[:40]}; "
                     "expected a string or a whole number"
                 )
             updated = None
-            if s["updated_field"]:
+            if updated_of is not None:
                 try:
-                    updated = dig(item, s["updated_field"])
+                    updated = updated_of(item)
                     key = order_key(updated)
-                except (KeyError, TypeError):
+                except (LookupError, TypeError):
                     raise PollError(
                         f"{where}: item {index} has no usable {s['updated_field']!r}; expected an ISO 8601 "
                         "time or a number (setting updated_field)"
                     ) from None
-                if self.last_key is not None and key < self.last_key and self.ordered:
+                if last_key is not None and key < last_key and self.ordered:
                     self.ordered = False
                     self.ctx.log.warning(
                         "%s: items are not oldest first (item %d is older than the one before it); the "
@@ -441,11 +443,12 @@ class Poll:
                         where,
                         index,
                     )
-                self.last_key = key
+                last_key = key
                 if top_key is None or key > top_key:
                     top, top_key = updated, key
             content = canonical(item)
-            rows[str(item_id)] = (content, hashlib.sha256(content.encode()).hexdigest(), updated)
+            rows[str(item_id)] = (content, sha256(content.encode()).hexdigest(), updated)
+        self.last_key = last_key
         return Page(number, url, rows, top)
 
     # -- storing
