@@ -306,7 +306,9 @@ class Poll:
         conditional = {}
         first = self.first_request == ""
         if first:
-            self.first_request = f"{s['method']} {url} {sorted(query)} {sorted(paging.items())} {body}"
+            # Kept in ctx.state as a hash: the URL and parameters may hold credentials.
+            signature = f"{s['method']} {url} {sorted(query)} {sorted(paging.items())} {sorted(body.items())}"
+            self.first_request = hashlib.sha256(signature.encode()).hexdigest()
             if self.state.get("validated") == self.first_request:
                 if self.state.get("etag"):
                     conditional["If-None-Match"] = self.state["etag"]

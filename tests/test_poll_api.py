@@ -185,6 +185,18 @@ def stored(project: Project, source: str = "orders") -> dict[str, dict[str, Any]
     return found
 
 
+def job_state(project: Project, job: str = "orders") -> dict[str, Any]:
+    engine = sa.create_engine(project.data_url)
+    try:
+        with engine.connect() as conn:
+            rows = conn.execute(
+                sa.text("SELECT key, value FROM job_state WHERE job = :job"), {"job": job}
+            ).all()
+    finally:
+        engine.dispose()
+    return {key: json.loads(value) if isinstance(value, str) else value for key, value in rows}
+
+
 def watermark(project: Project, job: str = "orders") -> Any:
     engine = sa.create_engine(project.data_url)
     try:
@@ -510,6 +522,7 @@ def test_a_bad_answer_fails_in_one_line_and_stores_nothing(
     assert_one_line_error(done, f"GET {api.url}?", expected, "expected", exit_code=1)
     assert "api_key=***" in done.stderr and SECRET not in done.stderr, done
     assert stored(project) == before and watermark(project) == mark
+    assert SECRET not in json.dumps(job_state(project)), "a credential in the URL reached ctx.state"
 
 
 # --- settings ------------------------------------------------------------------------------------
