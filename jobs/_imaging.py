@@ -7,10 +7,13 @@ on; nothing here touches the database or moves a file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import re
 import stat
+import time
 import warnings
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +23,6 @@ from typing import Any
 # What we open: Pillow knows many more formats, some of which run external programs (EPS) or are
 # rarely-fuzzed parsers; a camera/upload inbox needs these.
 FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP")
-FORMAT_NAMES = "JPEG, PNG, WebP, GIF, TIFF or BMP"
 EXTENSION_FORMATS = {
     ".jpg": "JPEG",
     ".jpeg": "JPEG",
@@ -35,13 +37,21 @@ EXTENSION_FORMATS = {
     ".dib": "BMP",
 }
 FORMAT_EXTENSION = {"JPEG": ".jpg", "MPO": ".jpg", "PNG": ".png", "WEBP": ".webp", "GIF": ".gif"}
-FORMAT_EXTENSION |= {"TIFF": ".tif", "BMP": ".bmp"}
+FORMAT_EXTENSION |= {"TIFF": ".tif", "BMP": ".bmp", "DIB": ".dib"}
+SAME_FORMATS = ({"JPEG", "MPO"}, {"BMP", "DIB"})  # a name for one may hold the other
+REFUSED_FORMATS = {"EPS"}  # Pillow runs Ghostscript to decode it
+# The text of Pillow's errors for a well-formed file in a variant it does not implement.
+UNSUPPORTED_VARIANT = re.compile(r"unsupported|not supported|unknown raw mode|unknown pixel mode", re.I)
 MAX_FRAMES = 5000  # an animation with more frames is refused rather than decoded for minutes
 DHASH_SIZE = 8  # 8 rows x 8 differences = 64 bits
 EXIF_IFD = 0x8769
 EXIF_DATETIME_ORIGINAL = 36867
 EXIF_DATETIME = 306
+TIFF_BITS_PER_SAMPLE = 258
 THUMB_QUALITY = 80
+# Tests only: a file of this name hangs in its decode (how the tests reach file_timeout).
+TEST_STALL_ENV = "RUNNER_INGEST_TEST_STALL"
+TEST_STALL_S = 3600.0
 BACKGROUND = 255  # transparent pixels are measured and shown as if on white paper
 
 
@@ -55,6 +65,7 @@ class Limits:
     max_pixels: int
     thumb_size: int
     thumb_format: str  # "webp" | "jpeg"
+    formats: tuple[str, ...] = FORMATS  # Pillow format names to open
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +101,7 @@ class Measured:
 @dataclass(frozen=True, slots=True)
 class Failed:
     reason: str
+    sha256: str | None = None  # of the bytes read, when they were read
 
 
 def read_bytes(path: Path, max_bytes: int) -> tuple[bytes, Identity]:
@@ -127,35 +139,39 @@ def read_bytes(path: Path, max_bytes: int) -> tuple[bytes, Identity]:
 
 def analyse(path: str, limits: Limits, thumbs: str) -> Measured | Failed:
     """Check, decode, measure and thumbnail one file; never raises for a bad file."""
+    if os.environ.get(TEST_STALL_ENV) == Path(path).name:
+        time.sleep(TEST_STALL_S)  # tests only: a decode that never ends, for file_timeout
+    sha = None
     try:
-        return _analyse(Path(path), limits, Path(thumbs))
+        data, identity = read_bytes(Path(path), limits.max_bytes)
+        sha = hashlib.sha256(data).hexdigest()
+        return _analyse(data, identity, sha, Path(path).name, limits, Path(thumbs))
     except Rejected as exc:
-        return Failed(str(exc))
+        return Failed(str(exc), sha)
     except MemoryError:
-        return Failed("decoding it ran out of memory; lower max_pixels or send a smaller image")
+        return Failed("decoding it ran out of memory; lower max_pixels or send a smaller image", sha)
     except Exception as exc:  # a surprise in a library must cost one file, not the batch
-        return Failed(f"it could not be processed ({_error(exc)}); report this file")
+        return Failed(f"it could not be processed ({_error(exc)}); report this file", sha)
 
 
-def _analyse(path: Path, limits: Limits, thumbs: Path) -> Measured:
+def _analyse(data: bytes, identity: Identity, sha: str, name: str, limits: Limits, thumbs: Path) -> Measured:
     import numpy as np
     from PIL import ImageOps
 
-    data, identity = read_bytes(path, limits.max_bytes)
-    image, frames = decode(data, path.name, limits.max_pixels)
+    image, frames = decode(data, name, limits.max_pixels, limits.formats)
     try:
         original_format, original_mode = image.format or "?", image.mode
+        declared_bits = declared_bit_depth(image, data)
         captured_at = capture_time(image)
         ImageOps.exif_transpose(image, in_place=True)
         width, height = image.size
-        work = normalise(image)
-        pixels = np.asarray(work)
-        means, stds = channel_stats(pixels)
+        work = normalise(image, declared_bits)
+        # Pillow's histogram is one pass in C over the decoded image, with no copy into NumPy.
+        counts = np.array(work.histogram(), dtype=np.float64).reshape(len(work.getbands()), 256)
+        means, stds = channel_stats(counts)
         luma = work if work.mode == "L" else work.convert("L")
-        luma_pixels = pixels if work.mode == "L" else np.asarray(luma)
-        brightness = brightness_summary(luma_pixels)
+        brightness = brightness_summary(counts[0] if work.mode == "L" else np.array(luma.histogram()))
         hash_value = dhash(luma)
-        sha = hashlib.sha256(data).hexdigest()
         thumbnail = write_thumbnail(work, thumbs, sha, limits)
     except Rejected:
         raise
@@ -181,21 +197,25 @@ def _analyse(path: Path, limits: Limits, thumbs: Path) -> Measured:
     )
 
 
-def decode(data: bytes, name: str, max_pixels: int) -> tuple[Any, int]:
-    """Open, verify(), reopen and decode every frame; returns (first frame loaded, frame count)."""
+def decode(data: bytes, name: str, max_pixels: int, formats: tuple[str, ...] = FORMATS) -> tuple[Any, int]:
+    """Open, verify(), reopen and decode every frame; returns (first frame loaded, frame count).
+
+    Only `formats` are opened (a DIB, a BMP without its file header, counts as BMP)."""
     from PIL import Image, UnidentifiedImageError
 
     Image.MAX_IMAGE_PIXELS = max_pixels
+    opened = opened_formats(formats)
     fmt = "image"
     with warnings.catch_warnings():
         # Pillow warns between max_pixels and twice that, and raises above: both mean "refuse".
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            with Image.open(io.BytesIO(data), formats=FORMATS) as probe:
+            fmt = header_format(data, opened) or fmt
+            with Image.open(io.BytesIO(data), formats=opened) as probe:
                 fmt = probe.format or fmt
                 _check_extension(name, fmt)
                 probe.verify()
-            image = Image.open(io.BytesIO(data), formats=FORMATS)
+            image = Image.open(io.BytesIO(data), formats=opened)
             frames = int(getattr(image, "n_frames", 1) or 1)
             if frames > MAX_FRAMES:
                 raise Rejected(
@@ -215,23 +235,87 @@ def decode(data: bytes, name: str, max_pixels: int) -> tuple[Any, int]:
                 "if it is a real image, raise max_pixels"
             ) from None
         except UnidentifiedImageError:
-            raise Rejected(
-                f"its content is not a {FORMAT_NAMES} image; check what the sender meant to send"
-            ) from None
+            raise Rejected(not_accepted(data, formats)) from None
         except MemoryError:
             raise
         except Exception as exc:
+            if UNSUPPORTED_VARIANT.search(str(exc)):
+                raise Rejected(
+                    f"Pillow cannot decode this variant of {fmt} ({_error(exc)}); the file may be fine: "
+                    "convert it to PNG or JPEG and put that in the inbox"
+                ) from None
             raise Rejected(
                 f"the {fmt} data is damaged or truncated ({_error(exc)}); ask the sender for the file again"
             ) from None
     return image, frames
 
 
+def opened_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
+    """The Pillow formats to try for `formats`: a DIB is a BMP without its file header."""
+    return (*formats, "DIB") if "BMP" in formats and "DIB" not in formats else formats
+
+
+def header_format(data: bytes, formats: tuple[str, ...]) -> str | None:
+    """The first of `formats` whose signature the data starts with (what it claims to be), or None."""
+    from PIL import Image
+
+    Image.preinit()
+    if any(fmt not in Image.OPEN for fmt in formats):
+        Image.init()
+    prefix = data[:16]
+    for fmt in formats:
+        if fmt not in Image.OPEN:
+            continue
+        accept = Image.OPEN[fmt][1]
+        try:
+            claims = accept is None or accept(prefix)
+        except Exception:
+            continue
+        if claims and not isinstance(claims, str):  # a str is Pillow's "looks like it, but" warning
+            return fmt
+    return None
+
+
+def not_accepted(data: bytes, formats: tuple[str, ...]) -> str:
+    """Why data that none of `formats` opens is refused: the format it is, if Pillow knows it."""
+    from PIL import Image
+
+    found = None
+    with contextlib.suppress(Exception), Image.open(io.BytesIO(data)) as other:  # header only, no decode
+        found = other.format
+    if found and found not in formats:
+        article = "an" if found[0] in "AEIO" else "a"
+        return (
+            f"its content is {article} {found} image; accepted: {', '.join(formats)}; "
+            f"add {found} to `formats` to take it"
+        )
+    either = f"{', '.join(formats[:-1])} or {formats[-1]}" if len(formats) > 1 else formats[0]
+    return f"its content is not a {either} image; check what the sender meant to send"
+
+
+def check_formats(names: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """The `formats` setting, upper-cased and checked against what Pillow opens; ValueError if not."""
+    from PIL import Image
+
+    Image.init()
+    wanted = tuple(dict.fromkeys(name.strip().upper() for name in names if name.strip()))
+    unknown = [name for name in wanted if name not in Image.OPEN]
+    if not wanted or unknown:
+        raise ValueError(
+            f"formats = {', '.join(names)}: {'unknown: ' + ', '.join(unknown) if unknown else 'empty'}; "
+            f"expected names from {', '.join(sorted(set(Image.OPEN) - REFUSED_FORMATS))}"
+        )
+    refused = [name for name in wanted if name in REFUSED_FORMATS]
+    if refused:
+        raise ValueError(f"formats = {', '.join(refused)}: refused, Pillow runs an external program for it")
+    return wanted
+
+
 def _check_extension(name: str, fmt: str) -> None:
     suffix = Path(name).suffix.lower()
     claimed = EXTENSION_FORMATS.get(suffix)
-    if claimed is not None and claimed != fmt and {claimed, fmt} != {"JPEG", "MPO"}:
-        proper = FORMAT_EXTENSION.get(fmt, "")
+    if claimed is not None and claimed != fmt and {claimed, fmt} not in SAME_FORMATS:
+        proper = FORMAT_EXTENSION.get(fmt, f".{fmt.lower()}")
         raise Rejected(
             f"the name says {suffix} but the content is {fmt}; rename it to {Path(name).stem}{proper} "
             "and put it back in the inbox"
@@ -253,10 +337,14 @@ def capture_time(image: Any) -> datetime | None:
         return None
 
 
-def normalise(image: Any) -> Any:
+def normalise(image: Any, declared_bits: int | None = None) -> Any:
     """An 8-bit 'L' or 'RGB' image of any mode: alpha composited onto white, 16-bit scaled to 8.
 
     Grey modes (1, L, LA, I;16, I, F) become L; everything else (P, RGBA, CMYK, YCbCr, ...) RGB.
+    An alpha channel that carries nothing (one value everywhere, as some writers leave it at 0) is
+    ignored. 16-bit samples are scaled by the bits they use: `declared_bits` (PNG sBIT, TIFF
+    BitsPerSample) or else the fewest bits that hold the largest sample, so a 12-bit scan or 8-bit
+    values in a 16-bit file look as a viewer shows them, not black.
     """
     import numpy as np
     from PIL import Image
@@ -271,42 +359,87 @@ def normalise(image: Any) -> Any:
         if mode == "F":
             scaled = np.clip(values, 0, 255).astype(np.uint8)
         else:
-            scaled = (np.clip(values, 0, 65535).astype(np.uint32) >> 8).astype(np.uint8)
+            values = np.clip(values, 0, 65535).astype(np.uint32)
+            shift = sample_bits(values, declared_bits) - 8
+            scaled = (values >> shift).astype(np.uint8)
         return Image.fromarray(scaled)
     if mode == "P" or mode == "PA":
         image = image.convert("RGBA")
         mode = "RGBA"
     if mode in ("LA", "La", "RGBA", "RGBa"):
         base = "L" if mode[0] == "L" else "RGB"
+        alpha = image.getchannel("A")
+        low, high = alpha.getextrema()
+        if low == high:  # the same alpha everywhere says nothing about the picture
+            return image.convert(base)
         flat = Image.new(base, image.size, (BACKGROUND,) * len(base))
-        flat.paste(image.convert(base), mask=image.getchannel("A"))
+        flat.paste(image.convert(base), mask=alpha)
         return flat
     return image.convert("RGB")
 
 
-def channel_stats(pixels: Any) -> tuple[list[float], list[float]]:
-    """Per-channel mean and population standard deviation of a uint8 array, from exact histograms."""
+def sample_bits(values: Any, declared_bits: int | None) -> int:
+    """How many bits (8 to 16) the samples of a 16-bit image use: as declared when the file
+    declares fewer than 16 (unless a sample is larger), else the fewest that hold the largest sample.
+    A declared 16 is only the container's size: 12-bit cameras write their samples in it."""
+    largest = int(values.max()) if values.size else 0
+    used = largest.bit_length()
+    if declared_bits is not None and declared_bits < 16:
+        used = max(used, declared_bits)
+    return min(max(used, 8), 16)
+
+
+def declared_bit_depth(image: Any, data: bytes) -> int | None:
+    """Significant bits per sample where the file says so: PNG sBIT, TIFF BitsPerSample."""
+    if image.format == "TIFF":
+        try:
+            bits = image.tag_v2.get(TIFF_BITS_PER_SAMPLE)
+        except Exception:
+            return None
+        bits = bits if isinstance(bits, tuple) else (bits,)
+        return max(bits) if bits and all(isinstance(b, int) and 0 < b <= 16 for b in bits) else None
+    if image.format == "PNG":
+        return png_significant_bits(data)
+    return None
+
+
+def png_significant_bits(data: bytes) -> int | None:
+    """The largest value of the sBIT chunk (which comes before the image data), if there is one."""
+    at = 8  # the PNG signature
+    while at + 8 <= len(data):
+        length = int.from_bytes(data[at : at + 4], "big")
+        kind = data[at + 4 : at + 8]
+        if kind == b"sBIT":
+            values = data[at + 8 : at + 8 + min(length, 4)]
+            return max(values) if values and 0 < max(values) <= 16 else None
+        if kind in (b"IDAT", b"IEND"):
+            return None
+        at += 12 + length
+    return None
+
+
+def channel_stats(counts: Any) -> tuple[list[float], list[float]]:
+    """Per-channel mean and population standard deviation from exact histograms (one row of 256
+    counts per channel of an 8-bit image)."""
     import numpy as np
 
-    planes = [pixels] if pixels.ndim == 2 else [pixels[..., i] for i in range(pixels.shape[2])]
     values = np.arange(256, dtype=np.float64)
     means, stds = [], []
-    for plane in planes:
-        counts = np.bincount(plane.ravel(), minlength=256).astype(np.float64)
-        total = counts.sum()
-        mean = float(counts @ values / total)
-        variance = float(counts @ (values - mean) ** 2 / total)
+    for row in np.asarray(counts, dtype=np.float64):
+        total = row.sum()
+        mean = float(row @ values / total)
+        variance = float(row @ (values - mean) ** 2 / total)
         means.append(round(mean, 4))
         stds.append(round(variance**0.5, 4))
     return means, stds
 
 
-def brightness_summary(luma: Any) -> dict[str, Any]:
-    """Brightness (ITU-R 601 luma, 0-255): mean, 5/50/95th percentiles, share of dark (< 32) and
-    bright (>= 224) pixels, and a 16-bin histogram of shares."""
+def brightness_summary(counts: Any) -> dict[str, Any]:
+    """Brightness (ITU-R 601 luma, 0-255) from its 256-bin histogram: mean, 5/50/95th percentiles,
+    share of dark (< 32) and bright (>= 224) pixels, and a 16-bin histogram of shares."""
     import numpy as np
 
-    counts = np.bincount(luma.ravel(), minlength=256).astype(np.float64)
+    counts = np.asarray(counts, dtype=np.float64)
     total = counts.sum()
     cumulative = np.cumsum(counts) / total
     return {

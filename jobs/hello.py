@@ -5,7 +5,7 @@ from __future__ import annotations
 from runner import JobContext, job, main
 
 
-@job
+@job(timeout="1m")  # it logs a few lines: a minute means it is stuck
 def hello(ctx: JobContext, name: str = "world", count: int = 1) -> str:
     """Greet someone, COUNT times.
 

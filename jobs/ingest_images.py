@@ -17,12 +17,15 @@ quarantine, and every file in processed/ has exactly one row in `images`.
    the same bytes, loses its inbox name); a 'moving' row whose processed file exists is 'done'.
    A crash before step 2 leaves the file in the inbox and no row: it is measured again.
 5. Quarantine. NAME.reason.txt is written first, then the file is moved beside it; a rerun reuses
-   the same free name (rewriting the reason) or finishes a half-done link.
+   the same free name (rewriting the reason) or finishes a half-done link. Then a row in
+   `quarantined` records it with its SHA-256, so the same content sent again is recognised (a crash
+   before that row costs only that recognition).
 The only unlink of an input name is in step 3/4/5, once the same file is durable under its new name.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 import time
@@ -35,16 +38,22 @@ from typing import Any
 import sqlalchemy as sa
 
 from jobs import _filemoves as moves
-from jobs._imaging import Failed, Limits, Measured, analyse, hamming
+from jobs._cleanlog import clean_log
+from jobs._imaging import FORMATS, Failed, Limits, Measured, analyse, check_formats, hamming
 from runner import JobContext, JobTables, job, main
 
 DEFAULT_MAX_BYTES = 100 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 50_000_000  # about 200 MB decoded as RGBA: what a small server can hold per worker
 DEFAULT_THUMB_SIZE = 256
+DEFAULT_FILE_TIMEOUT_S = 60.0
+# A batch is safe to stop anywhere (the next run goes on from there): an hour bounds a stuck run.
+DEFAULT_TIMEOUT = "1h"
 IN_FLIGHT_PER_WORKER = 2  # files handed to the pool ahead of the one being recorded
 TEMP_SUFFIXES = (".part", ".tmp", ".crdownload", ".swp", "~")  # uploads still being written
 MOVING, DONE, LOST = "moving", "done", "lost"
 MAX_NAME_TRIES = 1000
+QUARANTINE_HASH_MAX_BYTES = 1 << 30  # a refused file larger than this is not read to compare it
+NEAR_RECENT_FOLD = 256  # hashes compared one by one before they join the NumPy array
 
 metadata = sa.MetaData()
 
@@ -61,6 +70,7 @@ images = sa.Table(
     sa.Column("duplicate_of", sa.Integer, sa.ForeignKey("images.id"), nullable=True),
     sa.Column("near_duplicate_of", sa.Integer, sa.ForeignKey("images.id"), nullable=True),
     sa.Column("near_distance", sa.Integer, nullable=True),
+    sa.Column("near_unlinked", sa.Text, nullable=True),  # why it was not compared for near duplicates
     sa.Column("format", sa.String(16), nullable=False),
     sa.Column("mode", sa.String(16), nullable=False),
     sa.Column("width", sa.Integer, nullable=False),
@@ -80,10 +90,34 @@ images = sa.Table(
     sa.Index("ix_images_sha256", "sha256"),
     sa.Index("ix_images_state", "state"),
 )
-TABLES = JobTables("ingest_images", metadata, version=1)  # the job creates its own table
+# Every file quarantined, with the SHA-256 of its content when it is a regular file: a file sent
+# again says so in its reason, and `same_as` points at the first quarantined copy.
+quarantined = sa.Table(
+    "quarantined",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("sha256", sa.String(64), nullable=True),  # None: a symlink, a device, over the hash limit
+    sa.Column("source_path", sa.Text, nullable=False),
+    sa.Column("quarantine_path", sa.Text, nullable=False),
+    sa.Column("reason", sa.Text, nullable=False),
+    sa.Column("same_as", sa.Integer, sa.ForeignKey("quarantined.id"), nullable=True),
+    sa.Column("job", sa.String(200), nullable=False),
+    sa.Column("run_id", sa.Integer, nullable=False),
+    sa.Column("quarantined_at", sa.DateTime, nullable=False),  # UTC
+    sa.Index("ix_quarantined_sha256", "sha256"),
+)
+TABLES = JobTables(  # the job creates its own tables, and brings older ones up to date
+    "ingest_images",
+    metadata,
+    version=3,
+    upgrades={
+        2: lambda conn: conn.execute(sa.text("ALTER TABLE images ADD COLUMN near_unlinked TEXT")),
+        3: lambda conn: quarantined.create(conn, checkfirst=True),
+    },
+)
 
 
-@job(watch_param="inbox")
+@job(watch_param="inbox", timeout=DEFAULT_TIMEOUT)
 def ingest_images(
     ctx: JobContext,
     inbox: Path,
@@ -96,6 +130,8 @@ def ingest_images(
     thumb_format: str = "webp",
     near_duplicate_bits: int = 6,
     workers: int = 0,
+    formats: str = ", ".join(FORMATS),
+    file_timeout: float = DEFAULT_FILE_TIMEOUT_S,
 ) -> dict[str, Any]:
     """Check, measure, thumbnail and record the images in INBOX, then move each one on.
 
@@ -110,15 +146,21 @@ def ingest_images(
         thumb_format: webp or jpeg.
         near_duplicate_bits: dHash Hamming distance up to which an image is linked as a near-duplicate.
         workers: processes decoding images (0 = one per CPU).
+        formats: the image formats taken (Pillow's names, comma-separated); a file in another
+            one is quarantined with a reason naming its format.
+        file_timeout: seconds one file may take to decode and measure; a file over it is
+            quarantined and its decoding process replaced.
     """
     started = time.monotonic()
     thumb_format = {"jpg": "jpeg"}.get(thumb_format.strip().lower(), thumb_format.strip().lower())
     if thumb_format not in ("webp", "jpeg"):
         raise ValueError(f"thumb_format = {thumb_format!r}: expected webp or jpeg")
-    if min(max_bytes, max_pixels, thumb_size) <= 0 or near_duplicate_bits < 0 or workers < 0:
+    if min(max_bytes, max_pixels, thumb_size, file_timeout) <= 0 or near_duplicate_bits < 0 or workers < 0:
         raise ValueError(
-            "max_bytes, max_pixels and thumb_size must be positive; workers, near_duplicate_bits >= 0"
+            "max_bytes, max_pixels, thumb_size and file_timeout must be positive; "
+            "workers, near_duplicate_bits >= 0"
         )
+    accepted = check_formats(formats.replace(",", " ").split())
     inbox = Path(os.path.abspath(inbox))
     folders = Folders(
         inbox=inbox,
@@ -133,19 +175,24 @@ def ingest_images(
         for folder in (folders.processed, folders.quarantine, folders.thumbs):
             folder.mkdir(parents=True, exist_ok=True)
     workers = workers or os.cpu_count() or 1
-    limits = Limits(max_bytes, max_pixels, thumb_size, thumb_format)
-    # The pool forks before anything else opens a database connection or starts a thread.
-    pool = start_pool(workers) if workers > 1 and len(paths) > 1 else None
-    feed = Feed(pool, paths, limits, folders, workers, ctx.log)
-    try:
-        ingest = Ingest(ctx, folders, limits, near_duplicate_bits)
-        ingest.reconcile_finished()
-        walk = ctx.files() if ctx.fire.paths else iter(paths)
-        for index, path in enumerate(ctx.progress(walk, total=len(paths), label="ingest_images")):
-            ingest.handle(Path(os.path.abspath(path)), feed, index)
-    finally:
-        feed.close()
-    summary = ingest.summary(time.monotonic() - started, workers if pool else 1)
+    limits = Limits(max_bytes, max_pixels, thumb_size, thumb_format, accepted)
+    # Decoders (libtiff) print to stderr, Pillow warns: every line of the run log gets its prefix.
+    with clean_log(ctx.log):
+        feed = Feed(paths, limits, folders, workers, file_timeout, ctx.log)
+        finished = False
+        try:
+            ingest = Ingest(ctx, folders, limits, near_duplicate_bits)
+            try:
+                ingest.reconcile_finished()
+                walk = ctx.files() if ctx.fire.paths else iter(paths)
+                for path in ctx.progress(walk, total=len(paths), label="ingest_images"):
+                    ingest.handle(Path(os.path.abspath(path)), feed)
+                finished = True
+            finally:
+                ingest.finish()
+        finally:
+            feed.close(wait=finished)
+    summary = ingest.summary(time.monotonic() - started, workers)
     ctx.log.info(
         "ingest_images: %(processed)d processed (%(duplicates)d duplicates, %(near_duplicates)d near), "
         "%(quarantined)d quarantined, %(skipped)d skipped, %(bytes)d bytes in %(seconds).1fs",
@@ -163,6 +210,24 @@ class Folders:
     processed: Path
     quarantine: Path
     thumbs: Path
+
+
+def content_sha256(path: Path) -> str | None:
+    """SHA-256 of a regular file (never through a symlink), or None; over the limit it is not read."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_size > QUARANTINE_HASH_MAX_BYTES:
+            return None
+        digest = hashlib.sha256()
+        while chunk := os.read(fd, moves.HASH_CHUNK_BYTES):
+            digest.update(chunk)
+        return digest.hexdigest()
+    finally:
+        os.close(fd)
 
 
 def list_inbox(inbox: Path) -> list[Path]:
@@ -199,71 +264,126 @@ def _worker_init() -> None:
 
 
 class Feed:
-    """Hands files to the pool ahead of the parent, and gives back each file's outcome in order.
+    """Hands files to the decoding processes ahead of the parent, and gives back each file's
+    outcome when the parent asks for it (in the batch's order, so the next ones are in flight).
 
-    Without a pool (workers = 1) the file is measured inline when its outcome is asked for.
+    A file whose outcome takes longer than `file_timeout_s` to come (counted from when the parent
+    starts waiting for it, so it had at least that long) is refused, and the decoding processes
+    are replaced: the one working on it may never finish. Files in flight are handed out again.
     """
 
     def __init__(
-        self, pool: Any, paths: list[Path], limits: Limits, folders: Folders, workers: int, log: Any
+        self,
+        paths: list[Path],
+        limits: Limits,
+        folders: Folders,
+        workers: int,
+        file_timeout_s: float,
+        log: Any,
     ) -> None:
-        self.pool, self.paths, self.limits, self.folders = pool, paths, limits, folders
-        self.workers, self.log = workers, log
+        self.paths, self.limits, self.folders = paths, limits, folders
+        self.workers, self.file_timeout_s, self.log = workers, file_timeout_s, log
+        self.position = {path: index for index, path in enumerate(paths)}
         self.ahead = workers * IN_FLIGHT_PER_WORKER
         self.futures: dict[int, Future] = {}
         self.submitted = 0
+        # The pool forks before anything else opens a database connection or starts a thread.
+        self.pool = start_pool(workers) if paths else None
 
-    def _submit(self, index: int) -> Future:
-        return self.pool.submit(analyse, str(self.paths[index]), self.limits, str(self.folders.thumbs))
+    def _submit(self, path: Path) -> Future:
+        return self.pool.submit(analyse, str(path), self.limits, str(self.folders.thumbs))
 
-    def outcome(self, index: int, path: Path) -> Measured | Failed:
-        if self.pool is None or index >= len(self.paths) or self.paths[index] != path:
+    def outcome(self, path: Path) -> Measured | Failed:
+        if self.pool is None:
             return analyse(str(path), self.limits, str(self.folders.thumbs))
         from concurrent.futures.process import BrokenProcessPool
 
+        index = self.position.get(path)
         try:
-            while self.submitted < min(len(self.paths), index + 1 + self.ahead):
-                self.futures[self.submitted] = self._submit(self.submitted)
-                self.submitted += 1
-            future = self.futures.pop(index, None) or self._submit(index)
-            return future.result()
+            if index is None:  # not in the batch it was given: measured on its own
+                future = self._submit(path)
+            else:
+                while self.submitted < min(len(self.paths), index + 1 + self.ahead):
+                    self.futures[self.submitted] = self._submit(self.paths[self.submitted])
+                    self.submitted += 1
+                future = self.futures.pop(index, None) or self._submit(path)
+            return future.result(timeout=self.file_timeout_s)
+        except TimeoutError:
+            return self._too_slow(path)
         except BrokenProcessPool:
-            self.futures.pop(index, None)
-            return self._isolate(index)
+            return self._isolate(path)
 
-    def discard(self, index: int) -> None:
-        """The file at `index` needs no measuring (refused, vanished, or finished from a crash)."""
+    def discard(self, path: Path) -> None:
+        """`path` needs no measuring (refused, vanished, or finished from a crash)."""
+        index = self.position.get(path)
+        if index is None:
+            return
         future = self.futures.pop(index, None)
         if future is not None:
             future.cancel()
         self.submitted = max(self.submitted, index + 1)
 
-    def _isolate(self, index: int) -> Measured | Failed:
+    def _too_slow(self, path: Path) -> Failed:
+        self.log.warning(
+            "%s took longer than file_timeout = %gs; replacing the decoding processes",
+            path.name,
+            self.file_timeout_s,
+        )
+        self._replace_pool(kill=True)
+        self._resubmit()
+        return Failed(
+            f"decoding it took longer than file_timeout = {self.file_timeout_s:g}s, so it was stopped; "
+            "if it is a real image (a very large one, a slow machine), raise file_timeout"
+        )
+
+    def _isolate(self, path: Path) -> Measured | Failed:
         """A worker died (a crash in native code, the OOM killer): retry this file alone."""
-        self.log.warning("a decoding process died; retrying %s on its own", self.paths[index].name)
-        self._restart()
+        from concurrent.futures.process import BrokenProcessPool
+
+        self.log.warning("a decoding process died; retrying %s on its own", path.name)
+        self._replace_pool()
         try:
-            outcome = self._submit(index).result()
-        except Exception:
-            self._restart()
+            outcome = self._submit(path).result(timeout=self.file_timeout_s)
+        except TimeoutError:
+            return self._too_slow(path)
+        except BrokenProcessPool:
+            self._replace_pool()
             outcome = Failed(
                 "it crashed the image decoder (the worker process died); report this file, do not retry it"
             )
-        for later in sorted(self.futures):
-            self.futures[later] = self._submit(later)
+        self._resubmit()
         return outcome
 
-    def _restart(self) -> None:
+    def _replace_pool(self, *, kill: bool = False) -> None:
+        if kill:  # a worker stuck in native code never looks at a cancelled future
+            for process in list((getattr(self.pool, "_processes", None) or {}).values()):
+                process.kill()
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.pool = start_pool(self.workers)
 
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
+    def _resubmit(self) -> None:
+        """Files that were in flight in the old pool go to the new one."""
+        for later in sorted(self.futures):
+            self.futures[later] = self._submit(self.paths[later])
+
+    def close(self, *, wait: bool) -> None:
+        """Stop the decoding processes; with `wait`, let each finish what it holds (within
+        file_timeout), so what they print is in the run log before the job ends."""
+        if self.pool is None:
+            return
+        processes = list((getattr(self.pool, "_processes", None) or {}).values())
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        for process in processes if wait else ():
+            process.join(self.file_timeout_s)
+            if process.is_alive():
+                process.kill()
 
 
 class NearIndex:
-    """dHashes of the first copy of every image, for near-duplicate lookup by Hamming distance."""
+    """dHashes of the first copy of every image, for near-duplicate lookup by Hamming distance.
+
+    Counts bits with a byte table, not `np.bitwise_count` (NumPy >= 2 only): NumPy 1.26 is supported.
+    """
 
     def __init__(self, rows: list[tuple[int, int]]) -> None:
         import numpy as np
@@ -271,6 +391,7 @@ class NearIndex:
         self.ids = np.array([row[0] for row in rows], dtype=np.int64)
         self.hashes = np.array([row[1] for row in rows], dtype=np.int64).view(np.uint64)
         self.recent: list[tuple[int, int]] = []
+        self.bits_in_byte = np.array([bin(byte).count("1") for byte in range(256)], dtype=np.uint8)
 
     def nearest(self, value: int, within: int) -> tuple[int, int] | None:
         import numpy as np
@@ -278,7 +399,8 @@ class NearIndex:
         best: tuple[int, int] | None = None
         if len(self.ids):
             target = np.array([value], dtype=np.int64).view(np.uint64)[0]
-            distances = np.bitwise_count(self.hashes ^ target)
+            differ = (self.hashes ^ target).view(np.uint8).reshape(-1, 8)
+            distances = self.bits_in_byte[differ].sum(axis=1, dtype=np.int64)
             where = int(np.argmin(distances))
             best = (int(distances[where]), int(self.ids[where]))
         for row_id, other in self.recent:
@@ -291,6 +413,27 @@ class NearIndex:
 
     def add(self, row_id: int, value: int) -> None:
         self.recent.append((row_id, value))
+        if len(self.recent) >= NEAR_RECENT_FOLD:  # a long batch: compare in NumPy, not in a loop
+            import numpy as np
+
+            ids, hashes = zip(*self.recent, strict=True)
+            self.ids = np.concatenate([self.ids, np.array(ids, dtype=np.int64)])
+            added = np.array(hashes, dtype=np.int64).view(np.uint64)
+            self.hashes = np.concatenate([self.hashes, added])
+            self.recent = []
+
+
+def featureless(value: int, near_bits: int) -> str | None:
+    """Why a dHash says nothing about similarity, or None. A flat, tiny or featureless picture
+    hashes to (almost) no set bits; all hashes with at most near_bits/2 bits set lie within
+    near_bits of each other, so linking on them would make every such picture a near duplicate."""
+    ones = hamming(value, 0)
+    if ones > near_bits // 2:
+        return None
+    return (
+        f"its dHash has {ones} of 64 bits set (a flat, tiny or featureless picture), "
+        "which says nothing about similarity: not compared for near duplicates"
+    )
 
 
 class Ingest:
@@ -303,6 +446,7 @@ class Ingest:
         )
         self.inbox_real = folders.inbox.resolve()
         self.left_alone, self.first_left_alone = 0, ""  # skipped for a reason other than vanishing
+        self.moved: list[int] = []  # rows whose file is in processed/, still 'moving' in the database
         TABLES.ensure(ctx)
         with ctx.engine.connect() as conn:
             rows = conn.execute(
@@ -319,7 +463,7 @@ class Ingest:
                     images.c.source_mtime_ns,
                 ).where(images.c.state == MOVING)
             ).all()
-        self.near = NearIndex([(row.id, row.dhash) for row in rows])
+        self.near = NearIndex([(row.id, row.dhash) for row in rows if not featureless(row.dhash, near_bits)])
         self.moving = {
             row.source_path: (row.id, Path(row.processed_path), (row.source_size, row.source_mtime_ns))
             for row in moving
@@ -343,6 +487,9 @@ class Ingest:
     def _finish_interrupted(self, path: Path) -> bool:
         """Finish a move a crashed run started for `path`; True if nothing is left to do for it."""
         row_id, target, version = self.moving.pop(str(path))
+        if os.path.lexists(target) and not moves.same_content(path, target):
+            self._set_state(row_id, DONE)  # its move had finished: the inbox name holds a new file
+            return False
         if moves.finish_move(path, target, version):
             self._set_state(row_id, DONE)
             self.counts["recovered"] += 1
@@ -356,19 +503,33 @@ class Ingest:
         with self.ctx.transaction() as conn:
             conn.execute(sa.update(images).where(images.c.id == row_id).values(state=state))
 
+    def _mark_moved(self, conn: sa.Connection) -> None:
+        """Inside the next write transaction: the rows whose files are in processed/ now become
+        'done' (one transaction a file, not two; a crash before it leaves 'moving' rows whose
+        processed file exists, which the next run's reconciling marks done)."""
+        if self.moved:
+            conn.execute(sa.update(images).where(images.c.id.in_(self.moved)).values(state=DONE))
+            self.moved = []
+
+    def finish(self) -> None:
+        """Record what is still to be recorded (the last files' 'done')."""
+        if self.moved:
+            with self.ctx.transaction() as conn:
+                self._mark_moved(conn)
+
     # -- one file
-    def handle(self, path: Path, feed: Feed, index: int) -> None:
+    def handle(self, path: Path, feed: Feed) -> None:
         if str(path) in self.moving and self._finish_interrupted(path):
-            feed.discard(index)
+            feed.discard(path)
             return
         problem = self._precheck(path)
         if problem is not None:
-            feed.discard(index)
+            feed.discard(path)
             if problem == "":
                 return
-        outcome = Failed(problem) if problem else feed.outcome(index, path)
+        outcome = Failed(problem) if problem else feed.outcome(path)
         if isinstance(outcome, Failed):
-            self._quarantine(path, outcome.reason)
+            self._quarantine(path, outcome.reason, outcome.sha256)
         else:
             self._record(path, outcome)
 
@@ -403,13 +564,48 @@ class Ingest:
             self.first_left_alone = self.first_left_alone or f"{path}: {why}"
         self.ctx.log.warning("skipped %s: %s", path, why)
 
-    def _quarantine(self, path: Path, reason: str) -> None:
+    def _quarantine(self, path: Path, reason: str, sha: str | None = None) -> None:
         if not os.path.lexists(path):
             self._skip(path, "it is no longer there", vanished=True)
             return
+        sha = sha or content_sha256(path)
+        earlier = self._first_quarantined(sha) if sha else None
+        if earlier is not None:
+            when = earlier.quarantined_at.strftime("%Y-%m-%d %H:%M")
+            reason += (
+                f"; it is the same content as {Path(earlier.quarantine_path).name}, quarantined "
+                f"{when} UTC by run {earlier.run_id}"
+            )
         target = moves.quarantine(path, self.folders.quarantine, reason)
+        with self.ctx.transaction() as conn:
+            self._mark_moved(conn)
+            known = conn.execute(  # a rerun that finished a half-done quarantine: its row may be there
+                sa.select(quarantined.c.id).where(quarantined.c.quarantine_path == str(target))
+            ).first()
+            if known is None:
+                conn.execute(
+                    sa.insert(quarantined).values(
+                        sha256=sha,
+                        source_path=str(path),
+                        quarantine_path=str(target),
+                        reason=" ".join(reason.split()),
+                        same_as=earlier.id if earlier is not None else None,
+                        job=self.ctx.job,
+                        run_id=self.ctx.run_id,
+                        quarantined_at=datetime.now(UTC).replace(tzinfo=None),
+                    )
+                )
         self.counts["quarantined"] += 1
         self.ctx.log.warning("quarantined %s as %s: %s", path.name, target.name, reason)
+
+    def _first_quarantined(self, sha: str) -> Any:
+        with self.ctx.engine.connect() as conn:
+            return conn.execute(
+                sa.select(quarantined)
+                .where(quarantined.c.sha256 == sha, quarantined.c.same_as.is_(None))
+                .order_by(quarantined.c.id)
+                .limit(1)
+            ).first()
 
     def _record(self, path: Path, measured: Measured) -> None:
         try:
@@ -439,12 +635,12 @@ class Ingest:
             except sa.exc.IntegrityError:
                 continue  # a row reserved this name for a move still to finish: take the next one
         moves.move_file(path, target)
-        self._set_state(row_id, DONE)
+        self.moved.append(row_id)
         self.counts["processed"] += 1
         self.counts["bytes"] += measured.byte_size
         if first is not None:
             self.counts["duplicates"] += 1
-        else:
+        elif not featureless(measured.dhash, self.near_bits):
             self.near.add(row_id, measured.dhash)
             if near is not None:
                 self.counts["near_duplicates"] += 1
@@ -453,13 +649,15 @@ class Ingest:
         self, path: Path, m: Measured, target: Path
     ) -> tuple[int, int | None, tuple[int, int] | None]:
         with self.ctx.transaction() as conn:
+            self._mark_moved(conn)
             first = conn.execute(
                 sa.select(images.c.id)
                 .where(images.c.sha256 == m.sha256, images.c.duplicate_of.is_(None), images.c.state != LOST)
                 .order_by(images.c.id)
                 .limit(1)
             ).scalar()
-            near = self.near.nearest(m.dhash, self.near_bits) if first is None else None
+            unlinked = featureless(m.dhash, self.near_bits) if first is None else None
+            near = self.near.nearest(m.dhash, self.near_bits) if first is None and not unlinked else None
             result = conn.execute(
                 sa.insert(images).values(
                     sha256=m.sha256,
@@ -471,6 +669,7 @@ class Ingest:
                     duplicate_of=first,
                     near_duplicate_of=near[0] if near else None,
                     near_distance=near[1] if near else None,
+                    near_unlinked=unlinked,
                     format=m.format,
                     mode=m.mode,
                     width=m.width,

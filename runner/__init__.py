@@ -13,8 +13,8 @@ from __future__ import annotations
 from runner.context import Fire, JobContext, JobState
 from runner.jobapi import job
 from runner.jobtables import JobTables
+from runner.version import __version__
 
-__version__ = "0.1.0"
 __all__ = ["Fire", "JobContext", "JobState", "JobTables", "__version__", "job", "main"]
 
 

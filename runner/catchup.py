@@ -7,8 +7,11 @@ from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path
 
-from runner.config import JobSettings, format_duration
-from runner.triggers import Schedule
+from runner.context import Fire
+from runner.durations import format_duration
+from runner.models import SkipReason, Trigger
+from runner.settings import JobSettings
+from runner.triggers import Schedule, fire_key
 
 MAX_COUNTED_MISSES = 10_000
 MAX_MISS_ROWS = 1_000  # a long outage of a frequent job: its newest misses get a row each
@@ -28,6 +31,92 @@ class Missed:
             return f"missed the fire of {when}{more} while no scheduler ran; running it late"
         window = format_duration(catchup_s) if catchup_s else "0 (never)"
         return f"missed the fire of {when}{more} while no scheduler ran; outside catchup = {window}"
+
+
+@dataclass(frozen=True, slots=True)
+class SkippedFire:
+    """A missed fire that will not run, with the `skipped` row's reason and error."""
+
+    key: str
+    at: datetime  # UTC
+    reason: SkipReason
+    error: str
+
+
+@dataclass(frozen=True, slots=True)
+class CatchupPlan:
+    """What to do about one job's missed fires: run `fire` (the newest) if `runnable`, record
+    every one in `skipped`; `downtime` is the line to log when fires were missed while down."""
+
+    job: str
+    fire: Fire
+    runnable: bool
+    skipped: tuple[SkippedFire, ...]
+    downtime: str | None
+
+
+def plan(
+    job: JobSettings,
+    after: datetime,
+    now: datetime,
+    trigger: Trigger,
+    started_at: datetime | None = None,
+) -> CatchupPlan | None:
+    """The catch-up of `job`'s fires in (after, now], fired as `trigger` (the kind its scheduler
+    records for an on-time fire of the same schedule): the newest fire runs once, marked late,
+    if it is within the job's catchup window; every older miss (and the newest, if it may not
+    run) gets a `skipped` row, `coalesced` within the window and `beyond catch-up` outside it.
+
+    Fires due at or after `started_at` (the scheduler's own start) are no downtime: when they are
+    all that was missed, the newest runs as an ordinary fire. None: nothing was missed."""
+    missed = find_missed(job, after, now)
+    if missed is None:
+        return None
+    fires = missed_fires(job, after, now)
+    newest = fires.pop() if fires and fires[-1] == missed.latest else missed.latest
+    due = (*fires, newest)
+    down = missed.count - (0 if started_at is None else sum(1 for at in due if at >= started_at))
+    late = down > 0  # the newest fire stands in for fires nobody ran
+    runnable = not late or missed.runnable
+    skipped = [_skipped(job, at, newest, now, runnable) for at in fires]
+    if not runnable:
+        skipped.append(
+            SkippedFire(fire_key(newest), newest, SkipReason.CATCHUP, missed.reason(job.catchup_s))
+        )
+    downtime = None
+    if down:
+        last_down = max((at for at in due if started_at is None or at < started_at), default=newest)
+        downtime = _downtime(job, down, last_down, newest, runnable)
+    return CatchupPlan(
+        job=job.name,
+        fire=Fire(trigger, fire_key(newest), newest, late=late),
+        runnable=runnable,
+        skipped=tuple(skipped),
+        downtime=downtime,
+    )
+
+
+def _skipped(job: JobSettings, at: datetime, newest: datetime, now: datetime, runnable: bool) -> SkippedFire:
+    what = f"missed the fire of {at.astimezone():%Y-%m-%d %H:%M:%S} while no scheduler ran"
+    if runnable and job.catchup_s and (now - at).total_seconds() <= job.catchup_s:
+        return SkippedFire(
+            fire_key(at), at, SkipReason.COALESCED, f"{what}; the newer fire {fire_key(newest)} ran instead"
+        )
+    return SkippedFire(fire_key(at), at, SkipReason.CATCHUP, f"{what}; outside catchup = {_window(job)}")
+
+
+def _downtime(job: JobSettings, down: int, last_down: datetime, newest: datetime, runnable: bool) -> str:
+    more = f" and {down - 1} earlier" if down > 1 else ""
+    what = f"missed the fire of {last_down.astimezone():%Y-%m-%d %H:%M:%S}{more} while no scheduler ran"
+    if runnable and newest != last_down:
+        return f"{what}; running the newer fire {fire_key(newest)} late instead"
+    if runnable:
+        return f"{what}; running it late"
+    return f"{what}; outside catchup = {_window(job)}"
+
+
+def _window(job: JobSettings) -> str:
+    return format_duration(job.catchup_s) if job.catchup_s else "0 (never)"
 
 
 def next_fire(schedules: tuple[Schedule, ...], after: datetime) -> datetime | None:

@@ -22,7 +22,8 @@ import signal
 import time
 from pathlib import Path
 
-PR_SET_CHILD_SUBREAPER = 36
+from runner.prctl import become_subreaper
+
 CGROUP_PREFIX = "runner-run-"
 KILL_WAIT_S = 5.0  # how long kill_all() waits for the processes it killed to be gone
 _counter = itertools.count(1)
@@ -105,13 +106,6 @@ def kill_processes(cgroup: Path | None, job_pid: int | None, *, include_descenda
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.01)
-
-
-def become_subreaper() -> None:
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
 
 
 def descendants(pid: int) -> list[int]:

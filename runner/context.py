@@ -11,6 +11,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, TypeVar
 
+from runner.enums import Trigger
+
 if TYPE_CHECKING:
     import sqlalchemy as sa
 
@@ -56,12 +58,16 @@ STOP = _StopRequest()
 class Fire:
     """Why a run happened: the trigger kind, its idempotency key, when it was due, which files."""
 
-    kind: str  # manual | cron | schedule | file
+    kind: Trigger
     key: str
     scheduled_at: datetime | None = None
     late: bool = False
     paths: tuple[Path, ...] = field(default_factory=tuple)
     due_at: datetime | None = None  # UTC: scheduled_at plus the jitter delay the daemon drew
+
+    def __post_init__(self) -> None:
+        # A kind read back from the history or a fork-server message is a plain string.
+        object.__setattr__(self, "kind", Trigger(self.kind))
 
 
 class JobState:
@@ -83,10 +89,10 @@ class JobState:
         return self._history.job_data()
 
     def get(self, key: str, default: Any = None, *, conn: sa.Connection | None = None) -> Any:
-        return self._store.state_get(self._job, key, default, conn or self._current())
+        return self._store.state.get(self._job, key, default, conn or self._current())
 
     def set(self, key: str, value: Any, *, conn: sa.Connection | None = None) -> None:
-        self._store.state_set(self._job, key, value, conn or self._current())
+        self._store.state.set(self._job, key, value, conn or self._current())
 
     def update(
         self,
@@ -97,17 +103,17 @@ class JobState:
         conn: sa.Connection | None = None,
     ) -> Any:
         """Atomically set `key` to `change(current value, or default)`; returns the new value."""
-        return self._store.state_update(self._job, key, change, default, conn or self._current())
+        return self._store.state.update(self._job, key, change, default, conn or self._current())
 
     def incr(self, key: str, by: int | float = 1, *, conn: sa.Connection | None = None) -> Any:
         """Atomically add `by` to a number (a missing key counts as 0); returns the new value."""
         return self.update(key, lambda value: (value or 0) + by, conn=conn)
 
     def delete(self, key: str, *, conn: sa.Connection | None = None) -> None:
-        self._store.state_delete(self._job, key, conn or self._current())
+        self._store.state.delete(self._job, key, conn or self._current())
 
     def items(self) -> dict[str, Any]:
-        return self._store.state_items(self._job)
+        return self._store.state.items(self._job)
 
     def __getitem__(self, key: str) -> Any:
         missing = object()
@@ -138,8 +144,10 @@ class JobContext:
         store: Store,
         log: logging.Logger,
         tty: IO[str] | None = None,
+        timezone: str = "UTC",
     ) -> None:
         self.run_id = run_id
+        self.timezone = timezone  # IANA name: the job's schedule timezone ([runner] timezone by default)
         self.job = job
         self.attempt = attempt
         self.fire = fire
@@ -158,6 +166,13 @@ class JobContext:
         file beside it (`runner-jobs.db`), so a job's long write transaction never holds up the
         run history. `[runner] data_database` names another one."""
         return self._store.job_data().engine
+
+    @contextlib.contextmanager
+    def history(self) -> Iterator[sa.Connection]:
+        """A read-only transaction on the run history (the `runs` table of `runner.models`), for
+        reports. It takes no write lock and never waits for a writer."""
+        with self._store.read() as conn:
+            yield conn
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[sa.Connection]:
@@ -184,7 +199,7 @@ class JobContext:
         """
         done: list[str] = []
         last_flush = time.monotonic()
-        finished_before = self._store.done_files(self.job, self.fire.key) if self.attempt > 1 else set()
+        finished_before = self._store.files.done(self.job, self.fire.key) if self.attempt > 1 else set()
         if not STOP.used_files:  # from now on, only the files acknowledged count as done
             _report({"acked_files_only": True})
         STOP.deferring = STOP.used_files = True
@@ -193,7 +208,7 @@ class JobContext:
                 if str(path) in finished_before:  # an earlier attempt of this fire did it
                     continue
                 if not path.exists():  # deleted since it was claimed: nothing to hand out
-                    self._store.mark_files_vanished(self.job, self.fire.key, [str(path)])
+                    self._store.files.mark_vanished(self.job, self.fire.key, [str(path)])
                     continue
                 handed_out = time.monotonic()
                 _report_file(str(path))
@@ -202,13 +217,13 @@ class JobContext:
                 now = time.monotonic()
                 # Slow files are recorded one by one; fast ones in groups, at most ACK_FLUSH_S apart.
                 if STOP.requested or now - handed_out >= SLOW_FILE_S or now - last_flush >= ACK_FLUSH_S:
-                    self._store.ack_files(self.job, self.fire.key, done)
+                    self._store.files.ack(self.job, self.fire.key, done)
                     done, last_flush = [], now
                 if STOP.requested:
                     raise SystemExit(128 + STOP.requested)
             _report_file(None)
         finally:
-            self._store.ack_files(self.job, self.fire.key, done)  # still deferring a stop: no half write
+            self._store.files.ack(self.job, self.fire.key, done)  # still deferring a stop: no half write
             STOP.deferring = False
 
     def _live_progress(self, items: Iterable[T], total: int | None, label: str) -> Iterator[T]:

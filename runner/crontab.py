@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import getpass
 import os
-import pwd
 import re
 import shlex
 import shutil
@@ -13,10 +12,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.config import Settings, system_timezone
+from runner.config import system_timezone
 from runner.errors import ConfigError, RunnerError
 from runner.private import private_folder, write_private
-from runner.systemd import runner_executable
+from runner.settings import Settings
+from runner.systemd import check_user, runner_executable
 from runner.triggers import CronSchedule
 
 BEGIN = "# BEGIN runner {config}"
@@ -148,15 +148,6 @@ def same_zone(a: str, b: str) -> bool:
         if moment.astimezone(za).utcoffset() != moment.astimezone(zb).utcoffset():
             return False
     return True
-
-
-def check_user(user: str) -> str:
-    """`user` must exist on this machine (cron would silently skip the lines of an unknown one)."""
-    try:
-        pwd.getpwnam(user)
-    except (KeyError, ValueError):
-        raise RunnerError(f"--user {user!r}: no such user on this machine") from None
-    return user
 
 
 def _escape(command: str) -> str:

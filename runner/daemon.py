@@ -17,19 +17,19 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from runner.config import Settings, format_duration, load_settings
+from runner.config import load_settings
 from runner.context import Fire
 from runner.errors import EXIT_NOT_STARTED, EXIT_STORAGE, RunnerError
 from runner.forkserver import ForkServer
+from runner.messages import FireRequest
 from runner.models import SkipReason, Trigger, utcnow
+from runner.settings import Settings
 from runner.spool import replay
 from runner.triggers import fire_key
 
 log = logging.getLogger("runner.daemon")
 
-FORKSERVER_STOP_ESCALATE_S = 0.5
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-PR_SET_PDEATHSIG = 1
 QUEUE_PUBLISH_S = 1.0  # how often a changed queue is written to the daemon's row (`runner status`)
 RESTART_SETTINGS = ("database",)  # [runner] keys a reload cannot apply: the stores are open
 
@@ -83,7 +83,7 @@ class Daemon:
         self.dispatcher = Dispatcher(
             self.settings,
             _policies(catalog),
-            send=lambda name, fire: self.server.submit(_request(name, fire)),
+            send=lambda name, fire: self.server.submit(FireRequest(name, fire)),
             busy=lambda: self.server.in_flight,
             record=self._record_skips,
         )
@@ -92,7 +92,7 @@ class Daemon:
         self._resume_retries()
         self._start_scheduler()
         self._start_watches()
-        self.daemon_id = self.store.register_daemon(str(self.config_path))  # `runner status`: up
+        self.daemon_id = self.store.daemons.register(str(self.config_path))  # `runner status`: up
         jobs = self._scheduled_names() + [
             f"{n} (watch)" for n, j in sorted(self.settings.jobs.items()) if j.watch
         ]
@@ -149,7 +149,7 @@ class Daemon:
 
     def _publish(self) -> None:
         with contextlib.suppress(Exception):  # the heartbeat reports database trouble
-            self.store.daemon_heartbeat(self.daemon_id, queues=self.dispatcher.snapshot(), notes=self.notes)
+            self.store.daemons.heartbeat(self.daemon_id, queues=self.dispatcher.snapshot(), notes=self.notes)
 
     def _record_skips(self, skips: list[Any]) -> None:
         """Rows for fires the dispatcher did not run, one transaction per job and reason."""
@@ -163,7 +163,7 @@ class Daemon:
 
     def _heartbeat(self) -> None:
         try:
-            self.store.daemon_heartbeat(self.daemon_id, queues=self.dispatcher.snapshot(), notes=self.notes)
+            self.store.daemons.heartbeat(self.daemon_id, queues=self.dispatcher.snapshot(), notes=self.notes)
             self.store.checkpoint()
             replay(self.settings.runner.var_dir, self.store)  # outcomes kept while the database was away
             lost = self.store.reap_lost(self.settings.runner.stale_after_s)
@@ -200,7 +200,7 @@ class Daemon:
         else:
             self._record_unscheduled()
             with contextlib.suppress(Exception):
-                self.store.daemon_heartbeat(self.daemon_id, stopped=True, queues={})
+                self.store.daemons.heartbeat(self.daemon_id, stopped=True, queues={})
         log.info("daemon %s stopped", self.daemon_id)
         return self.exit_code
 
@@ -248,7 +248,7 @@ class Daemon:
             job.remove()
         self.settings = settings
         self.dispatcher.reload(settings, policies)
-        self.server.command("reload")
+        self.server.reload()
         self._add_jobs()
         if self.watches is not None:
             self.watches.stop()
@@ -293,60 +293,32 @@ class Daemon:
             )
 
     def _catch_up(self) -> None:
-        """Fires missed while no daemon ran: the newest one of each job runs once, marked late,
-        if it is within the job's catchup window; every other miss gets a `skipped` row.
+        """Fires missed while no daemon ran (see runner.catchup.plan): the newest one of each job
+        runs once, marked late, if it is within the job's catchup window; every other miss gets a
+        `skipped` row.
 
         A job's misses count from its last recorded fire; a job with none yet (new in the config)
-        counts from when a scheduler last ran or the config file changed, whichever is later.
-        Fires that came due while this daemon started up are no downtime: when they are all that
-        was missed, the newest of them runs as an ordinary fire."""
-        from runner.catchup import find_missed, known_since, missed_fires
+        counts from when a scheduler last ran or the config file changed, whichever is later."""
+        from runner.catchup import known_since, plan
 
         now = utcnow()
         last = self.store.last_scheduled()
-        since = known_since(self.config_path, self.store.last_daemon_beat())
+        since = known_since(self.config_path, self.store.daemons.last_beat())
         self.caught_up_to = now
         for name in self._scheduled_names():
-            job = self.settings.jobs[name]
-            start = last.get(name) or since
-            missed = find_missed(job, start, now)
-            if missed is None:
+            planned = plan(
+                self.settings.jobs[name], last.get(name) or since, now, Trigger.SCHEDULE, self.started_at
+            )
+            if planned is None:
                 continue
-            fires = missed_fires(job, start, now)
-            newest = fires.pop() if fires and fires[-1] == missed.latest else missed.latest
-            down = missed.count - sum(1 for at in (*fires, newest) if at >= self.started_at)
-            late = down > 0  # the newest fire stands in for fires nobody ran
-            runnable = not late or missed.runnable
-            if down:
-                last_down = max((at for at in (*fires, newest) if at < self.started_at), default=newest)
-                log.warning("job=%s %s", name, self._miss_message(job, down, last_down, newest, runnable))
-            for at in fires:
-                what = f"missed the fire of {at.astimezone():%Y-%m-%d %H:%M:%S} while no scheduler ran"
-                if runnable and job.catchup_s and (now - at).total_seconds() <= job.catchup_s:
-                    reason, error = (
-                        SkipReason.COALESCED,
-                        f"{what}; the newer fire {fire_key(newest)} ran instead",
-                    )
-                else:
-                    window = format_duration(job.catchup_s) if job.catchup_s else "0 (never)"
-                    reason, error = SkipReason.CATCHUP, f"{what}; outside catchup = {window}"
-                self.store.record_skipped(name, Trigger.SCHEDULE.value, [(fire_key(at), at)], reason, error)
-            fire = Fire(Trigger.SCHEDULE.value, fire_key(newest), newest, late=late)
-            if runnable:
-                self.dispatcher.submit(name, fire, jitter_s=0.0)
-            else:
-                error = missed.reason(job.catchup_s)
-                self.store.record_skipped(name, fire.kind, [(fire.key, newest)], SkipReason.CATCHUP, error)
-
-    @staticmethod
-    def _miss_message(job: Any, down: int, last_down: datetime, newest: datetime, runnable: bool) -> str:
-        more = f" and {down - 1} earlier" if down > 1 else ""
-        what = f"missed the fire of {last_down.astimezone():%Y-%m-%d %H:%M:%S}{more} while no scheduler ran"
-        if runnable and newest != last_down:
-            return f"{what}; running the newer fire {fire_key(newest)} late instead"
-        if runnable:
-            return f"{what}; running it late"
-        return f"{what}; outside catchup = {format_duration(job.catchup_s) if job.catchup_s else '0 (never)'}"
+            if planned.downtime:
+                log.warning("job=%s %s", name, planned.downtime)
+            for skip in planned.skipped:
+                self.store.record_skipped(
+                    name, planned.fire.kind, [(skip.key, skip.at)], skip.reason, skip.error
+                )
+            if planned.runnable:
+                self.dispatcher.submit(name, planned.fire, jitter_s=0.0)
 
     def _resume_retries(self) -> None:
         """Retries a stop cut short (they never started): each runs now if still within catchup."""
@@ -364,7 +336,7 @@ class Daemon:
                 record.attempt,
             )
             fire = Fire(record.trigger, record.fire_key, record.scheduled_at, late=True)
-            self.server.submit({**_request(record.job, fire), "resume": record.id})
+            self.server.submit(FireRequest(record.job, fire, resume=record.id))
 
     def _record_unscheduled(self) -> None:
         """Fires that came due after the scheduler stopped, while running jobs finished."""
@@ -390,20 +362,20 @@ class Daemon:
             claim=self._claim_files,
             dispatch=self._dispatch_files,
             free_slots=lambda: self.settings.runner.max_workers - self.server.in_flight,
-            release=self.store.release_orphan_claims,
+            release=self.store.files.release_orphans,
         )
         self.watches.start()
 
     def _claim_files(self, name: str, versions: list[Any]) -> tuple[str, list[str]]:
         key = f"files:{uuid.uuid4().hex}"
-        return key, self.store.claim_files(name, key, [(v.path, v.size, v.mtime_ns) for v in versions])
+        return key, self.store.files.claim(name, key, [(v.path, v.size, v.mtime_ns) for v in versions])
 
     def _dispatch_files(self, name: str, key: str, paths: list[str]) -> None:
-        fire = Fire(Trigger.FILE.value, key, paths=tuple(Path(p) for p in paths))
+        fire = Fire(Trigger.FILE, key, paths=tuple(Path(p) for p in paths))
         if self._stopping or self.dispatcher is None:
-            self.store.settle_files(name, key, succeeded=False)
+            self.store.files.settle(name, key, succeeded=False)
             return
-        future = self.server.submit(_request(name, fire))
+        future = self.server.submit(FireRequest(name, fire))
 
         def done(result: Future[int]) -> None:
             if result.result() == EXIT_NOT_STARTED and self.watches is not None:
@@ -412,18 +384,6 @@ class Daemon:
                 self.watches.wake()
 
         future.add_done_callback(done)
-
-
-def _request(name: str, fire: Fire) -> dict[str, Any]:
-    return {
-        "job": name,
-        "trigger": fire.kind,
-        "key": fire.key,
-        "scheduled_at": fire.scheduled_at.isoformat() if fire.scheduled_at else None,
-        "late": fire.late,
-        "paths": [str(p) for p in fire.paths],
-        "due_at": fire.due_at.isoformat() if fire.due_at else None,
-    }
 
 
 def _process_started_at() -> datetime:

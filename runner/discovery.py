@@ -9,12 +9,18 @@ import traceback
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runner.config import JOB_PREFIX, ConfigError, Settings, job_name_problem
-from runner.errors import BrokenJob, ParamError, UnknownJob
+from runner.config import job_name_problem
+from runner.errors import BrokenJob, ConfigError, ParamError, UnknownJob
+from runner.ini import JOB_PREFIX
 from runner.jobapi import JobDefaults, JobSpec, job_defaults
 from runner.params import bind
+
+if TYPE_CHECKING:
+    from importlib.metadata import EntryPoint
+
+    from runner.settings import JobSettings, Settings
 
 ENTRY_POINT_GROUP = "runner.jobs"
 
@@ -87,7 +93,9 @@ def build_spec(settings: Settings, name: str, func: Callable[..., Any]) -> JobSp
         )
     section = settings.job(name)
     try:
-        spec = JobSpec.build(name, func, section, base_dir=settings.path.parent)
+        spec = JobSpec.build(
+            name, func, section, base_dir=settings.path.parent, timezone=settings.runner.timezone
+        )
     except ValueError as exc:  # a bad duration in the decorator
         raise ConfigError(f"@job default is not a duration: {exc}", path=spec_where(func)) from None
     if section:
@@ -105,7 +113,7 @@ def build_spec(settings: Settings, name: str, func: Callable[..., Any]) -> JobSp
     return spec
 
 
-def _with_watched_folder(settings: Settings, spec: JobSpec, section: Any) -> JobSpec:
+def _with_watched_folder(settings: Settings, spec: JobSpec, section: JobSettings) -> JobSpec:
     """A job that reads one folder (`@job(watch_param=...)`) takes it from `watch =`: the files a
     watch fire hands it are in that folder, and a different folder would skip every one of them."""
     import dataclasses
@@ -116,8 +124,10 @@ def _with_watched_folder(settings: Settings, spec: JobSpec, section: Any) -> Job
     if param is None:
         return spec
     where = {"path": settings.path, "section": JOB_PREFIX + spec.name}
-    folders = section.watch.folders
-    if len(folders) != 1 or section.watch.recursive:
+    watch = section.watch
+    assert watch is not None  # build_spec calls this only for watch jobs
+    folders = watch.folders
+    if len(folders) != 1 or watch.recursive:
         raise ConfigError(
             f"{spec.target} reads one folder (its {param!r} parameter): watch exactly one, not recursively",
             key="watch",
@@ -260,7 +270,7 @@ def discover(settings: Settings) -> Catalog:
     return catalog
 
 
-def _entry_points() -> list[Any]:
+def _entry_points() -> list[EntryPoint]:
     from importlib.metadata import entry_points
 
     return list(entry_points(group=ENTRY_POINT_GROUP))

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import logging
 import os
 import selectors
@@ -22,57 +21,24 @@ import threading
 import time
 from collections import deque
 from concurrent.futures import Future
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runner.config import Settings, load_settings
-from runner.context import Fire
+from runner.config import load_settings
+from runner.enums import RunStatus
 from runner.errors import RunnerError
+from runner.messages import Command, FireReply, FireRequest, Lines, read_order, send
+from runner.prctl import set_parent_death_signal
+from runner.settings import Settings
+
+if TYPE_CHECKING:
+    from runner.store import Store
 
 log = logging.getLogger("runner.daemon")
 
 STOP_ESCALATE_S = 0.5  # after the first SIGTERM to busy workers, a second one kills their jobs
-PR_SET_PDEATHSIG = 1
 GONE = -1  # the exit code reported for a fire whose worker or server vanished
-
-
-def parent_death_signal(signum: int) -> None:
-    """Ask the kernel to send `signum` to this process when its parent dies."""
-    with contextlib.suppress(Exception):
-        import ctypes
-
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0)
-
-
-def _send(sock: socket.socket, message: dict[str, Any]) -> None:
-    sock.sendall(json.dumps(message).encode() + b"\n")
-
-
-class _Lines:
-    """Newline-delimited JSON messages from a stream socket."""
-
-    def __init__(self, sock: socket.socket) -> None:
-        self.sock = sock
-        self.buffer = b""
-        self.closed = False
-
-    def read(self) -> list[dict[str, Any]]:
-        try:
-            chunk = self.sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return []
-        except OSError:
-            chunk = b""
-        if not chunk:
-            self.closed = True
-        self.buffer += chunk
-        messages = []
-        while b"\n" in self.buffer:
-            line, self.buffer = self.buffer.split(b"\n", 1)
-            messages.append(json.loads(line))
-        return messages
 
 
 # --- the daemon's side ----------------------------------------------------------------------------
@@ -109,30 +75,35 @@ class ForkServer:
         self._sock = parent_sock
         threading.Thread(target=self._read_replies, name="forkserver-replies", daemon=True).start()
 
-    def submit(self, request: dict[str, Any]) -> Future[int]:
+    def submit(self, request: FireRequest) -> Future[int]:
         future: Future[int] = Future()
         with self._lock:
             self._next_id += 1
             self._pending[self._next_id] = future
             try:
-                _send(self._sock, {**request, "id": self._next_id})
+                send(self._sock, replace(request, id=self._next_id))
             except OSError:
                 self._pending.pop(self._next_id)
                 future.set_result(GONE)
         return future
 
-    def command(self, cmd: str) -> None:
+    def reload(self) -> None:
+        """Read the config again: new workers for new fires, the old ones finish theirs first."""
+        self._command(Command.RELOAD)
+
+    def _command(self, command: Command) -> None:
         with self._lock, contextlib.suppress(OSError):
-            _send(self._sock, {"cmd": cmd})
+            send(self._sock, command)
 
     def _read_replies(self) -> None:
-        lines = _Lines(self._sock)
+        lines = Lines(self._sock)
         while not lines.closed:
-            for reply in lines.read():
+            for message in lines.read():
+                reply = FireReply.from_message(message)
                 with self._lock:
-                    future = self._pending.pop(reply["id"], None)
+                    future = self._pending.pop(reply.id, None)
                 if future is not None:
-                    future.set_result(reply["code"])
+                    future.set_result(reply.code)
         with self._lock:  # the server is gone: nothing pending will finish
             for future in self._pending.values():
                 future.set_result(GONE)
@@ -145,7 +116,7 @@ class ForkServer:
 
     def stop(self, timeout_s: float) -> None:
         """Stop every worker (a running job becomes 'killed'), then the server; wait for it."""
-        self.command("stop")
+        self._command(Command.STOP)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if os.waitpid(self.pid, os.WNOHANG)[0]:
@@ -163,10 +134,9 @@ class ForkServer:
 class _Worker:
     pid: int
     sock: socket.socket
-    lines: _Lines
+    lines: Lines
     busy: int | None = None  # the request id it is running
     retiring: bool = False  # finish the current fire, then exit (after a reload)
-    queue: deque[dict[str, Any]] = field(default_factory=deque)
 
 
 class _Server:
@@ -175,7 +145,7 @@ class _Server:
         self.sock = sock
         self.daemon_pid = os.getppid()
         self.workers: dict[int, _Worker] = {}
-        self.queue: deque[dict[str, Any]] = deque()
+        self.queue: deque[FireRequest] = deque()
         self.stopping_since: float | None = None
         self.escalated = False
         self.selector = selectors.DefaultSelector()
@@ -183,7 +153,7 @@ class _Server:
     def serve(self) -> int:
         from runner.store import Store
 
-        parent_death_signal(signal.SIGTERM)
+        set_parent_death_signal(signal.SIGTERM)
         # Out of the terminal's session: a Ctrl-C or hang-up is the daemon's to handle (it stops
         # gracefully), never a signal to the workers that supervise running jobs.
         with contextlib.suppress(OSError):
@@ -208,7 +178,7 @@ class _Server:
         self.wake_r = wake_r
         self.selector.register(self.sock, selectors.EVENT_READ)
         self.selector.register(wake_r, selectors.EVENT_READ)
-        daemon_lines = _Lines(self.sock)
+        daemon_lines = Lines(self.sock)
         self._spawn_workers()
         while True:
             for key, _ in self.selector.select(timeout=0.2 if self.stopping_since else 1.0):
@@ -244,10 +214,10 @@ class _Server:
         gc.freeze()  # keep the collector from touching (and so copying) pages shared with forks
 
     def _on_daemon(self, message: dict[str, Any]) -> None:
-        cmd = message.get("cmd")
-        if cmd == "stop":
+        order = read_order(message)
+        if order is Command.STOP:
             self._stop()
-        elif cmd == "reload":
+        elif order is Command.RELOAD:
             try:
                 self._load()
             except RunnerError as exc:
@@ -256,23 +226,24 @@ class _Server:
             for worker in self.workers.values():  # finish what they run, then make way
                 worker.retiring = True
                 with contextlib.suppress(OSError):
-                    _send(worker.sock, {"cmd": "exit"})
+                    send(worker.sock, Command.EXIT)
             self._spawn_workers()
         elif self.stopping_since is None:
-            self.queue.append(message)
+            self.queue.append(order)
         else:
-            self._reply(message["id"], GONE)
+            self._reply(order.id, GONE)
 
     def _on_worker(self, worker: _Worker) -> None:
-        for reply in worker.lines.read():
-            self._reply(reply["id"], reply["code"])
+        for message in worker.lines.read():
+            reply = FireReply.from_message(message)
+            self._reply(reply.id, reply.code)
             worker.busy = None
         if worker.lines.closed:
             self.selector.unregister(worker.sock)
 
     def _reply(self, request_id: int, code: int) -> None:
         with contextlib.suppress(OSError):
-            _send(self.sock, {"id": request_id, "code": code})
+            send(self.sock, FireReply(request_id, code))
 
     def _dispatch(self) -> None:
         idle = [w for w in self.workers.values() if w.busy is None and not w.retiring and not w.lines.closed]
@@ -280,8 +251,8 @@ class _Server:
             worker = idle.pop()
             request = self.queue.popleft()
             try:
-                _send(worker.sock, request)
-                worker.busy = request["id"]
+                send(worker.sock, request)
+                worker.busy = request.id
             except OSError:
                 self.queue.appendleft(request)
 
@@ -307,7 +278,7 @@ class _Server:
             finally:
                 os._exit(code)
         theirs.close()
-        worker = _Worker(pid, ours, _Lines(ours))
+        worker = _Worker(pid, ours, Lines(ours))
         self.workers[pid] = worker
         self.selector.register(ours, selectors.EVENT_READ, worker)
 
@@ -340,11 +311,11 @@ class _Server:
             return
         self.stopping_since = time.monotonic()
         for request in self.queue:
-            self._reply(request["id"], GONE)
+            self._reply(request.id, GONE)
         self.queue.clear()
         for worker in self.workers.values():  # a busy one reads this once its fire is recorded
             with contextlib.suppress(OSError):
-                _send(worker.sock, {"cmd": "exit"})
+                send(worker.sock, Command.EXIT)
         self._signal_workers(busy_only=False)
 
     def _signal_workers(self, *, busy_only: bool) -> None:
@@ -357,7 +328,7 @@ class _Server:
 # --- a worker ---------------------------------------------------------------------------------------
 
 
-def _worker_loop(settings: Settings, store: Any, sock: socket.socket) -> int:
+def _worker_loop(settings: Settings, store: Store, sock: socket.socket) -> int:
     """Run fires one at a time until told to exit. SIGTERM while idle ends the worker; while a fire
     runs, the execution path catches it and stops the job (status 'killed')."""
     signal.set_wakeup_fd(-1)
@@ -365,43 +336,36 @@ def _worker_loop(settings: Settings, store: Any, sock: socket.socket) -> int:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    parent_death_signal(signal.SIGTERM)
+    set_parent_death_signal(signal.SIGTERM)
     store.after_fork()
     store.warm_up(keep_connection=True)  # pay the copy-on-write and connect costs now, not on a fire
-    lines = _Lines(sock)
+    lines = Lines(sock)
     while not lines.closed:
         for message in lines.read():
-            if message.get("cmd") == "exit":
+            order = read_order(message)
+            if order is Command.EXIT:
                 return 0
-            code = run_fire(settings, store, message)
-            _send(sock, {"id": message["id"], "code": code})
+            send(sock, FireReply(order.id, run_fire(settings, store, order)))
     return 0
 
 
-def run_fire(settings: Settings, store: Any, request: dict[str, Any]) -> int:
+def run_fire(settings: Settings, store: Store, request: FireRequest) -> int:
     """One fire from the daemon, through the one execution path; returns `runner run`'s exit code."""
     from runner.execution import execute_configured
 
-    fire = Fire(
-        kind=request["trigger"],
-        key=request["key"],
-        scheduled_at=datetime.fromisoformat(request["scheduled_at"]) if request.get("scheduled_at") else None,
-        late=request.get("late", False),
-        paths=tuple(Path(p) for p in request.get("paths") or ()),
-        due_at=datetime.fromisoformat(request["due_at"]) if request.get("due_at") else None,
-    )
+    fire = request.fire
     try:
-        resume = store.get_run(request["resume"]) if request.get("resume") else None
-        outcome = execute_configured(settings, store, request["job"], fire, reap=False, resume=resume)
+        resume = store.get_run(request.resume) if request.resume else None
+        outcome = execute_configured(settings, store, request.job, fire, reap=False, resume=resume)
     except RunnerError as exc:
-        log.info("job=%s fire=%s not run: %s", request["job"], fire.key, exc)
+        log.info("job=%s fire=%s not run: %s", request.job, fire.key, exc)
         return exc.exit_code
     late = " (late)" if fire.late else ""
     message = (
-        f"run={outcome.run_id} job={request['job']} fire={fire.key}{late} "
-        f"{outcome.status.value} in {outcome.duration_s:.2f}s"
+        f"run={outcome.run_id} job={request.job} fire={fire.key}{late} "
+        f"{outcome.status} in {outcome.duration_s:.2f}s"
     )
     if outcome.error:
         message += f": {outcome.error}"
-    (log.info if outcome.status.value == "succeeded" else log.warning)(message)
+    (log.info if outcome.status is RunStatus.SUCCEEDED else log.warning)(message)
     return outcome.cli_exit_code

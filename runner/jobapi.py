@@ -6,9 +6,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 from runner.params import ParamSpec, read_params, summary_line
+
+if TYPE_CHECKING:
+    from runner.settings import JobSettings
 
 JOB_ATTR = "__runner_job__"
 DEFAULT_RETRY_BACKOFF_S = 30.0
@@ -87,13 +90,19 @@ class JobSpec:
     config_params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     base_dir: Path | None = None
     max_log_bytes: int | None = None  # None: [runner] max_log_bytes
+    timezone: str = "UTC"  # the section's timezone ([runner] timezone when it sets none)
 
     @classmethod
     def build(
-        cls, name: str, func: Callable[..., Any], settings: Any = None, base_dir: Path | None = None
+        cls,
+        name: str,
+        func: Callable[..., Any],
+        settings: JobSettings | None = None,
+        base_dir: Path | None = None,
+        timezone: str = "UTC",
     ) -> JobSpec:
         """Combine the decorator's defaults with the job's INI section (`JobSettings` or None)."""
-        from runner.config import parse_duration
+        from runner.durations import parse_duration
 
         defaults = job_defaults(func) or JobDefaults()
         params, takes_ctx = read_params(func)
@@ -131,4 +140,5 @@ class JobSpec:
             config_params=settings.params if settings else MappingProxyType({}),
             base_dir=base_dir,
             max_log_bytes=getattr(settings, "max_log_bytes", None),
+            timezone=settings.timezone if settings else timezone,
         )

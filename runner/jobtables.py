@@ -76,7 +76,7 @@ class JobTables:
         engine = ctx.engine
         if id(engine) in self._ready:
             return
-        from runner.jobschema import install, installed_version
+        from runner.store.jobschema import install, installed_version
 
         found = installed_version(engine, self.owner)
         if found != self.version:

@@ -188,7 +188,7 @@ def bind(
         try:
             value = convert(text, spec.annotation)
         except ValueError as exc:
-            from runner.config import mask_value
+            from runner.settings import mask_value
 
             text = mask_value(name, text)
             shown = f"{origin} {text!r}" if origin.startswith("--") else f"{origin} {name} = {text!r}"

@@ -11,12 +11,12 @@ import os
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from runner.errors import StorageError
 
 if TYPE_CHECKING:
-    from runner.store import Store
+    from runner.store import RunEnd, Store
 
 log = logging.getLogger("runner.spool")
 
@@ -30,7 +30,7 @@ def record_outcome(
     store: Store,
     var_dir: Path,
     run_id: int,
-    values: dict[str, Any],
+    end: RunEnd,
     *,
     release_lease_of: str | None,
     patience_s: float,
@@ -41,24 +41,28 @@ def record_outcome(
     nap_s = RECORD_RETRY_FIRST_S
     while True:
         try:
-            store.finish(run_id, release_lease_of=release_lease_of, **values)
+            store.finish(run_id, end, release_lease_of=release_lease_of)
             return
         except StorageError as exc:
             if time.monotonic() + nap_s > deadline:
-                path = keep(var_dir, run_id, values, release_lease_of)
+                path = keep(var_dir, run_id, end, release_lease_of)
                 raise StorageError(
-                    f"run {run_id} ended {values.get('status')}, but the database did not take it "
+                    f"run {run_id} ended {end.status}, but the database did not take it "
                     f"({exc}); kept in {path}, recorded by the next runner command"
                 ) from None
         time.sleep(nap_s)
         nap_s = min(nap_s * 2, RECORD_RETRY_MAX_S)
 
 
-def keep(var_dir: Path, run_id: int, values: dict[str, Any], release_lease_of: str | None) -> Path:
+def keep(var_dir: Path, run_id: int, end: RunEnd, release_lease_of: str | None) -> Path:
+    """The run's end columns as a private JSON file, written whole (renamed into place)."""
     from runner.private import private_folder, write_private
 
     folder = private_folder(var_dir / SPOOL_DIR)
-    data = {key: value.isoformat() if isinstance(value, datetime) else value for key, value in values.items()}
+    data = {
+        key: value.isoformat() if isinstance(value, datetime) else value
+        for key, value in end.columns().items()
+    }
     final = folder / f"{run_id}.json"
     partial = folder / f".{run_id}.json.{os.getpid()}"
     write_private(
@@ -71,6 +75,8 @@ def keep(var_dir: Path, run_id: int, values: dict[str, Any], release_lease_of: s
 def replay(var_dir: Path, store: Store) -> int:
     """Write every kept outcome whose run the history still shows unfinished (or lost because its
     supervisor went silent meanwhile); returns how many were written."""
+    from runner.store import RunEnd
+
     folder = var_dir / SPOOL_DIR
     try:
         names = sorted(os.listdir(folder))
@@ -83,16 +89,18 @@ def replay(var_dir: Path, store: Store) -> int:
         path = folder / name
         try:
             kept = json.loads(path.read_text())
-            values = {
-                key: datetime.fromisoformat(value) if key in _DATETIME_KEYS and value else value
-                for key, value in kept["values"].items()
-            }
+            end = RunEnd.from_columns(
+                {
+                    key: datetime.fromisoformat(value) if key in _DATETIME_KEYS and value else value
+                    for key, value in kept["values"].items()
+                }
+            )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("cannot read the kept outcome %s: %s", path, exc)
             continue
-        if store.finish_late(kept["run_id"], release_lease_of=kept.get("release_lease_of"), **values):
+        if store.finish_late(kept["run_id"], end, release_lease_of=kept.get("release_lease_of")):
             written += 1
-            log.info("recorded the kept outcome of run %s (%s)", kept["run_id"], values.get("status"))
+            log.info("recorded the kept outcome of run %s (%s)", kept["run_id"], end.status)
         with contextlib.suppress(OSError):
             path.unlink()
     return written

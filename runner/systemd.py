@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import pwd
 import re
 import shutil
 import socket
 import sys
 from pathlib import Path
 
-from runner.config import Settings, sqlite_path
+from runner.config import sqlite_path
 from runner.errors import ConfigError, RunnerError
+from runner.settings import Settings
 
 # A unit file is line-based: a newline or control character in a value would start a new setting.
 _UNSAFE = re.compile(r"[\x00-\x1f\x7f]")
@@ -53,6 +55,15 @@ def runner_executable() -> str:
         return str(beside)
     found = shutil.which("runner")
     return str(Path(found).resolve()) if found else f"{sys.executable} -m runner.cli"
+
+
+def check_user(user: str) -> str:
+    """`user` must exist on this machine (cron would silently skip the lines of an unknown one)."""
+    try:
+        pwd.getpwnam(user)
+    except (KeyError, ValueError):
+        raise RunnerError(f"--user {user!r}: no such user on this machine") from None
+    return user
 
 
 def _checked(value: str, what: str) -> str:
@@ -150,8 +161,6 @@ def render_unit(settings: Settings, *, user_unit: bool, user: str | None = None)
                 "holds a newline or control character, which a systemd unit cannot carry", value=path
             )
     if user is not None:
-        from runner.crontab import check_user
-
         check_user(user)
         if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]*", user):
             raise RunnerError(f"--run-as {user!r}: not a user name systemd accepts")

@@ -19,12 +19,15 @@ from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from functools import lru_cache
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from runner.durations import DurationTooLong, format_duration, parse_duration
+
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 MAX_SEARCH_DAYS = 366 * 8  # a cron expression that never fires (Feb 30) ends the search here
 # `at` and `every ... start` dates: far enough from datetime's limits (year 1 and 9999) that an
 # interval, jitter or catch-up window (each at most 366 days) added or taken away never overflows.
 FIRST_YEAR = 1900
 LAST_YEAR = 9990
+MIN_INTERVAL_S = 1.0  # shortest `every`: a fire per second is already a busy daemon
 
 MACROS = {
     "@yearly": "0 0 1 1 *",
@@ -217,8 +220,6 @@ class IntervalSchedule:
             after = at
 
     def describe(self) -> str:
-        from runner.config import format_duration
-
         return f"every {format_duration(self.every_s)}" + (
             f", counted from {self.start:%Y-%m-%d %H:%M:%S} UTC" if self.start != EPOCH else ""
         )
@@ -249,9 +250,24 @@ class AtSchedule:
 Schedule = CronSchedule | IntervalSchedule | AtSchedule
 
 
+class ScheduleError(ValueError):
+    """A line of a `schedule =` value that is not a schedule: str() says why, `line` is the line."""
+
+    def __init__(self, problem: str, line: str) -> None:
+        super().__init__(problem)
+        self.line = line
+
+
 def parse_schedules(text: str, timezone: str) -> tuple[Schedule, ...]:
-    """Every non-empty line of a `schedule =` value; ValueError names what is wrong."""
-    return tuple(parse_schedule(line, timezone) for line in text.splitlines() if line.strip())
+    """Every non-empty line of a `schedule =` value; ScheduleError names the line and what is wrong."""
+    schedules = []
+    for line in text.splitlines():
+        if line := line.strip():
+            try:
+                schedules.append(parse_schedule(line, timezone))
+            except ValueError as exc:
+                raise ScheduleError(str(exc), line) from None
+    return tuple(schedules)
 
 
 def parse_schedule(line: str, timezone: str) -> Schedule:
@@ -340,8 +356,6 @@ def _parse_field(text: str, name: str, low: int, high: int, names: list[str] | N
 
 
 def _parse_every(text: str, timezone: str) -> IntervalSchedule:
-    from runner.config import MIN_INTERVAL_S, DurationTooLong, format_duration, parse_duration
-
     interval, _, start_text = text.partition(" start ")
     try:
         every_s = parse_duration(interval)

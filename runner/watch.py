@@ -19,10 +19,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from runner.settings import WatchSettings
+
 log = logging.getLogger("runner.watch")
 
-DEFAULT_PATTERNS = ("*",)
-DEFAULT_IGNORE = ("*.part", "*.tmp", "*.crdownload", "*.swp", "*~", ".*")
 HELD_RESCAN_S = 15.0  # rescan this soon while other runs still hold some of the files
 OPEN_STALE_S = 600.0  # an 'open' whose close we never saw stops blocking after this long
 BUSY_RECHECK_S = 0.05  # while every worker is busy, how often to look for a free one
@@ -32,26 +32,6 @@ WATCH_LIMIT_HELP = (
     "`sudo sysctl fs.inotify.max_user_watches=524288` (and in /etc/sysctl.d/ to keep it), "
     "or set watch_mode = polling for this job"
 )
-
-
-@dataclass(frozen=True, slots=True)
-class WatchSettings:
-    folders: tuple[Path, ...]
-    patterns: tuple[str, ...] = DEFAULT_PATTERNS
-    ignore: tuple[str, ...] = DEFAULT_IGNORE
-    recursive: bool = False
-    settle_s: float = 2.0
-    batch: int = 100
-    mode: str = "events"  # events | polling
-    rescan_s: float = 600.0
-    follow_symlinks: bool = False  # hand out links whose target is a regular file inside a watched folder
-
-    def wants(self, path: str) -> bool:
-        name = os.path.basename(path)
-        if any(fnmatch.fnmatch(name, pattern) for pattern in self.ignore):
-            return False
-        lowered = name.lower()
-        return any(fnmatch.fnmatch(lowered, pattern.lower()) for pattern in self.patterns)
 
 
 @dataclass(frozen=True, slots=True)

@@ -335,6 +335,15 @@ def _read_all(handle: Any) -> str:
     return text
 
 
+def stop(project: Project, daemon: subprocess.Popen[str]) -> str:
+    """SIGTERM a daemon started with `project.start`, as systemd stops it: it must exit 0.
+    Returns what it wrote to stderr."""
+    daemon.send_signal(signal.SIGTERM)
+    done = project.finish(daemon)
+    assert done.returncode == 0, done
+    return done.stderr
+
+
 def wait_until(predicate: Callable[[], T], what: str, timeout_s: float = DEADLINE_S) -> T:
     """Poll until `predicate()` is truthy; fail naming `what` after `timeout_s`."""
     deadline = time.monotonic() + timeout_s

@@ -58,8 +58,8 @@ def exif_bytes(orientation: int | None = None, captured: str | None = None) -> b
     exif = Image.Exif()
     if orientation:
         exif[EXIF_ORIENTATION] = orientation
-    if captured:
-        exif.get_ifd(EXIF_IFD)[EXIF_DATETIME_ORIGINAL] = captured
+    if captured:  # a dict, not get_ifd(): Pillow 10.4 (the floor) does not write an IFD made that way
+        exif[EXIF_IFD] = {EXIF_DATETIME_ORIGINAL: captured}
     return exif.tobytes()
 
 

@@ -96,6 +96,7 @@ def test_a_job_traceback_starts_at_the_job(sqlite_project: Project) -> None:
     assert "Traceback (most recent call last)" in log.stdout, log
     assert "_inner" in log.stdout, log
     assert "runner/execution.py" not in log.stdout, log
+    assert "runner/jobprocess.py" not in log.stdout, log
     assert "_child_main" not in log.stdout, log
 
 

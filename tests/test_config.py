@@ -449,3 +449,60 @@ def test_check_prints_no_ok_lines_before_failing(sqlite_project: Project) -> Non
     assert done.returncode == 2, done
     assert done.stdout == "", done
     assert "colour" in done.stderr, done
+
+
+# (the file's text after "[runner]\n"; the error after the file's path), each taken from the code
+# before the section reader replaced the per-key checks, one for each way of reading a value.
+EXACT_ERRORS = [
+    ("heartbeat = 0.05\n", "[runner] heartbeat = '0.05': must be at least 100ms"),
+    ("kill_grace = -1\n", "[runner] kill_grace = '-1': expected a duration like 90s, 15m, 2h"),
+    ("stale_after = 1s\n", "[runner] stale_after = '1s': must be longer than heartbeat (5s)"),
+    ("max_workers = 1025\n", "[runner] max_workers = '1025': expected a whole number from 1 to 1024"),
+    ("contain = bogus\n", "[runner] contain = 'bogus': expected one of: subreaper, cgroup"),
+    ("job_packages = ,\n", "[runner] job_packages: expected at least one package name"),
+    (
+        "var_dir = a\x01b\n",
+        "[runner] var_dir = 'a\\x01b': "
+        + "holds a newline or control character; a path or URL must be one plain line",
+    ),
+    (
+        "timezone = Mars/Base\n",
+        "[runner] timezone = 'Mars/Base': unknown timezone; expected an IANA name like Europe/Berlin or UTC",
+    ),
+    (
+        "max_log_bytes = 1k\n",
+        "[runner] max_log_bytes = '1k': expected a size like 50MiB, 200KiB or 0 (no cap), at least 16KiB",
+    ),
+    ("[job:a]\ntimeout = 500d\n", "[job:a] timeout = '500d': must be at most 366d"),
+    (
+        "[job:a]\noverlap = bogus\n",
+        "[job:a] overlap = 'bogus': unknown overlap policy; expected one of: skip, queue, allow",
+    ),
+    ("[job:a]\nuses = bad-name\n", "[job:a] uses = 'bad-name': expected package.module:function"),
+    ("[job:a]\nretries = 101\n", "[job:a] retries = '101': expected a whole number from 0 to 100"),
+    (
+        "[job:a]\nschedule = cron 0 7 * * mon\n  nonsense\n",
+        "[job:a] schedule = 'nonsense': expected 'cron M H DoM Mon DoW', 'every 15m' or 'at 2026-12-01 09:00'",
+    ),
+    ("[job:a]\nschedule = every 0.5s\n", "[job:a] schedule = 'every 0.5s': the interval must be at least 1s"),
+    ("[job:a]\nbatch = 2\n", "[job:a] batch: only means something with `watch = FOLDER`"),
+    ("[job:a]\nwatch = 'in\n", '[job:a] watch = "\'in": cannot read the folder list: No closing quotation'),
+    ("[job:a]\nwatch = in\nwatch_mode =\n", "[job:a] watch_mode = '': expected one of: events, polling"),
+    ("[job:a]\nwatch = in\nrecursive = maybe\n", "[job:a] recursive = 'maybe': expected true or false"),
+    ("[job:a]\nwatch = in\nrescan = 0.5s\n", "[job:a] rescan = '0.5s': must be at least 1s"),
+]
+
+
+@pytest.mark.parametrize(("text", "message"), EXACT_ERRORS, ids=[m.split(":")[0] for _, m in EXACT_ERRORS])
+def test_each_kind_of_value_keeps_its_exact_message(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, text: str, message: str
+) -> None:
+    from runner.config import load_settings
+    from runner.errors import ConfigError
+
+    monkeypatch.setenv("TZ", "Etc/UTC")  # the default of [runner] timezone
+    path = tmp_path / "runner.ini"
+    path.write_text("[runner]\n" + text)
+    with pytest.raises(ConfigError) as raised:
+        load_settings(path)
+    assert str(raised.value) == f"{path}: {message}"

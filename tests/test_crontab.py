@@ -7,10 +7,13 @@ import re
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import RUNNER_BIN, Project, assert_one_line_error, wait_until
+
+from runner.triggers import fire_key
 
 REPO = Path(__file__).resolve().parent.parent
 FOREIGN_BEFORE = '# a colleague\'s line, kept byte for byte\nMAILTO=""\n17 3 * * * /bin/true  # nightly %s\n'
@@ -220,6 +223,33 @@ def test_catchup_runs_the_missed_cron_fire_late(sqlite_project: Project):
     late = [r for r in project.history("hello") if r["late"]]
     assert len(late) == 1 and late[0]["trigger"] == "cron", late
     assert project.runner("catchup", "--json").json() == []
+
+
+def test_catchup_records_older_cron_misses_and_leaves_every_fires_to_the_daemon(sqlite_project: Project):
+    project = sqlite_project
+    project.configure(
+        """
+        [job:hello]
+        schedule = cron 0 * * * *
+                   every 1m
+        catchup = 180m
+        """,
+        job_packages="jobs",
+    )
+    hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+    first = project.runner("run", "hello", "--from-cron", "--fire-at", fire_key(hour - timedelta(hours=4)))
+    assert first.returncode == 0, first
+    done = project.runner("catchup", "--json")
+    assert [row["action"] for row in done.json()] == ["ran late, exit 0"], done
+    rows = project.history("hello")[1:]
+    assert {r["trigger"] for r in rows} == {"cron"}, rows  # no `every 1m` fire: crontab never fires those
+    skipped = [(r["fire_key"], r["reason"]) for r in rows if r["status"] == "skipped"]
+    assert skipped == [
+        (fire_key(hour - timedelta(hours=3)), "beyond catch-up"),
+        (fire_key(hour - timedelta(hours=2)), "coalesced"),
+        (fire_key(hour - timedelta(hours=1)), "coalesced"),
+    ], rows
+    assert [r["fire_key"] for r in rows if r["late"]] == [fire_key(hour)], rows
 
 
 @pytest.mark.skipif(not shutil.which("systemd-analyze"), reason="systemd-analyze is not installed")

@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import Project, assert_processes_gone, process_gone, read_pid, wait_until
+from conftest import Project, assert_processes_gone, process_gone, read_pid, stop, wait_until
 
 
 def configure_tick(project: Project, schedule: str, *, out: Path, extra: str = "", **runner: str) -> None:
@@ -24,12 +24,6 @@ def configure_tick(project: Project, schedule: str, *, out: Path, extra: str = "
     )
 
 
-def stop(project: Project, daemon) -> None:
-    daemon.send_signal(signal.SIGTERM)
-    done = project.finish(daemon)
-    assert done.returncode == 0, done
-
-
 def test_every_second_for_ten_seconds_gives_distinct_fires(project: Project):
     out = project.root / "ticks.txt"
     configure_tick(project, "every 1s", out=out)
@@ -44,8 +38,11 @@ def test_every_second_for_ten_seconds_gives_distinct_fires(project: Project):
         keys
     )  # shutdown: due while stopping
     assert len(set(keys)) == len(keys)
-    # A run that took longer than a second (a loaded machine) makes the next fire an overlap skip.
-    assert all(r["status"] == "succeeded" or r["reason"] in ("overlap", "shutdown") for r in rows), [
+    # A run that took longer than a second (a loaded machine) makes the next fire an overlap skip;
+    # a scheduler that fell behind by more than a fire (a machine loaded enough that the daemon
+    # itself did not get the CPU) records the older fire as coalesced into the newer one.
+    allowed = ("overlap", "shutdown", "coalesced")
+    assert all(r["status"] == "succeeded" or r["reason"] in allowed for r in rows), [
         (r["fire_key"], r["status"], r["reason"], r["error"]) for r in rows
     ]
     assert sum(r["status"] == "succeeded" for r in rows) >= 5, rows

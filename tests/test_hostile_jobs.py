@@ -225,7 +225,7 @@ def test_a_job_ending_without_returning_settles_only_the_files_it_acknowledged(
 
     store = Store(project.database_url)
     try:
-        states = store.file_states("mid")
+        states = store.files.counts("mid")
     finally:
         store.engine.dispose()
     assert states.get("done", 0) <= 1, states  # at most the one it acknowledged by asking for the next

@@ -4,8 +4,10 @@ duplicates found, and the three-folder / one-row-per-file invariant surviving ki
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -18,7 +20,7 @@ import numpy as np
 import pytest
 import sqlalchemy as sa
 from conftest import COMMAND_TIMEOUT_S, Project, command_line, wait_until
-from imagecorpus import CAPTURED, make_bad, make_valid, rgb_image
+from imagecorpus import CAPTURED, make_bad, make_valid, pattern, rgb_image
 from PIL import Image, ImageOps
 
 MAX_BYTES = 2_000_000
@@ -311,6 +313,9 @@ def test_rerun_finishes_each_interrupted_step(sqlite_project: Project) -> None:
     reserve("not_moved.png", 32)
     both = reserve("both.png", 33)
     os.link(inbox / "both.png", both)
+    renewed = reserve("renewed.png", 34)  # moved, not yet 'done'; then a new file took the name
+    os.rename(inbox / "renewed.png", renewed)
+    rgb_image(60, 40, 35).save(inbox / "renewed.png")
     (inbox / "text.jpg").write_text("not an image")
     (quarantined / "text.jpg.reason.txt").write_text("stale reason from a crashed run\n")
     (inbox / "linked.jpg").write_text("also not an image")
@@ -319,11 +324,12 @@ def test_rerun_finishes_each_interrupted_step(sqlite_project: Project) -> None:
 
     result = run(sqlite_project, inbox)
 
-    assert result["recovered"] == 2 and result["processed"] == 0, result
+    assert result["recovered"] == 2 and result["processed"] == 1, result
     assert files_under(inbox) == []
-    assert sorted(p.name for p in files_under(processed)) == ["both.png", "not_moved.png", "x.png"]
+    names = ["both.png", "not_moved.png", "renewed-1.png", "renewed.png", "x.png"]
+    assert sorted(p.name for p in files_under(processed)) == names
     rows = image_rows(sqlite_project)
-    assert sorted(Path(r["processed_path"]).name for r in rows) == ["both.png", "not_moved.png", "x.png"]
+    assert sorted(Path(r["processed_path"]).name for r in rows) == names
     assert {r["state"] for r in rows} == {"done"}
     assert sorted(p.name for p in files_under(quarantined)) == [
         "linked.jpg",
@@ -396,3 +402,319 @@ def test_importing_the_job_module_skips_pillow_and_numpy() -> None:
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+# --- classes of valid input measured truthfully (issue 14) ----------------------------------------
+
+
+def with_chunk(png: bytes, kind: bytes, payload: bytes) -> bytes:
+    """`png` with one more chunk right after IHDR (written by hand: Pillow's writer varies)."""
+    import struct
+    import zlib
+
+    at = 8 + 8 + 13 + 4  # signature, IHDR's length and type, its 13 bytes, its CRC
+    chunk = struct.pack(">I", len(payload)) + kind + payload
+    chunk += struct.pack(">I", zlib.crc32(kind + payload) & 0xFFFFFFFF)
+    return png[:at] + chunk + png[at:]
+
+
+def expected_figures(pixels: np.ndarray) -> dict[str, Any]:
+    """Means, stds, brightness mean and median of a float picture as a viewer shows it (0-255)."""
+    means, stds, luma_mean = reference_stats(pixels)
+    luma = pixels if pixels.ndim == 2 else pixels @ np.array([0.299, 0.587, 0.114])
+    return {"means": means, "stds": stds, "luma": luma_mean, "median": float(np.median(luma))}
+
+
+def assert_measured_as(row: dict[str, Any], expected: dict[str, Any], name: str) -> None:
+    assert row["channel_means"] == pytest.approx(expected["means"], abs=0.75), name
+    assert row["channel_stds"] == pytest.approx(expected["stds"], abs=0.75), name
+    assert row["brightness"]["mean"] == pytest.approx(expected["luma"], abs=1.0), name
+    assert abs(row["brightness"]["p50"] - expected["median"]) <= 2, name
+    assert row["dhash"] != 0, name  # a picture, not a black or white square
+    with Image.open(row["thumbnail_path"]) as thumb:
+        shown = np.asarray(thumb.convert("L")).astype(np.float64).mean()
+    assert shown == pytest.approx(expected["luma"], abs=4.0), name  # the thumbnail is the picture too
+
+
+def test_sixteen_bit_images_that_use_only_the_low_bits_are_scaled_by_their_range(
+    sqlite_project: Project,
+) -> None:
+    folders = configure(sqlite_project, workers=1)
+    inbox = folders["inbox"]
+    grey = np.asarray(rgb_image(96, 64, 41).convert("L")).astype(np.uint16)
+    fine = np.random.default_rng(41).integers(0, 16, grey.shape).astype(np.uint16)
+    twelve = grey * 16 + fine  # a 12-bit scan: 0..4095 in 16-bit samples
+    Image.fromarray(twelve).save(inbox / "scan12.tif", "TIFF")
+    Image.fromarray(grey).save(inbox / "eight_in_16.png", "PNG")  # 8-bit values in a 16-bit file
+    dim = (grey * 6 + fine).astype(np.uint16)  # declared 12-bit (sBIT), its brightest sample < 2048
+    plain = inbox / "dim12.png"
+    Image.fromarray(dim).save(plain, "PNG")
+    plain.write_bytes(with_chunk(plain.read_bytes(), b"sBIT", bytes([12])))
+    expected = {
+        "scan12.tif": expected_figures((twelve // 16).astype(np.float64)),
+        "eight_in_16.png": expected_figures(grey.astype(np.float64)),
+        "dim12.png": expected_figures((dim // 16).astype(np.float64)),
+    }
+
+    result = run(sqlite_project, inbox)
+
+    assert result["processed"] == 3, result
+    rows = {Path(row["source_path"]).name: row for row in image_rows(sqlite_project)}
+    for name, figures in expected.items():
+        assert rows[name]["mode"].startswith("I"), rows[name]["mode"]
+        assert_measured_as(rows[name], figures, name)
+
+
+def test_an_alpha_channel_that_carries_nothing_is_ignored(sqlite_project: Project) -> None:
+    folders = configure(sqlite_project, workers=1)
+    inbox = folders["inbox"]
+    picture = pattern(96, 64, 42)
+    clear = np.dstack([picture, np.zeros(picture.shape[:2], np.uint8)])  # alpha 0 over a picture
+    Image.fromarray(clear, "RGBA").save(inbox / "alpha_zero.png")
+    grey = np.asarray(Image.fromarray(picture).convert("L"))
+    half = np.dstack([grey, np.full(grey.shape, 128, np.uint8)])  # one alpha value everywhere
+    Image.fromarray(half, "LA").save(inbox / "alpha_constant.png")
+
+    result = run(sqlite_project, inbox)
+
+    assert result["processed"] == 2, result
+    rows = {Path(row["source_path"]).name: row for row in image_rows(sqlite_project)}
+    assert rows["alpha_zero.png"]["mode"] == "RGBA"
+    assert_measured_as(rows["alpha_zero.png"], expected_figures(picture.astype(np.float64)), "alpha_zero")
+    assert_measured_as(rows["alpha_constant.png"], expected_figures(grey.astype(np.float64)), "constant")
+
+
+def test_flat_tiny_and_featureless_images_are_not_near_duplicates_of_each_other(project: Project) -> None:
+    folders = configure(project, workers=1)
+    inbox = folders["inbox"]
+    flat = {"a_dot.png": (200, 30, 60), "c_white.png": (250, 250, 250)}
+    Image.new("RGB", (1, 1), flat["a_dot.png"]).save(inbox / "a_dot.png")
+    Image.new("L", (64, 64), 90).save(inbox / "b_grey.png")
+    Image.new("RGB", (64, 64), flat["c_white.png"]).save(inbox / "c_white.png")
+    picture = pattern(64, 64, 43)
+    Image.fromarray(picture).save(inbox / "d_picture.png")
+
+    result = run(project, inbox)
+
+    assert (result["processed"], result["near_duplicates"]) == (4, 0), result
+    rows = {Path(row["source_path"]).name: row for row in image_rows(project)}
+    for name in ("a_dot.png", "b_grey.png", "c_white.png"):
+        row = rows[name]
+        assert row["near_duplicate_of"] is None and row["duplicate_of"] is None, (name, row)
+        assert row["dhash"] == 0 and "0 of 64 bits set" in row["near_unlinked"], (name, row)
+        expected = [90.0] if name == "b_grey.png" else [float(v) for v in flat[name]]
+        assert row["channel_means"] == expected and row["channel_stds"] == [0.0] * len(expected), row
+    assert rows["d_picture.png"]["near_unlinked"] is None
+    assert_measured_as(rows["d_picture.png"], expected_figures(picture.astype(np.float64)), "picture")
+
+
+def test_near_duplicate_search_needs_no_numpy_2(monkeypatch: pytest.MonkeyPatch) -> None:
+    """pyproject allows numpy>=1.26, which has no np.bitwise_count: the search must not need it
+    (CI also runs this file on the lowest supported NumPy and Pillow, see .ci/run)."""
+    from jobs.ingest_images import NearIndex
+
+    monkeypatch.delattr(np, "bitwise_count", raising=False)
+    rng = random.Random(44)
+    stored = [(row_id, rng.getrandbits(64) - (1 << 63)) for row_id in range(1, 40)]
+    index = NearIndex(stored)
+    probe = stored[17][1] ^ 0b1011  # three bits away from row 18
+    assert index.nearest(probe, 6) == (18, 3)
+    assert index.nearest(probe, 2) is None
+    expected = min((bin((probe ^ value) & (2**64 - 1)).count("1"), row_id) for row_id, value in stored)
+    assert index.nearest(probe, 64) == (expected[1], expected[0])
+    grown = NearIndex([])  # a long batch: added hashes move into the NumPy array as they pile up
+    for row_id, value in stored * 10:
+        grown.add(row_id, value)
+    assert grown.nearest(probe, 6) == (18, 3)
+
+
+# --- refusals that name their cause (issue 14) ----------------------------------------------------
+
+
+def test_refusals_name_the_format_or_the_variant_and_a_dib_is_taken(sqlite_project: Project) -> None:
+    import struct
+
+    folders = configure(sqlite_project, workers=1)
+    inbox, quarantined = folders["inbox"], folders["quarantine"]
+    picture = pattern(48, 32, 45)
+    Image.fromarray(picture).save(inbox / "scan.ppm", "PPM")
+    Image.fromarray(picture).save(inbox / "icon.ico", "ICO", sizes=[(32, 32)])
+    Image.fromarray(picture).save(inbox / "clipboard.dib", "DIB")  # a BMP without its file header
+    bmp = inbox / "jpeg_inside.bmp"
+    Image.fromarray(picture).save(bmp, "BMP")
+    data = bytearray(bmp.read_bytes())
+    data[30:34] = struct.pack("<I", 4)  # biCompression = BI_JPEG: well-formed, Pillow has no decoder
+    bmp.write_bytes(bytes(data))
+
+    first = run(sqlite_project, inbox)
+
+    assert (first["processed"], first["quarantined"]) == (1, 3), first
+    reasons = {p.name[: -len(".reason.txt")]: p.read_text() for p in quarantined.glob("*.reason.txt")}
+    assert reasons["scan.ppm"].startswith(
+        "its content is a PPM image; accepted: JPEG, PNG, WEBP, GIF, TIFF, BMP"
+    )
+    assert "add PPM to `formats`" in reasons["scan.ppm"]
+    assert reasons["icon.ico"].startswith("its content is an ICO image; accepted:")
+    assert "Pillow cannot decode this variant of BMP" in reasons["jpeg_inside.bmp"]
+    assert "compression" in reasons["jpeg_inside.bmp"] and "damaged" not in reasons["jpeg_inside.bmp"]
+    (row,) = image_rows(sqlite_project)
+    assert (Path(row["source_path"]).name, row["format"]) == ("clipboard.dib", "DIB")
+    assert_measured_as(row, expected_figures(picture.astype(np.float64)), "clipboard.dib")
+
+    configure(sqlite_project, workers=1, formats="jpeg, png, ppm")
+    shutil.copyfile(quarantined / "scan.ppm", inbox / "scan.ppm")
+    shutil.copyfile(quarantined / "icon.ico", inbox / "icon.ico")
+    second = run(sqlite_project, inbox)
+
+    assert (second["processed"], second["quarantined"]) == (1, 1), second
+    ppm = next(r for r in image_rows(sqlite_project) if r["format"] == "PPM")
+    assert_measured_as(ppm, expected_figures(picture.astype(np.float64)), "scan.ppm")
+    assert "accepted: JPEG, PNG, PPM; add ICO" in (quarantined / "icon-1.ico.reason.txt").read_text()
+
+    configure(sqlite_project, workers=1, formats="png, eps, nope")
+    refused = sqlite_project.runner("run", "ingest_images", "-p", f"inbox={inbox}")
+    assert refused.returncode == 1 and "formats = png, eps, nope: unknown: NOPE" in refused.stderr, refused
+
+
+# --- a time limit per file, and for every shipped job (issue 14) ----------------------------------
+
+
+def test_a_file_whose_decode_outlasts_file_timeout_is_quarantined_and_its_worker_replaced(
+    sqlite_project: Project,
+) -> None:
+    from jobs._imaging import TEST_STALL_ENV
+
+    folders = configure(sqlite_project, workers=1, file_timeout=5)
+    inbox = folders["inbox"]
+    for index in range(4):
+        rgb_image(64, 48, 50 + index).save(inbox / f"img{index}.png")
+    rgb_image(64, 48, 60).save(inbox / "img1_stuck.png")  # third in the batch: files follow it
+    sqlite_project.environ[TEST_STALL_ENV] = "img1_stuck.png"  # its decode hangs (a test-only hook)
+
+    done = sqlite_project.runner("run", "ingest_images", "-p", f"inbox={inbox}", "--json")
+
+    assert done.returncode == 0, done
+    result = done.json()["result"]
+    assert (result["processed"], result["quarantined"]) == (4, 1), result
+    reason = (folders["quarantine"] / "img1_stuck.png.reason.txt").read_text()
+    assert "took longer than file_timeout = 5s" in reason, reason
+    assert sorted(Path(r["source_path"]).name for r in image_rows(sqlite_project)) == [
+        f"img{index}.png" for index in range(4)
+    ]
+    log = sqlite_project.runner("logs", str(done.json()["run_id"])).stdout
+    assert "img1_stuck.png took longer than file_timeout = 5s; replacing the decoding processes" in log
+    assert not [pid for pid in job_processes(sqlite_project)], "no decoding process outlives the run"
+
+
+def test_every_shipped_job_has_a_default_timeout(sqlite_project: Project) -> None:
+    sqlite_project.configure(
+        "[job:ingest_images]\nuses = jobs.ingest_images:ingest_images\ninbox = in\n\n"
+        "[job:hello]\nuses = jobs.hello:hello\n"
+    )
+    for name, expected in (("ingest_images", "1h"), ("hello", "1m")):
+        shown = sqlite_project.runner("show", name, "--json")
+        assert shown.returncode == 0, shown
+        assert shown.json()["settings"]["timeout"] == expected, shown.json()
+
+
+# --- clean run logs (issue 14) ----------------------------------------------------------------------
+
+
+def damaged_tiff(path: Path, compression: str) -> None:
+    """A TIFF whose compressed strip is garbled: libtiff, which decodes it, prints to stderr."""
+    buffer = io.BytesIO()
+    rgb_image(200, 150, 46).save(buffer, "TIFF", compression=compression)
+    data = bytearray(buffer.getvalue())
+    for at in range(200, 2000, 7):
+        data[at] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def jpeg_with_a_broken_exif_offset(path: Path) -> None:
+    """A good picture whose EXIF Software tag points past the end: Pillow warns while reading it."""
+    import struct
+
+    exif = Image.Exif()
+    exif[305] = "a camera that writes a long name"
+    raw = bytearray(exif.tobytes())
+    tiff_at = raw.index(b"Exif\x00\x00") + 6
+    order = "<" if raw[tiff_at : tiff_at + 2] == b"II" else ">"
+    ifd_at = tiff_at + struct.unpack(order + "I", raw[tiff_at + 4 : tiff_at + 8])[0]
+    for entry in range(struct.unpack(order + "H", raw[ifd_at : ifd_at + 2])[0]):
+        at = ifd_at + 2 + 12 * entry
+        if struct.unpack(order + "H", raw[at : at + 2])[0] == 305:
+            raw[at + 8 : at + 12] = struct.pack(order + "I", 60_000)
+    rgb_image(64, 48, 47).save(path, "JPEG", quality=90, exif=bytes(raw))
+
+
+def test_library_messages_and_warnings_reach_the_run_log_as_prefixed_lines(sqlite_project: Project) -> None:
+    folders = configure(sqlite_project, workers=2)
+    inbox = folders["inbox"]
+    run(sqlite_project, inbox)  # the databases' first migrations (the runner's lines) happen here
+    damaged_tiff(inbox / "lzw.tif", "tiff_lzw")
+    damaged_tiff(inbox / "deflate.tif", "tiff_adobe_deflate")
+    jpeg_with_a_broken_exif_offset(inbox / "exif.jpg")
+    rgb_image(64, 48, 48).save(inbox / "fine.png")
+
+    done = sqlite_project.runner("run", "ingest_images", "-p", f"inbox={inbox}", "--json")
+
+    assert done.returncode == 0, done
+    result, run_id = done.json()["result"], done.json()["run_id"]
+    assert (result["processed"], result["quarantined"]) == (2, 2), result
+    log = sqlite_project.runner("logs", str(run_id)).stdout
+    record = re.compile(
+        rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d,\d{{3}} run={run_id} job=ingest_images [A-Z]+ \S+: "
+    )
+    lines = [line for line in log.splitlines() if line.strip()]
+    supervisor = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d runner: run ")  # its first and last line
+    job_lines = [line for line in lines if not supervisor.match(line)]
+    assert len(job_lines) == len(lines) - 2, log
+    assert [line for line in job_lines if not record.match(line)] == [], log
+    library = [line for line in job_lines if "jobs.ingest_images.stderr: " in line]
+    assert any("Decod" in line or "table" in line for line in library), log  # libtiff's own words
+    assert any("UserWarning: Truncated File Read" in line and "py.warnings" in line for line in job_lines), (
+        log
+    )
+
+
+# --- files sent again (issue 14) -------------------------------------------------------------------
+
+
+def test_a_bad_file_sent_again_says_so_and_duplicates_are_counted_in_one_query(project: Project) -> None:
+    folders = configure(project, workers=1)
+    inbox, quarantine = folders["inbox"], folders["quarantine"]
+    (inbox / "notes.jpg").write_text("meeting notes, not a picture\n" * 20)
+    whole = io.BytesIO()
+    rgb_image(200, 150, 49).save(whole, "JPEG", quality=90)
+    (inbox / "cut.jpg").write_bytes(whole.getvalue()[: len(whole.getvalue()) // 2])
+    rgb_image(64, 48, 49).save(inbox / "good.png")
+    sent = {name: (inbox / name).read_bytes() for name in ("notes.jpg", "cut.jpg", "good.png")}
+    first = run(project, inbox)
+    (inbox / "notes.jpg").write_bytes(sent["notes.jpg"])  # the same name and content again
+    (inbox / "cut_again.jpg").write_bytes(sent["cut.jpg"])  # the same content, another name
+    (inbox / "good.png").write_bytes(sent["good.png"])
+    (inbox / "good_copy.png").write_bytes(sent["good.png"])
+
+    second = run(project, inbox)
+
+    assert (first["quarantined"], second["quarantined"], second["duplicates"]) == (2, 2, 2), second
+    first_note = (quarantine / "notes.jpg.reason.txt").read_text()
+    assert "same content" not in first_note
+    again = (quarantine / "notes-1.jpg.reason.txt").read_text()
+    assert again.startswith(first_note.strip()) and "it is the same content as notes.jpg" in again, again
+    assert "it is the same content as cut.jpg" in (quarantine / "cut_again.jpg.reason.txt").read_text()
+    engine = sa.create_engine(project.data_url)
+    try:
+        with engine.connect() as conn:
+            duplicates = conn.execute(sa.text("SELECT count(*) FROM images WHERE duplicate_of IS NOT NULL"))
+            resent = conn.execute(sa.text("SELECT count(*) FROM quarantined WHERE same_as IS NOT NULL"))
+            assert (duplicates.scalar(), resent.scalar()) == (2, 2)
+            rows = conn.execute(sa.text("SELECT quarantine_path, sha256 FROM quarantined ORDER BY id")).all()
+    finally:
+        engine.dispose()
+    assert [(Path(path).name, sha) for path, sha in rows] == [
+        ("cut.jpg", hashlib.sha256(sent["cut.jpg"]).hexdigest()),
+        ("notes.jpg", hashlib.sha256(sent["notes.jpg"]).hexdigest()),
+        ("cut_again.jpg", hashlib.sha256(sent["cut.jpg"]).hexdigest()),
+        ("notes-1.jpg", hashlib.sha256(sent["notes.jpg"]).hexdigest()),
+    ]

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from conftest import Project, wait_until
+from conftest import Project, stop, wait_until
 
 
 def tick_section(
@@ -17,13 +17,6 @@ def tick_section(
 ) -> str:
     lines = [f"[job:{name}]", "uses = jobs_fixture.ticks:tick", f"schedule = {schedule}", f"out = {out}"]
     return "\n".join([*lines, f"seconds = {seconds}", *extra.splitlines(), "", ""])
-
-
-def stop(project: Project, daemon: Any) -> str:
-    daemon.send_signal(signal.SIGTERM)
-    done = project.finish(daemon)
-    assert done.returncode == 0, done
-    return done.stderr
 
 
 def at(text: str | None) -> datetime:

@@ -7,19 +7,16 @@ import subprocess
 import sys
 import threading
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from conftest import Project, wait_until
 
-import runner.store as store_module
 from runner.errors import AlreadyRan
-from runner.models import SCHEMA_REVISION, RunStatus, metadata, utcnow
-from runner.store import Store
+from runner.models import SCHEMA_REVISION, RunStatus, metadata, runs, utcnow
+from runner.store import MIGRATIONS_DIR, RunEnd, Store
 
-MIGRATIONS_DIR = Path(store_module.__file__).parent / "migrations"
 JOB = "job_under_test"
 LEASE_TTL_S = 60.0
 STALE_AFTER_S = 30.0
@@ -29,6 +26,12 @@ def claim(store: Store, fire_key: str, *, job: str = JOB, lease: float | None = 
     """Claim a fire (and, with `lease` seconds, the job's lease); returns the run id."""
     run_id, _holder = store.claim(job=job, fire_key=fire_key, trigger="manual", lease_ttl_s=lease, **values)
     return run_id
+
+
+def forge_run(store: Store, run_id: int, **columns: Any) -> None:
+    """Set columns of a run's row as a supervisor elsewhere (or long gone) would have left them."""
+    with store.begin() as conn:
+        conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**columns))
 
 
 def alembic_config() -> Any:
@@ -175,11 +178,11 @@ def test_lease_is_held_until_released(store: Store) -> None:
 
     assert held_by is not None and held_by.id == holder
     assert store.get_run(waiter).status == RunStatus.QUEUED
-    assert store.acquire_lease(JOB, waiter, LEASE_TTL_S).id == holder
+    assert store.leases.acquire(JOB, waiter, LEASE_TTL_S).id == holder
 
-    store.release_lease(JOB, holder)
+    store.leases.release(JOB, holder)
 
-    assert store.acquire_lease(JOB, waiter, LEASE_TTL_S) is None
+    assert store.leases.acquire(JOB, waiter, LEASE_TTL_S) is None
     assert store.get_run(waiter).status == RunStatus.RUNNING
     assert claim_holder(store, "c") == waiter
 
@@ -206,7 +209,7 @@ def test_heartbeat_renews_the_lease(store: Store) -> None:
 
 def test_lease_of_a_finished_run_is_taken_over(store: Store) -> None:
     holder = claim(store, "a", lease=LEASE_TTL_S)
-    store.update_run(holder, status=RunStatus.SUCCEEDED.value, ended_at=utcnow())
+    store.finish(holder, RunEnd(status=RunStatus.SUCCEEDED, ended_at=utcnow()))
 
     assert claim_holder(store, "b") is None
 
@@ -242,7 +245,7 @@ def test_racing_leases_have_one_winner(database_url: str) -> None:
 def test_stale_heartbeat_is_reaped_as_lost_and_frees_the_lease(store: Store) -> None:
     """A supervisor whose pid cannot be checked from here (another boot or PID namespace)."""
     run_id = claim(store, "a", lease=LEASE_TTL_S)
-    store.update_run(run_id, heartbeat_at=utcnow() - timedelta(hours=1), pidns="another-boot/4026531836")
+    forge_run(store, run_id, heartbeat_at=utcnow() - timedelta(hours=1), pidns="another-boot/4026531836")
 
     reaped = store.reap_lost(STALE_AFTER_S)
 
@@ -257,7 +260,7 @@ def test_stale_heartbeat_is_reaped_as_lost_and_frees_the_lease(store: Store) -> 
 def test_a_live_supervisor_here_is_not_lost_however_old_its_heartbeat(store: Store) -> None:
     """Its pid says it lives (it may be stuck behind a busy database): only a dead pid decides."""
     run_id = claim(store, "a", lease=LEASE_TTL_S)
-    store.update_run(run_id, heartbeat_at=utcnow() - timedelta(hours=1))
+    forge_run(store, run_id, heartbeat_at=utcnow() - timedelta(hours=1))
 
     assert store.reap_lost(STALE_AFTER_S) == []
     assert store.get_run(run_id).status == RunStatus.RUNNING
@@ -266,7 +269,7 @@ def test_a_live_supervisor_here_is_not_lost_however_old_its_heartbeat(store: Sto
 
 def test_dead_supervisor_on_this_host_is_lost_at_once(store: Store) -> None:
     run_id = claim(store, "a")
-    store.update_run(run_id, pid=dead_pid())
+    forge_run(store, run_id, pid=dead_pid())
 
     assert store.reap_lost(STALE_AFTER_S) == [run_id]
     assert "is gone" in store.get_run(run_id).error
@@ -275,7 +278,7 @@ def test_dead_supervisor_on_this_host_is_lost_at_once(store: Store) -> None:
 def test_live_runs_and_other_hosts_fresh_runs_are_not_reaped(store: Store) -> None:
     alive_here = claim(store, "a")
     other_host = claim(store, "b")
-    store.update_run(other_host, host="some-other-host", pid=dead_pid())
+    forge_run(store, other_host, host="some-other-host", pid=dead_pid())
 
     assert store.reap_lost(STALE_AFTER_S) == []
     assert store.get_run(alive_here).status == RunStatus.RUNNING
@@ -284,7 +287,7 @@ def test_live_runs_and_other_hosts_fresh_runs_are_not_reaped(store: Store) -> No
 
 def test_finished_runs_are_never_reaped(store: Store) -> None:
     run_id = claim(store, "a")
-    store.update_run(run_id, status=RunStatus.SUCCEEDED.value, heartbeat_at=utcnow() - timedelta(hours=1))
+    forge_run(store, run_id, status=RunStatus.SUCCEEDED.value, heartbeat_at=utcnow() - timedelta(hours=1))
 
     assert store.reap_lost(STALE_AFTER_S) == []
     assert store.get_run(run_id).status == RunStatus.SUCCEEDED
@@ -296,25 +299,25 @@ def test_finished_runs_are_never_reaped(store: Store) -> None:
 def test_state_round_trips_json_values(store: Store) -> None:
     value = {"cursor": "2026-12-01T09:00:00Z", "ids": [1, 2, 3], "done": True}
 
-    store.state_set(JOB, "watermark", value)
-    store.state_set(JOB, "count", 1)
-    store.state_set(JOB, "count", 2)
-    store.state_set("another_job", "count", 99)
+    store.state.set(JOB, "watermark", value)
+    store.state.set(JOB, "count", 1)
+    store.state.set(JOB, "count", 2)
+    store.state.set("another_job", "count", 99)
 
-    assert store.state_get(JOB, "watermark") == value
-    assert store.state_items(JOB) == {"watermark": value, "count": 2}
-    store.state_delete(JOB, "count")
-    assert store.state_get(JOB, "count", "missing") == "missing"
+    assert store.state.get(JOB, "watermark") == value
+    assert store.state.items(JOB) == {"watermark": value, "count": 2}
+    store.state.delete(JOB, "count")
+    assert store.state.get(JOB, "count", "missing") == "missing"
 
 
 def test_state_write_in_a_rolled_back_transaction_is_not_kept(store: Store) -> None:
-    store.state_set(JOB, "cursor", 1)
+    store.state.set(JOB, "cursor", 1)
 
     with pytest.raises(RuntimeError), store.begin() as conn:
-        store.state_set(JOB, "cursor", 2, conn)
+        store.state.set(JOB, "cursor", 2, conn)
         raise RuntimeError("the rows it covers failed to write")
 
-    assert store.state_get(JOB, "cursor") == 1
+    assert store.state.get(JOB, "cursor") == 1
 
 
 def test_concurrent_first_writes_of_one_state_key(database_url: str, backend: str) -> None:
@@ -326,12 +329,12 @@ def test_concurrent_first_writes_of_one_state_key(database_url: str, backend: st
 
     def write_second() -> None:
         try:
-            second.state_set(JOB, "count", 2)
+            second.state.set(JOB, "count", 2)
         except BaseException as exc:
             errors.append(exc)
 
     with first.begin() as conn:
-        first.state_set(JOB, "count", 1, conn)
+        first.state.set(JOB, "count", 1, conn)
         writer = threading.Thread(target=write_second)
         writer.start()
         if backend == "postgresql":
@@ -339,7 +342,7 @@ def test_concurrent_first_writes_of_one_state_key(database_url: str, backend: st
         else:
             writer.join(timeout=0.5)  # SQLite: it waits in BEGIN IMMEDIATE for our transaction
     writer.join(timeout=60)
-    value = first.state_get(JOB, "count")
+    value = first.state.get(JOB, "count")
     first.engine.dispose()
     second.engine.dispose()
 

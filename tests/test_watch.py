@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import Project, process_gone, wait_until
+from conftest import Project, process_gone, stop, wait_until
 
 BURST = 10_000
 MODES = ("events", "polling")
@@ -55,15 +55,9 @@ def claim_states(project: Project) -> dict[str, int]:
 
     store = Store(project.database_url)
     try:
-        return store.file_states("files")
+        return store.files.counts("files")
     finally:
         store.engine.dispose()
-
-
-def stop(project: Project, daemon: subprocess.Popen[str]) -> None:
-    daemon.send_signal(signal.SIGTERM)
-    done = project.finish(daemon)
-    assert done.returncode == 0, done
 
 
 def daemon_ready(project: Project) -> bool:

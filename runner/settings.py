@@ -1,0 +1,156 @@
+"""The frozen settings values `config` builds from the INI file, and how they are shown safely.
+
+Values only: reading and checking the INI is `config`'s job; using the values is everyone else's."""
+
+from __future__ import annotations
+
+import enum
+import fnmatch
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from runner.triggers import Schedule
+
+DEFAULT_LOCK_TIMEOUT_S = 60.0  # how long a write waits for another writer of the database
+DEFAULT_MAX_LOG_BYTES = 50 * 1024 * 1024  # a run's log keeps its head and tail beyond this
+DEFAULT_CATCHUP_S = 3600.0
+DEFAULT_MAX_QUEUE = 3  # a queue of fires longer than this only ever grows: record them skipped
+DEFAULT_PATTERNS = ("*",)
+DEFAULT_IGNORE = ("*.part", "*.tmp", "*.crdownload", "*.swp", "*~", ".*")
+CONTAIN_CHOICES = ("subreaper", "cgroup")
+WATCH_MODES = ("events", "polling")
+SECRET_PATTERNS = ("*password*", "*passwd*", "*token*", "*secret*", "*_key", "key")
+SECRET_MASK = "***"
+
+_URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)\S*@(?=[^@/\s]*(?:[/?#\s]|$))")
+
+
+class Overlap(enum.StrEnum):
+    """What a fire does while the previous run of its job still runs."""
+
+    SKIP = "skip"
+    QUEUE = "queue"
+    ALLOW = "allow"
+
+
+OVERLAP_POLICIES = tuple(policy.value for policy in Overlap)
+
+
+@dataclass(frozen=True, slots=True)
+class RunnerSettings:
+    database: str
+    var_dir: Path
+    log_dir: Path
+    timezone: str
+    max_workers: int
+    job_packages: tuple[str, ...]
+    heartbeat_s: float
+    stale_after_s: float
+    kill_grace_s: float
+    jitter_s: float = 0.0
+    catchup_s: float = DEFAULT_CATCHUP_S
+    shutdown_grace_s: float = 30.0
+    lock_timeout_s: float = DEFAULT_LOCK_TIMEOUT_S
+    data_database: str | None = None  # None: NAME-jobs.db beside a SQLite history, else the same
+    contain: str = "subreaper"  # or "cgroup": a cgroup v2 per attempt as well, where one can be made
+    max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
+
+
+@dataclass(frozen=True, slots=True)
+class WatchSettings:
+    folders: tuple[Path, ...]
+    patterns: tuple[str, ...] = DEFAULT_PATTERNS
+    ignore: tuple[str, ...] = DEFAULT_IGNORE
+    recursive: bool = False
+    settle_s: float = 2.0
+    batch: int = 100
+    mode: str = "events"  # events | polling
+    rescan_s: float = 600.0
+    follow_symlinks: bool = False  # hand out links whose target is a regular file inside a watched folder
+
+    def wants(self, path: str) -> bool:
+        name = os.path.basename(path)
+        if any(fnmatch.fnmatch(name, pattern) for pattern in self.ignore):
+            return False
+        lowered = name.lower()
+        return any(fnmatch.fnmatch(lowered, pattern.lower()) for pattern in self.patterns)
+
+
+@dataclass(frozen=True, slots=True)
+class JobSettings:
+    """One `[job:NAME]` section; None means 'use the @job decorator's default'."""
+
+    name: str
+    uses: str | None = None
+    timeout_s: float | None = None
+    retries: int | None = None
+    retry_backoff_s: float | None = None
+    overlap: Overlap | None = None
+    description: str | None = None
+    params: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    schedules: tuple[Schedule, ...] = ()
+    timezone: str = "UTC"
+    jitter_s: float = 0.0
+    catchup_s: float = DEFAULT_CATCHUP_S
+    watch: WatchSettings | None = None
+    max_log_bytes: int = DEFAULT_MAX_LOG_BYTES  # 0: no cap
+    max_queue: int = DEFAULT_MAX_QUEUE
+
+    @property
+    def scheduled(self) -> bool:
+        return bool(self.schedules)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    path: Path
+    runner: RunnerSettings
+    jobs: Mapping[str, JobSettings]
+    sections: Mapping[str, Mapping[str, str]]
+    unusable: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # job -> why
+
+    def job(self, name: str) -> JobSettings | None:
+        return self.jobs.get(name)
+
+    def printable(self) -> dict[str, dict[str, str]]:
+        """Every resolved section with secrets replaced by ***."""
+        return {
+            section: {
+                key: SECRET_MASK if is_secret(key) else mask_url_password(value)
+                for key, value in values.items()
+            }
+            for section, values in self.sections.items()
+        }
+
+
+def is_secret(key: str) -> bool:
+    key = key.lower()
+    return any(fnmatch.fnmatchcase(key, pattern) for pattern in SECRET_PATTERNS)
+
+
+def mask_url_password(text: str) -> str:
+    """`scheme://user:PASSWORD@host` -> `scheme://user:***@host` wherever a URL appears in `text`
+    (a password may itself hold '@' or '/': everything up to the last '@' before the host goes)."""
+    return _URL_PASSWORD.sub(lambda m: m.group(1) + SECRET_MASK + "@", text)
+
+
+def mask_value(key: str, value: object) -> object:
+    """A setting or parameter as it may be printed or stored: secret-looking keys wholly masked,
+    URL passwords masked in any text (also inside lists and mappings)."""
+    if value is None:
+        return None
+    if is_secret(key):
+        return SECRET_MASK
+    if isinstance(value, str):
+        return mask_url_password(value)
+    if isinstance(value, list | tuple):
+        return type(value)(mask_value("", v) for v in value)
+    if isinstance(value, dict):
+        return {k: mask_value(str(k), v) for k, v in value.items()}
+    return value

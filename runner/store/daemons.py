@@ -1,0 +1,70 @@
+"""Daemons: each scheduling daemon on the database registers and beats, so `runner status` and
+the catch-up after a restart know who was scheduling, and when."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from runner.models import daemons, utcnow
+from runner.store.base import StorePart
+from runner.store.host import HOSTNAME
+from runner.store.records import as_utc
+
+
+class Daemons(StorePart):
+    """`store.daemons`: register a daemon, record its beats, list the live ones."""
+
+    __slots__ = ()
+
+    def register(self, config_path: str) -> int:
+        now = utcnow()
+        with self.begin() as conn:
+            return conn.execute(
+                sa.insert(daemons)
+                .values(
+                    host=HOSTNAME, pid=os.getpid(), config_path=config_path, started_at=now, heartbeat_at=now
+                )
+                .returning(daemons.c.id)
+            ).scalar_one()
+
+    def heartbeat(
+        self,
+        daemon_id: int,
+        *,
+        stopped: bool = False,
+        queues: dict[str, dict[str, Any]] | None = None,
+        notes: list[str] | None = None,
+    ) -> None:
+        """The daemon is scheduling (or, `stopped`, has stopped); `queues` are the fires waiting
+        in it per job, `notes` the settings a reload could not apply."""
+        now = utcnow()
+        values: dict[str, Any] = {"heartbeat_at": now}
+        if stopped:
+            values["stopped_at"] = now
+        if queues is not None:
+            values["queues"] = queues
+        if notes is not None:
+            values["notes"] = notes
+        with self.begin() as conn:
+            conn.execute(sa.update(daemons).where(daemons.c.id == daemon_id).values(**values))
+
+    def last_beat(self) -> datetime | None:
+        """The last moment any daemon on this database was known to be scheduling."""
+        with self.begin() as conn:
+            at = conn.execute(sa.select(sa.func.max(daemons.c.heartbeat_at))).scalar()
+        return as_utc(at) if at is not None else None
+
+    def alive(self, alive_within_s: float) -> list[dict[str, Any]]:
+        """Daemons that have not stopped and reported within the window, newest first."""
+        since = utcnow() - timedelta(seconds=alive_within_s)
+        query = (
+            sa.select(daemons)
+            .where(daemons.c.stopped_at.is_(None), daemons.c.heartbeat_at >= since)
+            .order_by(daemons.c.id.desc())
+        )
+        with self.read() as conn:
+            return [dict(row._mapping) for row in conn.execute(query)]

@@ -1,0 +1,290 @@
+"""Runs: where a fire becomes a run row (claim), and how the row follows the run: its start,
+heartbeats and end, or `lost` once its supervisor is gone."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+
+from runner.errors import AlreadyRan, DatabaseError
+from runner.models import ACTIVE_STATUSES, RunStatus, SkipReason, runs, utcnow
+from runner.store.engine import dialect_insert
+from runner.store.host import HOSTNAME, PIDNS, pid_alive
+from runner.store.leases import LEASE_ATTEMPTS, LeaseRace, Leases
+from runner.store.queue import WouldWait
+from runner.store.records import RunEnd, RunRecord
+
+if TYPE_CHECKING:
+    from runner.store.database import Store
+
+# The hot path (a claim before every run, a finish after it) reuses these statements: building a
+# statement anew costs more than running it on SQLite.
+_INSERT_RUN = sa.insert(runs).returning(runs.c.id)
+_UPDATE_RUN = sa.update(runs).where(runs.c.id == sa.bindparam("b_run_id"))
+
+
+class RunWrites:
+    """The half of `Store` that writes runs (`store.claim(...)`, `store.finish(...)`); the
+    history's queries are the other half (runner/store/history.py)."""
+
+    def claim(
+        self: Store,
+        *,
+        job: str,
+        fire_key: str,
+        trigger: str,
+        attempt: int = 1,
+        first_run_id: int | None = None,
+        params: dict[str, Any] | None = None,
+        paths: list[str] | None = None,
+        scheduled_at: datetime | None = None,
+        late: bool = False,
+        lease_ttl_s: float | None = None,
+        status: RunStatus = RunStatus.RUNNING,
+        error: str | None = None,
+        reason: str | None = None,
+        late_s: float | None = None,
+    ) -> tuple[int, RunRecord | None]:
+        """Insert the run row and, with `lease_ttl_s`, take the job's overlap lease, in one transaction.
+
+        The unique (job, fire_key) of first attempts makes each fire run once: a second claim raises
+        AlreadyRan. Returns (run id, None) when the run may start, or (run id, holder) when another
+        run holds the lease; the row is then 'queued' and the caller skips or waits.
+        """
+        now = utcnow()
+        values = dict(
+            job=job,
+            fire_key=fire_key,
+            trigger=trigger,
+            attempt=attempt,
+            first_run_id=first_run_id,
+            status=str(status),
+            late=late,
+            scheduled_at=scheduled_at,
+            queued_at=now,
+            heartbeat_at=now,
+            started_at=now if status is RunStatus.RUNNING else None,
+            ended_at=None if status.active else now,
+            error=error,
+            host=HOSTNAME,
+            pid=os.getpid(),
+            pidns=PIDNS,
+            params=params,
+            paths=paths,
+            reason=reason,
+            late_s=late_s,
+        )
+        for _ in range(LEASE_ATTEMPTS):
+            try:
+                with self.begin() as conn:
+                    return _insert_run(conn, values, lease_ttl_s, now)
+            except LeaseRace:
+                continue
+            except sa.exc.IntegrityError:
+                existing = self.find_fire(job, fire_key)
+                if existing is None:
+                    continue  # the lease insert raced with another claim: try again
+                what = f"run {existing.id} ({existing.status})" if existing else "another run"
+                raise AlreadyRan(f"job {job}: fire {fire_key} already ran as {what}; not started") from None
+        raise DatabaseError(f"could not take the overlap lease of job {job}: too much contention")
+
+    def record_skipped(
+        self: Store, job: str, trigger: str, fires: list[tuple[str, datetime | None]], reason: str, error: str
+    ) -> int:
+        """One `skipped` row per (fire key, scheduled time) nobody will run, in one transaction; a
+        fire that already has a row (somebody ran it after all) is left as it is. Returns rows added."""
+        if not fires:
+            return 0
+        now = utcnow()
+        rows = [
+            dict(
+                job=job,
+                fire_key=key,
+                trigger=trigger,
+                attempt=1,
+                status=RunStatus.SKIPPED.value,
+                late=False,
+                scheduled_at=at,
+                queued_at=now,
+                heartbeat_at=now,
+                ended_at=now,
+                error=error,
+                reason=reason,
+                host=HOSTNAME,
+                pid=os.getpid(),
+            )
+            for key, at in fires
+        ]
+        with self.begin() as conn:
+            insert = dialect_insert(conn.dialect.name)(runs).on_conflict_do_nothing()
+            added = conn.execute(insert.returning(runs.c.id), rows).scalars().all()
+            if added:
+                conn.execute(sa.update(runs).where(runs.c.id.in_(added)).values(first_run_id=runs.c.id))
+        return len(added)
+
+    def take_stopped_retry(self: Store, run_id: int, note: str) -> bool:
+        """Mark a stopped retry as resumed; False if another daemon took it first."""
+        with self.begin() as conn:
+            return bool(
+                conn.execute(
+                    sa.update(runs)
+                    .where(runs.c.id == run_id, runs.c.reason == SkipReason.RETRY_STOPPED.value)
+                    .values(reason=SkipReason.RETRY_RESUMED.value, error=note)
+                ).rowcount
+            )
+
+    def requeue(self: Store, record: RunRecord) -> None:
+        """A stopped retry's row, made this supervisor's queued run again (late since it was queued)."""
+        now = utcnow()
+        values = dict(
+            status=RunStatus.QUEUED.value,
+            host=HOSTNAME,
+            pid=os.getpid(),
+            pidns=PIDNS,
+            heartbeat_at=now,
+            ended_at=None,
+            late=True,
+            late_s=(now - record.queued_at).total_seconds(),
+        )
+        with self.begin() as conn:
+            conn.execute(sa.update(runs).where(runs.c.id == record.id).values(**values))
+
+    def start(self: Store, run_id: int, started_at: datetime) -> None:
+        """A queued attempt starts now (a first attempt is marked running when it is claimed)."""
+        with self.begin() as conn:
+            conn.execute(
+                sa.update(runs)
+                .where(runs.c.id == run_id)
+                .values(status=RunStatus.RUNNING.value, started_at=started_at, heartbeat_at=started_at)
+            )
+
+    def heartbeat(
+        self: Store,
+        run_id: int,
+        lease_job: str | None,
+        ttl_s: float,
+        *,
+        wait: bool = True,
+        job_pid: int | None = None,
+        cgroup: str | None = None,
+    ) -> bool:
+        """The run (and its lease) is alive; with `job_pid`, where its job's processes are (the
+        job's pid and its cgroup, if any), for whoever reaps a dead supervisor.
+
+        With wait=False (the supervisor of a running job) nothing waits for another writer: a
+        busy database means this beat is skipped (False) and the next one tries again."""
+        now = utcnow()
+        values: dict[str, Any] = {"heartbeat_at": now}
+        if job_pid is not None:
+            values.update(job_pid=job_pid, cgroup=cgroup)
+        try:
+            with self.begin() if wait else self._begin_now() as conn:
+                conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
+                if lease_job:
+                    Leases.renew(conn, lease_job, run_id, ttl_s, now)
+        except WouldWait:
+            return False
+        return True
+
+    def finish(self: Store, run_id: int, end: RunEnd, *, release_lease_of: str | None = None) -> None:
+        """Record how a run ended (and give up the job's lease) in one transaction."""
+        with self.begin() as conn:
+            conn.execute(_UPDATE_RUN, {"b_run_id": run_id, **end.columns()})
+            if release_lease_of:
+                Leases.drop(conn, release_lease_of, run_id)
+
+    def finish_late(self: Store, run_id: int, end: RunEnd, *, release_lease_of: str | None = None) -> bool:
+        """Record an outcome kept while the database was away, unless the run was finished since
+        (a run marked lost meanwhile gets its true outcome). True when written."""
+        unfinished = (*ACTIVE_STATUSES, RunStatus.LOST.value)
+        with self.begin() as conn:
+            updated = conn.execute(
+                sa.update(runs)
+                .where(runs.c.id == run_id, runs.c.status.in_(unfinished))
+                .values(**end.columns())
+            ).rowcount
+            if release_lease_of:
+                Leases.drop(conn, release_lease_of, run_id)
+        return bool(updated)
+
+    def reap_lost(self: Store, stale_after_s: float, *, wait: bool = True) -> list[int]:
+        """Mark active runs lost whose supervisor is gone, once every process of the run is gone.
+
+        Where the supervisor's pid can be checked (this host, this boot, this PID namespace), a
+        dead pid decides at once, and what is left of the job (its cgroup, its process group) is
+        killed first: a run is never lost while its job still runs. Elsewhere a heartbeat older
+        than `stale_after` decides (the job process died with its supervisor: parent-death signal).
+        The candidates are found with a read; the write lock is taken only when there is one.
+        With wait=False (read-only commands) a busy database means: leave it to the next caller.
+        """
+        now = utcnow()
+        verdicts = self._lost_verdicts(now - timedelta(seconds=stale_after_s))
+        if not verdicts:
+            return []
+        lost = []
+        try:
+            with self.begin() if wait else self._begin_now() as conn:
+                for run_id, reason in verdicts:
+                    updated = conn.execute(
+                        sa.update(runs)
+                        .where(runs.c.id == run_id, runs.c.status.in_(ACTIVE_STATUSES))
+                        .values(status=RunStatus.LOST.value, ended_at=now, error=reason)
+                    ).rowcount
+                    if updated:
+                        lost.append(run_id)
+                        Leases.drop_all_of(conn, run_id)
+        except WouldWait:
+            return []
+        return lost
+
+    def _lost_verdicts(self: Store, stale_before: datetime) -> list[tuple[int, str]]:
+        """(run id, why it is lost) of each active run whose supervisor is gone; a run on this
+        host has its leftover processes killed first, and is not lost while they live."""
+        from runner.containment import kill_processes
+
+        with self.read() as conn:
+            active = conn.execute(
+                sa.select(
+                    runs.c.id,
+                    runs.c.host,
+                    runs.c.pid,
+                    runs.c.pidns,
+                    runs.c.heartbeat_at,
+                    runs.c.job_pid,
+                    runs.c.cgroup,
+                ).where(runs.c.status.in_(ACTIVE_STATUSES))
+            ).all()
+        verdicts = []
+        for run_id, host, pid, pidns, heartbeat_at, job_pid, cgroup in active:
+            if host == HOSTNAME and pidns == PIDNS:
+                if pid_alive(pid):
+                    continue
+                reason = f"supervisor (pid {pid} on {host}) is gone"
+                if not kill_processes(Path(cgroup) if cgroup else None, job_pid):
+                    continue  # its processes do not die (yet): not lost while they live
+            elif heartbeat_at is not None and heartbeat_at < stale_before:
+                reason = f"supervisor stopped reporting (last heartbeat {heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)"
+            else:
+                continue
+            verdicts.append((run_id, reason))
+        return verdicts
+
+
+def _insert_run(
+    conn: sa.Connection, values: dict[str, Any], lease_ttl_s: float | None, now: datetime
+) -> tuple[int, RunRecord | None]:
+    """Claim's transaction: the row, then (if asked) the lease; a held lease queues the row."""
+    run_id = conn.execute(_INSERT_RUN, values).scalar_one()
+    # A first attempt is its own first run: one query groups a fire's attempts.
+    update: dict[str, Any] = {"first_run_id": values["first_run_id"] or run_id}
+    holder = None
+    if lease_ttl_s is not None:
+        holder = Leases.take(conn, values["job"], run_id, lease_ttl_s, now)
+        if holder is not None:
+            update.update(status=RunStatus.QUEUED.value, started_at=None)
+    conn.execute(_UPDATE_RUN, {"b_run_id": run_id, **update})
+    return run_id, holder
