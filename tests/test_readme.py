@@ -38,7 +38,13 @@ SHOWN_ROOT = "/home/you/app"
 # Each error message the README shows, and how to make it happen: (INI text, runner arguments).
 ERROR_EXAMPLES = {
     "[job:x] timeout = 'ten'": ("[job:x]\ntimeout = ten\n", ["check"]),
+    "[job:x] url = 'ftp://files.example.com/orders.json'": (
+        "[job:x]\nuses = jobs.poll_api:poll_api\nurl = ftp://files.example.com/orders.json\n",
+        ["check"],
+    ),
 }
+# The environment variables the README's INI examples name (${env:...}), as a user would export them.
+README_ENV = {"ORDERS_API_TOKEN": "readme-example-token"}
 
 
 @dataclass(frozen=True)
@@ -115,6 +121,7 @@ class Copy:
         env = {k: v for k, v in os.environ.items() if k not in ("RUNNER_CONFIG", "PYTHONPATH")}
         env["PATH"] = f"{RUNNER_BIN.parent}{os.pathsep}{env.get('PATH', '')}"
         env["PYTHONPATH"] = str(self.root)
+        env.update(README_ENV)
         return env
 
     def bash(self, script: str, *check: str) -> subprocess.CompletedProcess[str]:
