@@ -129,6 +129,7 @@ def install_seed(project: Project, seed: Seed, quarantine_as: str = "table") -> 
     """The runs into the history; images, polled items and quarantined files (rows of
     ingest_images' `quarantined` table, or NAME.reason.txt files in a folder) into the job data."""
     from jobs.ingest_images import images as images_table
+    from jobs.ingest_images import quarantined as quarantined_table
     from runner.models import runs
 
     assert project.runner("db", "upgrade").returncode == 0
@@ -149,15 +150,10 @@ def install_seed(project: Project, seed: Seed, quarantine_as: str = "table") -> 
         sa.Column("last_seen", sa.DateTime, nullable=False),
         sa.Column("changed_at", sa.DateTime, nullable=False),  # poll_api: first_seen until it changes
     )
-    quarantined = sa.Table(  # the columns of ingest_images' table that the report reads
-        "quarantined",
-        item_columns,
-        sa.Column("id", sa.Integer, primary_key=True),
-        sa.Column("reason", sa.Text, nullable=False),
-        sa.Column("quarantined_at", sa.DateTime, nullable=False),
-    )
-    images_table.metadata.create_all(data)
-    item_columns.create_all(data, tables=[items] + ([quarantined] if quarantine_as == "table" else []))
+    images_table.metadata.create_all(data, tables=[images_table])
+    item_columns.create_all(data, tables=[items])
+    if quarantine_as == "table":  # ingest_images' own table (it has one since its tables' version 3)
+        quarantined_table.create(data)
     naive = {"ingested_at", "first_seen", "last_seen", "changed_at"}
 
     def plain(row: dict[str, Any]) -> dict[str, Any]:
@@ -191,8 +187,18 @@ def install_seed(project: Project, seed: Seed, quarantine_as: str = "table") -> 
         )
         conn.execute(sa.insert(items), [plain(row) for row in seed.items])
         if quarantine_as == "table":
-            rows = [{"reason": r, "quarantined_at": when.replace(tzinfo=None)} for r, when in seed.reasons]
-            conn.execute(sa.insert(quarantined), rows)
+            rows = [
+                {
+                    "source_path": f"/in/bad{number}",
+                    "quarantine_path": f"/quarantine/bad{number}",
+                    "reason": reason,
+                    "job": "ingest_images",
+                    "run_id": 1,
+                    "quarantined_at": when.replace(tzinfo=None),
+                }
+                for number, (reason, when) in enumerate(seed.reasons)
+            ]
+            conn.execute(sa.insert(quarantined_table), rows)
     data.dispose()
     if quarantine_as != "folder":
         return
