@@ -76,19 +76,76 @@ class ReportError(Exception):
     """A report that cannot be made or sent; its message is the run's one-line error."""
 
 
+class IsoWeek(str):
+    """An ISO week like 2026-W47 (checked when the INI or `-p` is read: a bad one is exit 2)."""
+
+    __slots__ = ()
+
+    def __new__(cls, text: str) -> IsoWeek:
+        found = re.fullmatch(r"(\d{4})-W(\d{2})", str(text).strip())
+        try:
+            date.fromisocalendar(int(found[1]), int(found[2]), 1) if found else None
+        except ValueError:
+            found = None
+        if found is None:
+            raise ValueError("an ISO week like 2026-W47")
+        return super().__new__(cls, str(text).strip())
+
+
+class Month(str):
+    """A calendar month like 2026-11."""
+
+    __slots__ = ()
+
+    def __new__(cls, text: str) -> Month:
+        found = re.fullmatch(r"(\d{4})-(\d{2})", str(text).strip())
+        if not found or not 1 <= int(found[2]) <= 12:
+            raise ValueError("a month like 2026-11")
+        return super().__new__(cls, str(text).strip())
+
+
+class _Choice(str):
+    __slots__ = ()
+    CHOICES: tuple[str, ...] = ()
+
+    def __new__(cls, text: str) -> _Choice:
+        value = str(text).strip().lower()
+        if value not in cls.CHOICES:
+            raise ValueError("one of " + ", ".join(cls.CHOICES))
+        return super().__new__(cls, value)
+
+
+class PeriodKind(_Choice):
+    """week or month."""
+
+    __slots__ = ()
+    CHOICES = ("week", "month")
+
+
+class SmtpSecurity(_Choice):
+    """starttls, ssl or none."""
+
+    __slots__ = ()
+    CHOICES = ("starttls", "ssl", "none")
+
+
+DEFAULT_PERIOD = PeriodKind("week")
+DEFAULT_SECURITY = SmtpSecurity("starttls")
+
+
 @job(timeout="15m")
 def weekly_report(
     ctx: JobContext,
     reports: Path = Path("reports"),
-    period: str = "week",
-    week: str | None = None,
-    month: str | None = None,
+    period: PeriodKind = DEFAULT_PERIOD,
+    week: IsoWeek | None = None,
+    month: Month | None = None,
     quarantine: Path | None = None,
     dry_run: bool = False,
     resend: bool = False,
     smtp_host: str | None = None,
     smtp_port: int = 0,
-    smtp_security: str = "starttls",
+    smtp_security: SmtpSecurity = DEFAULT_SECURITY,
     smtp_user: str | None = None,
     smtp_password: str | None = None,
     smtp_cafile: Path | None = None,

@@ -28,8 +28,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
-
-from tests.conftest import Project
+from conftest import Project, assert_one_line_error
 
 TIMEZONE = "Europe/Berlin"
 WEEK = "2026-W43"  # 19-25 October 2026: Berlin leaves summer time on the Sunday
@@ -504,12 +503,21 @@ def test_missing_job_tables_leave_their_sections_out(project: Project) -> None:
     assert "images" not in page.tables and "polling" not in page.tables
 
 
-def test_a_bad_period_is_one_clear_line(project: Project) -> None:
+@pytest.mark.parametrize(
+    ("given", "expected"),
+    [
+        ("week=2026-W54", "-p week = '2026-W54': expected IsoWeek: an ISO week like 2026-W47"),
+        ("month=2026-13", "-p month = '2026-13': expected Month: a month like 2026-11"),
+        ("period=year", "-p period = 'year': expected PeriodKind: one of week, month"),
+        ("smtp_security=tls", "-p smtp_security = 'tls': expected SmtpSecurity: one of starttls, ssl, none"),
+    ],
+)
+def test_a_bad_period_is_one_clear_line_and_exit_2(project: Project, given: str, expected: str) -> None:
+    """Bad input: one line, exit 2, before anything runs (no run row is written)."""
     configure(project)
-    done = project.runner("run", "weekly_report", "-p", "week=2026-W54")
-    assert done.returncode == 1, done
-    assert "week = '2026-W54': expected an ISO week like 2026-W47" in done.stderr
-    assert "Traceback" not in done.stderr
+    done = project.runner("run", "weekly_report", "-p", given)
+    assert_one_line_error(done, expected)
+    assert project.history("weekly_report") == []
 
 
 def test_loading_the_job_module_imports_no_heavy_library() -> None:
