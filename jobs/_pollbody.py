@@ -37,8 +37,36 @@ def field_getter(path: str) -> Callable[[Any], Any] | None:
     return lambda item: dig(item, path)
 
 
-# The item's JSON text with sorted keys: what is hashed, and what is stored as it is.
-canonical = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+def _not_json(value: Any) -> Any:
+    raise TypeError(f"{type(value).__name__} is not JSON")
+
+
+def _canonical_encoder() -> Callable[[Any], str]:
+    """The item's JSON text with sorted keys: what is hashed, and what is stored as it is.
+
+    The same text as `json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    .encode`, from one C encoder made once (`encode` builds a new one per call: a third of the
+    time per item). Without the C accelerator, that plain `encode`."""
+    from json import encoder
+
+    plain = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+    if encoder.c_make_encoder is None:
+        return plain
+    # markers (no circular check: parsed JSON has no cycles), default, string encoder, indent,
+    # key separator, item separator, sort_keys, skipkeys, allow_nan (as the plain encoder)
+    make = encoder.c_make_encoder(
+        None, _not_json, encoder.encode_basestring, None, ":", ",", True, False, True
+    )
+
+    def canonical(value: Any) -> str:
+        if type(value) is str:  # a bare string item: what encode() does for it
+            return plain(value)
+        return "".join(make(value, 0))
+
+    return canonical
+
+
+canonical = _canonical_encoder()
 
 
 def order_key(value: Any) -> tuple[int, float | str]:

@@ -414,6 +414,7 @@ class Poll:
         top, top_key, last_key = None, None, self.last_key
         id_of, updated_of = field_getter(s["id_field"]), field_getter(s["updated_field"])
         sha256 = hashlib.sha256
+        known_keys: dict[str, tuple] = {}
         for index, item in enumerate(found):
             try:
                 item_id = id_of(item)
@@ -431,7 +432,11 @@ class Poll:
             if updated_of is not None:
                 try:
                     updated = updated_of(item)
-                    key = order_key(updated)
+                    key = known_keys.get(updated) if type(updated) is str else None
+                    if key is None:  # items stamped to the second share their times: parse each once
+                        key = order_key(updated)
+                        if type(updated) is str:
+                            known_keys[updated] = key
                 except (LookupError, TypeError):
                     raise PollError(
                         f"{where}: item {index} has no usable {s['updated_field']!r}; expected an ISO 8601 "
