@@ -1,6 +1,7 @@
 """Shared fixtures: a real run-history database (a SQLite file, or a fresh schema on the real
-PostgreSQL named by RUNNER_TEST_DATABASE_URL, or else on the server at 127.0.0.1:5432), a project folder with its own INI file, and helpers
-that drive the installed `runner` console script the way a user would."""
+PostgreSQL named by RUNNER_TEST_DATABASE_URL, or else on the server at 127.0.0.1:5432), a project
+folder with its own INI file, and helpers that drive the installed `runner` console script the way
+a user would."""
 
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ T = TypeVar("T")
 
 LOCAL_POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 _local_database: list[str] = []  # the database this session made on the local server, if any
+_no_local_server: list[str] = []  # why there is none (asked once per session, not once per test)
 
 
 def _postgres_admin_url() -> str:
@@ -55,6 +57,8 @@ def _postgres_admin_url() -> str:
 
 
 def _make_local_database() -> str:
+    if _no_local_server:
+        pytest.skip(_no_local_server[0])
     name = f"runner_test_{os.getpid()}_{int(time.time())}"
     try:
         server = sa.create_engine(
@@ -63,10 +67,11 @@ def _make_local_database() -> str:
         with server.connect() as conn:
             conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
     except Exception as exc:  # no server, no driver, no permission: the variant cannot run here
-        pytest.skip(
+        _no_local_server.append(
             f"PostgreSQL variant: no server answered as postgres@127.0.0.1:5432 ({type(exc).__name__}); "
             f"start one with trust auth for local TCP, or set {PG_URL_ENV} to a database you may use"
         )
+        pytest.skip(_no_local_server[0])
     url = LOCAL_POSTGRES.rsplit("/", 1)[0] + f"/{name}"
     _local_database.append(url)
 
