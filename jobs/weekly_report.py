@@ -82,14 +82,18 @@ class IsoWeek(str):
     __slots__ = ()
 
     def __new__(cls, text: str) -> IsoWeek:
-        found = re.fullmatch(r"(\d{4})-W(\d{2})", str(text).strip())
+        value = super().__new__(cls, str(text).strip())
+        value.first_day  # noqa: B018  (raises ValueError when it is no ISO week)
+        return value
+
+    @property
+    def first_day(self) -> date:
+        """The week's Monday."""
+        found = re.fullmatch(r"(\d{4})-W(\d{2})", self)
         try:
-            date.fromisocalendar(int(found[1]), int(found[2]), 1) if found else None
-        except ValueError:
-            found = None
-        if found is None:
-            raise ValueError("an ISO week like 2026-W47")
-        return super().__new__(cls, str(text).strip())
+            return date.fromisocalendar(int(found[1]), int(found[2]), 1)  # type: ignore[index]
+        except (TypeError, ValueError):
+            raise ValueError("an ISO week like 2026-W47") from None
 
 
 class Month(str):
@@ -98,10 +102,16 @@ class Month(str):
     __slots__ = ()
 
     def __new__(cls, text: str) -> Month:
-        found = re.fullmatch(r"(\d{4})-(\d{2})", str(text).strip())
+        value = super().__new__(cls, str(text).strip())
+        value.first_day  # noqa: B018  (raises ValueError when it is no month)
+        return value
+
+    @property
+    def first_day(self) -> date:
+        found = re.fullmatch(r"(\d{4})-(\d{2})", self)
         if not found or not 1 <= int(found[2]) <= 12:
             raise ValueError("a month like 2026-11")
-        return super().__new__(cls, str(text).strip())
+        return date(int(found[1]), int(found[2]), 1)
 
 
 class _Choice(str):
@@ -257,20 +267,14 @@ def resolve_period(period: str, week: str | None, month: str | None, timezone: s
     zone = ZoneInfo(timezone)
     if week and month:
         raise ReportError("give week or month, not both")
-    if week:
-        found = re.fullmatch(r"(\d{4})-W(\d{2})", week.strip())
-        try:
-            first = date.fromisocalendar(int(found[1]), int(found[2]), 1) if found else None
-        except ValueError:
-            first = None
-        if first is None:
-            raise ReportError(f"week = {week!r}: expected an ISO week like 2026-W47")
-        return _week(first, zone, timezone, with_previous=True)
-    if month:
-        found = re.fullmatch(r"(\d{4})-(\d{2})", month.strip())
-        if not found or not 1 <= int(found[2]) <= 12:
-            raise ReportError(f"month = {month!r}: expected a month like 2026-11")
-        return _month(date(int(found[1]), int(found[2]), 1), zone, timezone, with_previous=True)
+    try:  # the job's own parameters arrive checked; other callers (bench/report.py) pass text
+        if week:
+            return _week(IsoWeek(week).first_day, zone, timezone, with_previous=True)
+        if month:
+            return _month(Month(month).first_day, zone, timezone, with_previous=True)
+    except ValueError as exc:
+        name, value = ("week", week) if week else ("month", month)
+        raise ReportError(f"{name} = {value!r}: expected {exc}") from None
     today = now.astimezone(zone).date()
     kind = period.strip().lower()
     if kind == "week":
