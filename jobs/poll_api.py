@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects.postgresql import JSONB
 
 from jobs._pollbody import canonical, dig, earlier, field_getter, order_key, reject_constant, snippet
 from jobs._pollparams import (
@@ -43,8 +42,25 @@ from runner import JobContext, JobTables, job, main
 STORE_BATCH_ITEMS = 5000  # pages are written together up to this many items,
 STORE_BATCH_PAGES = 50  # ... this many pages,
 STORE_BATCH_S = 2.0  # ... or this long after the first of them was read
+READ_AHEAD_PAGES = 8  # pages read and checked before the consumer stored the ones before them
 SQL_IDS_PER_STATEMENT = 5000  # ids in one IN (...): SQLite allows 32766 parameters
 STATE_PREFIX = "poll:"  # ctx.state key of a source: watermark and the first page's validators
+
+
+class Json(sa.types.TypeDecorator):
+    """JSON text on SQLite, JSONB on PostgreSQL; the PostgreSQL dialect is imported only there (it
+    would cost every `runner run` of this job, on SQLite too, a fifth of SQLAlchemy's import)."""
+
+    impl = sa.JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: sa.Dialect) -> sa.types.TypeEngine:
+        if dialect.name == "postgresql":
+            from sqlalchemy.dialects.postgresql import JSONB
+
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(sa.JSON())
+
 
 metadata = sa.MetaData()
 
@@ -54,7 +70,7 @@ poll_items = sa.Table(
     sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True, autoincrement=True),
     sa.Column("source", sa.String(200), nullable=False),  # the job's name unless `source` is set
     sa.Column("item_id", sa.Text, nullable=False),  # id_field's value, as text
-    sa.Column("payload", sa.JSON().with_variant(JSONB(), "postgresql"), nullable=False),
+    sa.Column("payload", Json(), nullable=False),
     sa.Column("content_hash", sa.String(64), nullable=False),  # SHA-256 of the canonical JSON
     sa.Column("updated", sa.Text, nullable=True),  # updated_field's value as the API sent it
     sa.Column("first_seen", sa.DateTime, nullable=False),  # UTC: stored new
@@ -213,43 +229,80 @@ class Poll:
 
     # -- fetching
     def pages(self) -> Iterator[Page]:
-        """Each page, checked. The next page is fetched while the consumer stores this one (one
-        request in flight at a time): its answer is waited for only once this page is stored."""
-        from concurrent.futures import ThreadPoolExecutor
+        """Each page, checked, in order. A reader thread fetches, parses and checks the pages (one
+        request in flight at a time, up to READ_AHEAD_PAGES ahead) while the consumer stores the
+        ones before: the database's work, which releases the GIL, overlaps the reading. An error
+        of the reader is raised here, after the pages it read before it."""
+        import queue
+        import threading
 
+        ready: queue.Queue = queue.Queue(maxsize=READ_AHEAD_PAGES)
+        stop = threading.Event()
+
+        def hand_over(kind: str, value: Any) -> bool:
+            while not stop.is_set():
+                try:
+                    ready.put((kind, value), timeout=0.2)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        def read() -> None:
+            try:
+                for page in self._read_pages(stop):
+                    if not hand_over("page", page):
+                        return
+                hand_over("end", None)
+            except BaseException as exc:  # raised again in the consumer, after the pages before it
+                hand_over("error", exc)
+
+        reader = threading.Thread(target=read, name="poll-read", daemon=True)
+        reader.start()
+        try:
+            while True:
+                kind, value = ready.get()
+                if kind == "page":
+                    yield value
+                elif kind == "end":
+                    return
+                else:
+                    raise value
+        finally:
+            stop.set()
+
+    def _read_pages(self, stop: Any) -> Iterator[Page]:
+        """Fetch and check page after page until the last one, `max_pages` or `stop`."""
         s = self.s
         style, url = s["pagination"], s["url"]
         position = s["first_page"] if style == "page" else 0
         seen: set[str] = set()
-        fetcher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poll-fetch")
-        try:
-            pending = fetcher.submit(self._get, *self._request(1, url, position))
-            for number in range(1, s["max_pages"] + 1):
-                response, data = pending.result()
-                if response is None:
-                    self.not_modified = self.complete = True
-                    return
-                page = self._page(number, response.url, data)
-                url, position = self._next(style, url, response, data, position, len(page.rows))
-                if not page.rows or url is None:
-                    yield page
-                    break
-                signature = f"{url} {position}"
-                if signature in seen:
-                    raise PollError(
-                        f"{self._where(url)}: the API sent the same next page twice (a pagination loop); "
-                        "expected a new page"
-                    )
-                seen.add(signature)
-                if number < s["max_pages"]:
-                    pending = fetcher.submit(self._get, *self._request(number + 1, url, position))
-                yield page
-            else:
-                self.ctx.log.info("stopped after max_pages = %d; the next run goes on", s["max_pages"])
+        request = self._request(1, url, position)
+        for number in range(1, s["max_pages"] + 1):
+            if stop.is_set():
                 return
-            self.complete = True
-        finally:
-            fetcher.shutdown(wait=False, cancel_futures=True)
+            response, data = self._get(*request)
+            if response is None:
+                self.not_modified = self.complete = True
+                return
+            page = self._page(number, response.url, data)
+            url, position = self._next(style, url, response, data, position, len(page.rows))
+            if not page.rows or url is None:
+                yield page
+                break
+            signature = f"{url} {position}"
+            if signature in seen:
+                raise PollError(
+                    f"{self._where(url)}: the API sent the same next page twice (a pagination loop); "
+                    "expected a new page"
+                )
+            seen.add(signature)
+            request = self._request(number + 1, url, position)
+            yield page
+        else:
+            self.ctx.log.info("stopped after max_pages = %d; the next run goes on", s["max_pages"])
+            return
+        self.complete = True
 
     def _request(self, number: int, url: str, position: Any) -> tuple[str, list, dict, dict]:
         """The arguments of `_get` for page `number`."""

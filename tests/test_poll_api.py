@@ -248,6 +248,23 @@ def test_each_pagination_style_reads_every_item_once_then_only_newer(
     assert fourth["not_modified"] and fourth["pages"] == 0 and fourth["new"] == 0, fourth
     assert len(api.served) == served_before_fourth + 1
     assert stored(project) == rows
+    if project.database_url.startswith("postgresql"):
+        assert payload_type(project) == "jsonb"
+
+
+def payload_type(project: Project) -> str:
+    """The SQL type PostgreSQL gave poll_items.payload."""
+    engine = sa.create_engine(project.data_url)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(
+                sa.text(
+                    "SELECT data_type FROM information_schema.columns WHERE table_schema = current_schema() "
+                    "AND table_name = 'poll_items' AND column_name = 'payload'"
+                )
+            ).scalar_one()
+    finally:
+        engine.dispose()
 
 
 def test_no_pagination_and_an_item_list_as_the_whole_body(sqlite_project: Project, api: FakeApi) -> None:
@@ -572,8 +589,11 @@ def test_the_secret_is_masked_in_show_help_and_history(sqlite_project: Project, 
     assert "--auth-secret" in helped.stdout and "--request-timeout" in helped.stdout
 
 
-def test_importing_the_job_module_skips_requests() -> None:
-    probe = "import sys, jobs.poll_api; print(sorted({'requests', 'urllib3'} & set(sys.modules)))"
+def test_importing_the_job_module_skips_requests_and_the_postgresql_dialect() -> None:
+    probe = (
+        "import sys, jobs.poll_api; "
+        "print(sorted({'requests', 'urllib3', 'sqlalchemy.dialects.postgresql'} & set(sys.modules)))"
+    )
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
