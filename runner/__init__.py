@@ -13,9 +13,21 @@ from __future__ import annotations
 from runner.context import Fire, JobContext, JobState
 from runner.jobapi import job
 from runner.jobtables import JobTables
+from runner.mail import MailError, SmtpServer, send_mail
 from runner.version import __version__
 
-__all__ = ["Fire", "JobContext", "JobState", "JobTables", "__version__", "job", "main"]
+__all__ = [
+    "Fire",
+    "JobContext",
+    "JobState",
+    "JobTables",
+    "MailError",
+    "SmtpServer",
+    "__version__",
+    "job",
+    "main",
+    "send_mail",
+]
 
 
 def main(argv: list[str] | None = None) -> None:
