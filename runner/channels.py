@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
 CHANNEL_TYPES = ("email", "webhook")
 WEBHOOK_FORMATS = ("json", "slack")
+WEBHOOK_KEYS = ("url", "format")  # every other key of NOTIFY_KEYS but `type` is an email key
 DEFAULT_NOTIFY_EVERY_S = 3600.0  # failures of one job within this send one notification
 DEFAULT_NOTIFY_TIMEOUT_S = 10.0  # one delivery (SMTP conversation, webhook POST) at most
 DEFAULT_PING_TIMEOUT_S = 5.0  # one dead-man ping at most: a down monitor never holds a job longer
@@ -183,16 +184,10 @@ def read_channel(name: str, reader: SectionReader) -> Channel:
     kind = reader.choice("type", CHANNEL_TYPES, None)
     if kind is None:
         raise reader.error("type", "missing; expected type = email or type = webhook")
-    only = (
-        ("url", "format")
-        if kind == "email"
-        else tuple(k for k in NOTIFY_KEYS if k not in ("type", "url", "format"))
-    )
-    for key in only:
-        if key in reader:
-            raise reader.error(
-                key, f"only means something in a {'webhook' if kind == 'email' else 'email'} section"
-            )
+    other = "email" if kind == "webhook" else "webhook"
+    for key in reader.values:
+        if key != "type" and (key in WEBHOOK_KEYS) != (kind == "webhook"):
+            raise reader.error(key, f"only means something in a {other} section (type = {other})")
     if kind == "webhook":
         return WebhookChannel(
             name,
@@ -202,7 +197,7 @@ def read_channel(name: str, reader: SectionReader) -> Channel:
     host = reader.text("smtp_host")
     if not host:
         raise reader.error("smtp_host", "missing: an email channel needs its mail server (smtp_host = HOST)")
-    to = tuple(a for a in _NAMES.split(reader.text("to", "") or "") if a)
+    to = tuple(a.strip() for a in (reader.text("to") or "").split(",") if a.strip())
     if not to:
         raise reader.error("to", "missing: an email channel needs recipients (to = ops@example.com)")
     cafile = reader.text("smtp_cafile")
