@@ -13,7 +13,6 @@ from __future__ import annotations
 from runner.context import Fire, JobContext, JobState
 from runner.jobapi import job
 from runner.jobtables import JobTables
-from runner.mail import MailError, SmtpServer, send_mail
 from runner.version import __version__
 
 __all__ = [
@@ -28,6 +27,15 @@ __all__ = [
     "main",
     "send_mail",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """The mail helpers (`send_mail`, `SmtpServer`, `MailError`), imported when a job asks for them."""
+    if name in ("MailError", "SmtpServer", "send_mail"):
+        from runner import mail
+
+        return getattr(mail, name)
+    raise AttributeError(f"module 'runner' has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> None:

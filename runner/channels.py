@@ -37,13 +37,6 @@ NOTIFY_KEYS = {
     "url": "webhook: the http(s) URL the JSON is POSTed to (put a token in ${env:NAME})",
     "format": 'webhook: json (every field) or slack (a {"text": ...} payload chat webhooks take)',
 }
-ALERT_KEYS = {
-    "notify": "[notify:NAME] sections told of failures, recoveries and missed fires (none: nobody)",
-    "notify_every": "at most one failure notification per channel within this (0 = every failure)",
-    "notify_timeout": "longest one notification may take to deliver",
-    "ping_timeout": "longest one dead-man ping may take",
-}
-JOB_ALERT_KEYS = {**ALERT_KEYS, "ping_url": "dead-man URL: pinged URL/start, then URL or URL/fail"}
 _NAMES = re.compile(r"[\s,]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 

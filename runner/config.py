@@ -12,15 +12,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, TypeVar
 
-from runner.channels import (
-    ALERT_KEYS,
-    JOB_ALERT_KEYS,
-    Alerts,
-    Channel,
-    UnusableChannel,
-    read_alerts,
-    read_channel,
-)
 from runner.durations import DurationTooLong, format_duration, parse_duration
 from runner.errors import ConfigError
 from runner.ini import JOB_PREFIX, NOTIFY_PREFIX, read_sections
@@ -42,6 +33,7 @@ from runner.settings import (
 )
 
 if TYPE_CHECKING:
+    from runner.channels import Alerts, Channel
     from runner.triggers import Schedule
 
 __all__ = [
@@ -57,6 +49,14 @@ __all__ = [
     "system_timezone",
 ]
 
+# Alert keys (runner.channels reads them; it is imported only by a config that sets one).
+ALERT_KEYS = {
+    "notify": "[notify:NAME] sections told of failures, recoveries and missed fires (none: nobody)",
+    "notify_every": "at most one failure notification per channel within this (0 = every failure)",
+    "notify_timeout": "longest one notification may take to deliver",
+    "ping_timeout": "longest one dead-man ping may take",
+}
+JOB_ALERT_KEYS = {**ALERT_KEYS, "ping_url": "dead-man URL: pinged URL/start, then URL or URL/fail"}
 DEFAULT_CONFIG = Path("config/runner.ini")
 CONFIG_ENV = "RUNNER_CONFIG"
 RUNNER_KEYS = {
@@ -216,17 +216,34 @@ def _channels(
     path: Path, sections: Mapping[str, Mapping[str, str]], unusable: dict[str, str]
 ) -> dict[str, Channel]:
     """The [notify:NAME] sections; one whose ${env:NAME} is unset here fails its deliveries."""
+    names = [s for s in (*sections, *unusable) if s.startswith(NOTIFY_PREFIX)]
+    if not names:
+        return {}
+    from runner.channels import UnusableChannel, read_channel  # not paid by a config without any
+
     channels: dict[str, Channel] = {}
-    for section in sections:
-        if section.startswith(NOTIFY_PREFIX):
-            name = section[len(NOTIFY_PREFIX) :].strip()
-            if problem := job_name_problem(name):
-                raise ConfigError(problem.replace("job names", "notify names"), path=path, section=section)
+    for section in names:
+        name = section[len(NOTIFY_PREFIX) :].strip()
+        if problem := job_name_problem(name):
+            raise ConfigError(problem.replace("job names", "notify names"), path=path, section=section)
+        if section in unusable:
+            channels[name] = UnusableChannel(name, unusable.pop(section))
+        else:
             channels[name] = read_channel(name, SectionReader(path, section, sections[section]))
-    for key in [k for k in unusable if k.startswith(NOTIFY_PREFIX)]:
-        name = key[len(NOTIFY_PREFIX) :].strip()
-        channels[name] = UnusableChannel(name, unusable.pop(key))
     return channels
+
+
+def _alerts(
+    reader: SectionReader, channels: Mapping[str, Channel], defaults: Alerts | None, *, job: bool
+) -> Alerts | None:
+    """The alert keys of [runner] (`job` False: the defaults) or of a job section over them; None
+    when nothing is set (runner.channels is then never imported)."""
+    if defaults is None and not any(key in reader for key in (JOB_ALERT_KEYS if job else ALERT_KEYS)):
+        return None
+    from runner.channels import Alerts, read_alerts
+
+    alerts = read_alerts(reader, channels, defaults or Alerts(), job=job)
+    return alerts if alerts.active or not job else None
 
 
 def job_name_problem(name: str) -> str | None:
@@ -392,7 +409,7 @@ def _runner_settings(reader: SectionReader, channels: Mapping[str, Channel]) -> 
         contain=reader.choice("contain", CONTAIN_CHOICES, CONTAIN_CHOICES[0], blank=True),
         data_database=_absolute_sqlite_url(data, base) if (data := reader.text("data_database")) else None,
         max_log_bytes=reader.size("max_log_bytes", DEFAULT_MAX_LOG_BYTES),
-        alerts=read_alerts(reader, channels, Alerts(), job=False),
+        alerts=_alerts(reader, channels, None, job=False),
     )
 
 
@@ -443,9 +460,7 @@ def _job_settings(
         max_queue=reader.int("max_queue", DEFAULT_MAX_QUEUE, minimum=1, maximum=MAX_QUEUE),
         retry_backoff_s=reader.duration("retry_backoff"),
         max_log_bytes=reader.size("max_log_bytes", runner.max_log_bytes),
-        alerts=alerts
-        if (alerts := read_alerts(reader, channels, runner.alerts or Alerts(), job=True)).active
-        else None,
+        alerts=_alerts(reader, channels, runner.alerts, job=True),
     )
 
 

@@ -134,8 +134,8 @@ def test_a_run_without_ping_url_or_notify_imports_neither(sqlite_project: Projec
         f"    main(['--config', {str(project.config_path)!r}, 'run', 'flaky'])\n"
         "except SystemExit:\n"
         "    pass\n"
-        "print(json.dumps(sorted(m for m in ('runner.notify', 'runner.pings', 'urllib.request', 'smtplib')"
-        " if m in sys.modules)), file=sys.__stderr__)\n"
+        "new = ('runner.channels', 'runner.mail', 'runner.notify', 'runner.pings', 'urllib.request', 'smtplib')\n"
+        "print(json.dumps(sorted(m for m in new if m in sys.modules)), file=sys.__stderr__)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, env=project.env(), timeout=120
