@@ -127,16 +127,17 @@ class Settings:
     def printable(self) -> dict[str, dict[str, str]]:
         """Every resolved section with secrets replaced by ***."""
         return {
-            section: {
-                key: SECRET_MASK
-                if is_secret(key)
-                else mask_url_path(value)
-                if is_secret_url(section, key)
-                else mask_url_password(value)
-                for key, value in values.items()
-            }
+            section: {key: _printable(section, key, value) for key, value in values.items()}
             for section, values in self.sections.items()
         }
+
+
+def _printable(section: str, key: str, value: str) -> str:
+    if is_secret(key):
+        return SECRET_MASK
+    if is_secret_url(section, key):
+        return mask_url_path(value)
+    return mask_url_password(value)
 
 
 def is_secret(key: str) -> bool:

@@ -3,7 +3,7 @@ fires, watched folders and recent problems, read in one go (the CLI only formats
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -65,7 +65,7 @@ class StatusReport:
     missed: list[MissedFires]
     watching: list[WatchedJob]
     problems: list[RunRecord]
-    undelivered: list[dict[str, Any]]  # notifications and pings that failed (store.notices)
+    undelivered: list[dict[str, Any]] = field(default_factory=list)  # failed notices (store.notices)
 
     def heartbeat_age_s(self, daemon: dict[str, Any]) -> float:
         return (self.now - daemon["heartbeat_at"]).total_seconds()

@@ -286,3 +286,32 @@ def test_a_missed_fire_notifies_once_when_the_daemon_comes_back(
     assert len(missed) == 1, [r.json() for r in hooks.requests]
     assert missed[0]["job"] == "tick" and "while no scheduler ran" in missed[0]["error"]
     assert "outside catchup = 0 (never)" in missed[0]["text"]
+
+
+def test_runner_catchup_notifies_the_cron_fires_missed_while_the_machine_was_down(
+    sqlite_project: Project, hooks: Recorder
+) -> None:
+    project = sqlite_project
+    project.configure(
+        f"""
+        [notify:chat]
+        type = webhook
+        url = {hooks.url}/hook
+
+        [job:flaky]
+        uses = jobs_fixture.flaky:flaky
+        schedule = cron * * * * *
+        catchup = 1h
+        notify = chat
+        """,
+    )
+    first = project.runner("run", "flaky", "--from-cron", "--fire-at", "2020-01-01T00:00:00Z")
+    assert first.returncode == 0, first
+    assert hooks.requests == []
+    done = project.runner("catchup", "--json")  # the crontab's @reboot line
+    assert done.returncode == 0, done
+    assert [r.json()["event"] for r in hooks.requests] == ["missed"]
+    assert "earlier while no scheduler ran; running it late" in hooks.requests[0].json()["error"]
+
+    assert project.runner("catchup", "--json").json() == []  # nothing missed since: nothing told
+    assert len(hooks.requests) == 1
