@@ -29,7 +29,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from runner import JobContext, JobTables, job, main
+from runner import JobContext, JobTables, MailError, SmtpServer, job, main, send_mail
 
 STATUSES = ("succeeded", "failed", "timed_out", "killed", "lost", "skipped", "running", "queued")
 FAILURE_STATUSES = ("failed", "timed_out", "killed", "lost")
@@ -54,8 +54,6 @@ QUARANTINED_TABLE = "quarantined"  # reason, quarantined_at (naive UTC), one row
 POLL_TABLE = "poll_items"
 RECENT_FAILURES = 20  # failed runs listed with their error
 ERROR_CHARS = 500  # an error message is cut to this many characters in the report
-SMTP_TIMEOUT_S = 30
-SMTP_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
 CHART_CID = "chart"
 
 metadata = sa.MetaData()
@@ -189,9 +187,6 @@ def weekly_report(
     except ImportError as exc:
         raise ReportError(f"{exc.name} is not installed: pip install 'backend-runner[report]'") from None
     span = resolve_period(period, week, month, ctx.timezone, datetime.now(UTC))
-    security = smtp_security.strip().lower()
-    if security not in SMTP_PORTS:
-        raise ReportError(f"smtp_security = {smtp_security!r}: expected starttls, ssl or none")
     if smtp_host and not (to or cc):
         raise ReportError("smtp_host is set but there is nobody to send to: set to (and cc)")
     with ctx.history() as conn:
@@ -229,8 +224,14 @@ def weekly_report(
         summary["sent"] = False
         return summary
     message = build_message(report, written, sender=sender, to=to or [], cc=cc or [])
-    port = smtp_port or SMTP_PORTS[security]
-    send(message, smtp_host, port, security, (smtp_user, smtp_password), smtp_cafile)
+    server = SmtpServer(smtp_host, smtp_port, smtp_security, smtp_user, smtp_password, smtp_cafile)
+    try:
+        send_mail(message, server)
+    except MailError as exc:
+        raise ReportError(
+            f"could not send the report through {server.address} ({server.security}): {exc.cause}; "
+            "the files are written, run again to send (or fix smtp_host / smtp_port)"
+        ) from None
     values = {
         "recipients": ", ".join(recipients),
         "run_id": ctx.run_id,
@@ -778,40 +779,6 @@ def build_message(
     html_part = message.get_payload()[1]
     html_part.add_related(files["chart.png"], maintype="image", subtype="png", cid=f"<{CHART_CID}>")
     return message
-
-
-def send(
-    message: Any,
-    host: str,
-    port: int,
-    security: str,
-    login: tuple[str | None, str | None],
-    cafile: Path | None,
-) -> None:
-    """Hand the message to the mail server; any failure is one ReportError line."""
-    import smtplib
-    import ssl
-
-    where = f"{host}:{port}"
-    user, password = login
-    try:
-        context = ssl.create_default_context(cafile=str(cafile) if cafile else None)
-        if security == "ssl":
-            client: smtplib.SMTP = smtplib.SMTP_SSL(host, port, timeout=SMTP_TIMEOUT_S, context=context)
-        else:
-            client = smtplib.SMTP(host, port, timeout=SMTP_TIMEOUT_S)
-        with client:
-            if security == "starttls":
-                client.starttls(context=context)
-            if user:
-                client.login(user, password or "")
-            client.send_message(message)
-    except (OSError, smtplib.SMTPException) as exc:
-        cause = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
-        raise ReportError(
-            f"could not send the report through {where} ({security}): {cause}; "
-            "the files are written, run again to send (or fix smtp_host / smtp_port)"
-        ) from None
 
 
 HTML_TEMPLATE = """<!DOCTYPE html>

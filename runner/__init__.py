@@ -15,7 +15,27 @@ from runner.jobapi import job
 from runner.jobtables import JobTables
 from runner.version import __version__
 
-__all__ = ["Fire", "JobContext", "JobState", "JobTables", "__version__", "job", "main"]
+__all__ = [
+    "Fire",
+    "JobContext",
+    "JobState",
+    "JobTables",
+    "MailError",
+    "SmtpServer",
+    "__version__",
+    "job",
+    "main",
+    "send_mail",
+]
+
+
+def __getattr__(name: str) -> object:
+    """The mail helpers (`send_mail`, `SmtpServer`, `MailError`), imported when a job asks for them."""
+    if name in ("MailError", "SmtpServer", "send_mail"):
+        from runner import mail
+
+        return getattr(mail, name)
+    raise AttributeError(f"module 'runner' has no attribute {name!r}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, TypeVar
 
 from runner.durations import DurationTooLong, format_duration, parse_duration
 from runner.errors import ConfigError
-from runner.ini import JOB_PREFIX, read_sections
+from runner.ini import JOB_PREFIX, NOTIFY_PREFIX, read_sections
 from runner.settings import (
     CONTAIN_CHOICES,
     DEFAULT_CATCHUP_S,
@@ -33,6 +33,7 @@ from runner.settings import (
 )
 
 if TYPE_CHECKING:
+    from runner.channels import Alerts, Channel
     from runner.triggers import Schedule
 
 __all__ = [
@@ -48,6 +49,14 @@ __all__ = [
     "system_timezone",
 ]
 
+# Alert keys (runner.channels reads them; it is imported only by a config that sets one).
+ALERT_KEYS = {
+    "notify": "[notify:NAME] sections told of failures, recoveries and missed fires (none: nobody)",
+    "notify_every": "at most one failure notification per channel within this (0 = every failure)",
+    "notify_timeout": "longest one notification may take to deliver",
+    "ping_timeout": "longest one dead-man ping may take",
+}
+JOB_ALERT_KEYS = {**ALERT_KEYS, "ping_url": "dead-man URL: pinged URL/start, then URL or URL/fail"}
 DEFAULT_CONFIG = Path("config/runner.ini")
 CONFIG_ENV = "RUNNER_CONFIG"
 RUNNER_KEYS = {
@@ -67,6 +76,7 @@ RUNNER_KEYS = {
     "contain": "how every process a job starts is kept within reach: subreaper or cgroup",
     "data_database": "SQLAlchemy URL for the jobs' own tables and state (default: beside the history)",
     "max_log_bytes": "largest a run's log may grow: beyond it the head and the tail are kept (0 = no cap)",
+    **ALERT_KEYS,
 }
 JOB_KEYS = {
     "uses": "package.module:function that implements the job",
@@ -90,6 +100,7 @@ JOB_KEYS = {
     "watch_mode": "events (inotify) or polling (NFS/SMB shares, some containers)",
     "rescan": "how often the folders are listed in full, to catch anything events missed",
     "follow_symlinks": "hand out symlinks whose target is a regular file inside a watched folder (true/false)",
+    **JOB_ALERT_KEYS,
 }
 WATCH_KEYS = ("patterns", "ignore", "recursive", "settle", "batch", "watch_mode", "rescan", "follow_symlinks")
 # Bounds (documented in the README): a value outside them is a typo.
@@ -171,9 +182,12 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
     path = find_config(explicit)
     sections, unusable = read_sections(path)
     for name in sections:
-        if name != "runner" and not name.startswith(JOB_PREFIX):
-            raise ConfigError("unknown section; expected [runner] or [job:NAME]", path=path, section=name)
-    runner = _runner_settings(SectionReader(path, "runner", sections.get("runner", {})))
+        if name != "runner" and not name.startswith((JOB_PREFIX, NOTIFY_PREFIX)):
+            raise ConfigError(
+                "unknown section; expected [runner], [job:NAME] or [notify:NAME]", path=path, section=name
+            )
+    channels = _channels(path, sections, unusable)
+    runner = _runner_settings(SectionReader(path, "runner", sections.get("runner", {})), channels)
     jobs: dict[str, JobSettings] = {}
     for section, values in sections.items():
         if section.startswith(JOB_PREFIX):
@@ -186,11 +200,50 @@ def load_settings(explicit: str | os.PathLike[str] | None = None) -> Settings:
                     path=path,
                     section=section,
                 )
-            jobs[name] = _job_settings(name, SectionReader(path, section, values), runner)
+            jobs[name] = _job_settings(name, SectionReader(path, section, values), runner, channels)
     frozen = {k: MappingProxyType(dict(v)) for k, v in sections.items()}
     return Settings(
-        path, runner, MappingProxyType(jobs), MappingProxyType(frozen), MappingProxyType(unusable)
+        path,
+        runner,
+        MappingProxyType(jobs),
+        MappingProxyType(frozen),
+        MappingProxyType(unusable),
+        MappingProxyType(channels),
     )
+
+
+def _channels(
+    path: Path, sections: Mapping[str, Mapping[str, str]], unusable: dict[str, str]
+) -> dict[str, Channel]:
+    """The [notify:NAME] sections; one whose ${env:NAME} is unset here fails its deliveries."""
+    names = [s for s in (*sections, *unusable) if s.startswith(NOTIFY_PREFIX)]
+    if not names:
+        return {}
+    from runner.channels import UnusableChannel, read_channel  # not paid by a config without any
+
+    channels: dict[str, Channel] = {}
+    for section in names:
+        name = section[len(NOTIFY_PREFIX) :].strip()
+        if problem := job_name_problem(name):
+            raise ConfigError(problem.replace("job names", "notify names"), path=path, section=section)
+        if section in unusable:
+            channels[name] = UnusableChannel(name, unusable.pop(section))
+        else:
+            channels[name] = read_channel(name, SectionReader(path, section, sections[section]))
+    return channels
+
+
+def _alerts(
+    reader: SectionReader, channels: Mapping[str, Channel], defaults: Alerts | None, *, job: bool
+) -> Alerts | None:
+    """The alert keys of [runner] (`job` False: the defaults) or of a job section over them; None
+    when nothing is set (runner.channels is then never imported)."""
+    if defaults is None and not any(key in reader for key in (JOB_ALERT_KEYS if job else ALERT_KEYS)):
+        return None
+    from runner.channels import Alerts, read_alerts
+
+    alerts = read_alerts(reader, channels, defaults or Alerts(), job=job)
+    return alerts if alerts.active or not job else None
 
 
 def job_name_problem(name: str) -> str | None:
@@ -329,7 +382,7 @@ class SectionReader:
         return word in _TRUE
 
 
-def _runner_settings(reader: SectionReader) -> RunnerSettings:
+def _runner_settings(reader: SectionReader, channels: Mapping[str, Channel]) -> RunnerSettings:
     reader.refuse_unknown(RUNNER_KEYS)
     base = reader.path.parent
     var_dir = reader.folder("var_dir", (base / "var").resolve())
@@ -356,6 +409,7 @@ def _runner_settings(reader: SectionReader) -> RunnerSettings:
         contain=reader.choice("contain", CONTAIN_CHOICES, CONTAIN_CHOICES[0], blank=True),
         data_database=_absolute_sqlite_url(data, base) if (data := reader.text("data_database")) else None,
         max_log_bytes=reader.size("max_log_bytes", DEFAULT_MAX_LOG_BYTES),
+        alerts=_alerts(reader, channels, None, job=False),
     )
 
 
@@ -373,7 +427,9 @@ def _stale_after(reader: SectionReader, heartbeat: float) -> float:
     return stale_after
 
 
-def _job_settings(name: str, reader: SectionReader, runner: RunnerSettings) -> JobSettings:
+def _job_settings(
+    name: str, reader: SectionReader, runner: RunnerSettings, channels: Mapping[str, Channel]
+) -> JobSettings:
     overlap = reader.choice("overlap", Overlap, None, problem="unknown overlap policy; ")
     uses = reader.raw("uses")
     if uses is not None and not _USES.fullmatch(uses.strip()):
@@ -404,6 +460,7 @@ def _job_settings(name: str, reader: SectionReader, runner: RunnerSettings) -> J
         max_queue=reader.int("max_queue", DEFAULT_MAX_QUEUE, minimum=1, maximum=MAX_QUEUE),
         retry_backoff_s=reader.duration("retry_backoff"),
         max_log_bytes=reader.size("max_log_bytes", runner.max_log_bytes),
+        alerts=_alerts(reader, channels, runner.alerts, job=True),
     )
 
 

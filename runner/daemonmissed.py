@@ -45,6 +45,7 @@ class MissedFires:
         last = self.store.last_scheduled()
         since = known_since(self.config_path, self.store.daemons.last_beat())
         self.caught_up_to = now
+        missed: list[tuple[str, str]] = []
         for name in self._scheduled_names():
             planned = plan(
                 self.settings.jobs[name], last.get(name) or since, now, Trigger.SCHEDULE, self.started_at
@@ -53,12 +54,31 @@ class MissedFires:
                 continue
             if planned.downtime:
                 log.warning("job=%s %s", name, planned.downtime)
+                if self.settings.jobs[name].alerts is not None:
+                    missed.append((name, planned.downtime))
             for skip in planned.skipped:
                 self.store.record_skipped(
                     name, planned.fire.kind, [(skip.key, skip.at)], skip.reason, skip.error
                 )
             if planned.runnable:
                 self.dispatcher.submit(name, planned.fire, jitter_s=0.0)
+        if missed:
+            self._notify_missed(missed)
+
+    def _notify_missed(self, missed: list[tuple[str, str]]) -> None:
+        """Tell the jobs' notify channels, in a thread: a slow mail server must not hold the start."""
+        import threading
+
+        from runner.notify import notify_missed
+
+        def send() -> None:
+            for name, what in missed:
+                try:
+                    notify_missed(self.store, name, self.settings.jobs[name].alerts, what)
+                except Exception:
+                    log.exception("job=%s: notifying the missed fires failed", name)
+
+        threading.Thread(target=send, name="notify-missed", daemon=True).start()
 
     def _resume_retries(self) -> None:
         """Retries a stop cut short (they never started): each runs now if still within catchup."""

@@ -93,8 +93,14 @@ def build_spec(settings: Settings, name: str, func: Callable[..., Any]) -> JobSp
         )
     section = settings.job(name)
     try:
+        defaults = settings.runner.alerts
         spec = JobSpec.build(
-            name, func, section, base_dir=settings.path.parent, timezone=settings.runner.timezone
+            name,
+            func,
+            section,
+            base_dir=settings.path.parent,
+            timezone=settings.runner.timezone,
+            alerts=defaults if defaults is not None and defaults.active else None,
         )
     except ValueError as exc:  # a bad duration in the decorator
         raise ConfigError(f"@job default is not a duration: {exc}", path=spec_where(func)) from None

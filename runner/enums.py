@@ -49,3 +49,12 @@ class ClaimState(enum.StrEnum):
     PENDING = "pending"  # its run failed before finishing it: may be claimed again
     FAILED = "failed"  # failed MAX_FILE_ATTEMPTS times: left alone, reported
     VANISHED = "vanished"  # deleted after it was claimed, before a run could open it
+
+
+class NoticeEvent(enum.StrEnum):
+    """What a notice (notices.event) was about: a notification, or a dead-man ping that failed."""
+
+    FAILURE = "failure"  # a run ended failed, timed out or killed (after its retries)
+    RECOVERY = "recovery"  # the first success after a failure that was notified
+    MISSED = "missed"  # scheduled fires nobody ran while no scheduler was up
+    PING = "ping"  # a dead-man ping (start, success or fail) that did not arrive

@@ -88,6 +88,10 @@ def execute(
         # With ctx.files() the job acknowledged each file it finished; the rest go back.
         finished = outcome.status is RunStatus.SUCCEEDED and not outcome.acked_files_only
         store.files.settle(spec.name, fire.key, succeeded=finished, blame=outcome.file_in_progress)
+    if spec.alerts is not None:  # the run is recorded: its result ping and notifications
+        from runner.notify import after_run
+
+        after_run(plan, outcome)
     return outcome
 
 
@@ -131,6 +135,10 @@ def _run_attempts(attempt: Attempt, holder: RunRecord | None) -> Outcome:
     with StopSignals() as stops:
         if holder is not None:
             _wait_for_lease(attempt, holder, stops)
+        if spec.alerts is not None and spec.alerts.ping_url:  # once a run, before its first attempt
+            from runner.pings import ping_start
+
+            ping_start(plan, attempt.run_id)
         while True:
             outcome = _attempt(attempt, stops)
             if outcome.status is RunStatus.SUCCEEDED or outcome.stop_signal or attempt.final:

@@ -12,6 +12,7 @@ from pathlib import Path
 from runner.errors import ConfigError
 
 JOB_PREFIX = "job:"
+NOTIFY_PREFIX = "notify:"
 INLINE_COMMENT_PREFIXES = (";", "#")
 
 _REFERENCE = re.compile(r"\$\{([^}]*)\}")
@@ -34,7 +35,8 @@ def read_sections(path: Path) -> tuple[Sections, dict[str, str]]:
     """Parse the file at `path` and resolve its references.
 
     Returns (sections, {job name: why it is unusable}): a job section whose environment variable is
-    unset (a crontab line has a bare environment) leaves the other jobs working."""
+    unset (a crontab line has a bare environment) leaves the other jobs working. A `[notify:NAME]`
+    section in that case is left out of the sections and listed under its full section name."""
     parser = configparser.ConfigParser(
         interpolation=None, default_section="DEFAULT", inline_comment_prefixes=INLINE_COMMENT_PREFIXES
     )
@@ -114,6 +116,9 @@ def _interpolate(raw: Sections, path: Path) -> tuple[Sections, dict[str, str]]:
         try:
             resolved[section] = {k: resolve(section, k, 0) for k in keys}
         except _EnvMissing as exc:
+            if section.startswith(NOTIFY_PREFIX):  # its deliveries fail; the jobs still run
+                unusable[section] = str(exc)
+                continue
             if not section.startswith(JOB_PREFIX):
                 raise
             unusable[section[len(JOB_PREFIX) :].strip()] = str(exc)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 from runner.params import ParamSpec, read_params, summary_line
 
 if TYPE_CHECKING:
+    from runner.channels import Alerts
     from runner.settings import JobSettings
 
 JOB_ATTR = "__runner_job__"
@@ -91,6 +92,7 @@ class JobSpec:
     base_dir: Path | None = None
     max_log_bytes: int | None = None  # None: [runner] max_log_bytes
     timezone: str = "UTC"  # the section's timezone ([runner] timezone when it sets none)
+    alerts: Alerts | None = None  # notify targets and ping_url (runner.channels); None: neither
 
     @classmethod
     def build(
@@ -100,8 +102,10 @@ class JobSpec:
         settings: JobSettings | None = None,
         base_dir: Path | None = None,
         timezone: str = "UTC",
+        alerts: Alerts | None = None,
     ) -> JobSpec:
-        """Combine the decorator's defaults with the job's INI section (`JobSettings` or None)."""
+        """Combine the decorator's defaults with the job's INI section (`JobSettings` or None);
+        `alerts`: the [runner] notify defaults, for a job without a section."""
         from runner.durations import parse_duration
 
         defaults = job_defaults(func) or JobDefaults()
@@ -141,4 +145,5 @@ class JobSpec:
             base_dir=base_dir,
             max_log_bytes=getattr(settings, "max_log_bytes", None),
             timezone=settings.timezone if settings else timezone,
+            alerts=getattr(settings, "alerts", None) if settings else alerts,
         )

@@ -12,7 +12,7 @@ from runner.enums import RunStatus as RunStatus
 from runner.enums import SkipReason as SkipReason
 from runner.enums import Trigger as Trigger
 
-SCHEMA_REVISION = "0008"  # the newest Alembic revision; tests keep the two equal
+SCHEMA_REVISION = "0009"  # the newest Alembic revision; tests keep the two equal
 
 ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 
@@ -141,4 +141,18 @@ file_claims = sa.Table(
     sa.UniqueConstraint("job", "path", "size", "mtime_ns", name="uq_file_claims_version"),
     sa.Index("ix_file_claims_job_fire_key", "job", "fire_key"),
     sa.Index("ix_file_claims_state", "state"),
+)
+
+notices = sa.Table(  # notifications and dead-man pings we tried to deliver (runner.notify, runner.pings)
+    "notices",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("job", sa.String(200), nullable=False),
+    sa.Column("run_id", sa.Integer, nullable=True),  # None: a missed fire (no run)
+    sa.Column("event", sa.String(16), nullable=False),  # a NoticeEvent
+    sa.Column("channel", sa.String(200), nullable=False),  # a [notify:NAME] name, or "ping"
+    sa.Column("created_at", UTCDateTime, nullable=False),
+    sa.Column("error", sa.Text, nullable=True),  # None: delivered
+    sa.Index("ix_notices_job_channel_id", "job", "channel", "id"),
+    sa.Index("ix_notices_created_at", "created_at"),
 )

@@ -188,6 +188,24 @@ def stream(path: Path, out: IO[bytes], follow: Callable[[], bool] | None = None)
             time.sleep(FOLLOW_POLL_S)
 
 
+def tail(path: Path | None, max_lines: int, max_bytes: int) -> str:
+    """The last `max_lines` lines of the log at `path` (at most its last `max_bytes`), as text; ""
+    when there is no log (what a notification or a dead-man ping shows of a run)."""
+    if path is None:
+        return ""
+    try:
+        with open(path, "rb") as handle:
+            size = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, size - max_bytes))
+            data = handle.read(max_bytes)
+    except OSError:
+        return ""
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if len(data) == max_bytes and size > max_bytes:
+        lines = lines[1:]  # the first one is cut
+    return "\n".join(lines[-max_lines:]) + ("\n" if lines else "")
+
+
 class _Reader:
     def __init__(self, handle: Any, out: IO[bytes]) -> None:
         self.handle, self.out = handle, out

@@ -15,6 +15,7 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from runner.channels import Alerts, Channel
     from runner.triggers import Schedule
 
 DEFAULT_LOCK_TIMEOUT_S = 60.0  # how long a write waits for another writer of the database
@@ -27,6 +28,8 @@ CONTAIN_CHOICES = ("subreaper", "cgroup")
 WATCH_MODES = ("events", "polling")
 SECRET_PATTERNS = ("*password*", "*passwd*", "*token*", "*secret*", "*_key", "key")
 SECRET_MASK = "***"
+# URLs whose path is the secret (a webhook's token, a dead-man check's id): shown as scheme://host/***.
+SECRET_URL_KEYS = ("ping_url", "notify:*.url")
 
 _URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^:/@\s]*:)\S*@(?=[^@/\s]*(?:[/?#\s]|$))")
 
@@ -60,6 +63,7 @@ class RunnerSettings:
     data_database: str | None = None  # None: NAME-jobs.db beside a SQLite history, else the same
     contain: str = "subreaper"  # or "cgroup": a cgroup v2 per attempt as well, where one can be made
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
+    alerts: Alerts | None = None  # [runner] notify defaults (runner.channels); None: nothing set
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +105,7 @@ class JobSettings:
     watch: WatchSettings | None = None
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES  # 0: no cap
     max_queue: int = DEFAULT_MAX_QUEUE
+    alerts: Alerts | None = None  # notify targets and ping_url; None: neither
 
     @property
     def scheduled(self) -> bool:
@@ -114,6 +119,7 @@ class Settings:
     jobs: Mapping[str, JobSettings]
     sections: Mapping[str, Mapping[str, str]]
     unusable: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))  # job -> why
+    channels: Mapping[str, Channel] = field(default_factory=lambda: MappingProxyType({}))  # [notify:NAME]
 
     def job(self, name: str) -> JobSettings | None:
         return self.jobs.get(name)
@@ -121,17 +127,43 @@ class Settings:
     def printable(self) -> dict[str, dict[str, str]]:
         """Every resolved section with secrets replaced by ***."""
         return {
-            section: {
-                key: SECRET_MASK if is_secret(key) else mask_url_password(value)
-                for key, value in values.items()
-            }
+            section: {key: _printable(section, key, value) for key, value in values.items()}
             for section, values in self.sections.items()
         }
+
+
+def _printable(section: str, key: str, value: str) -> str:
+    if is_secret(key):
+        return SECRET_MASK
+    if is_secret_url(section, key):
+        return mask_url_path(value)
+    return mask_url_password(value)
 
 
 def is_secret(key: str) -> bool:
     key = key.lower()
     return any(fnmatch.fnmatchcase(key, pattern) for pattern in SECRET_PATTERNS)
+
+
+def is_secret_url(section: str, key: str) -> bool:
+    """A key whose URL carries its secret in the path (a webhook token, a dead-man check's id)."""
+    return any(fnmatch.fnmatchcase(f"{section}.{key}", p) or p == key for p in SECRET_URL_KEYS)
+
+
+def mask_url_path(url: str) -> str:
+    """`https://hooks.example.com/services/T0/B0/XYZ?x=1` -> `https://hooks.example.com/***`: where
+    it goes stays visible, the token in its path or query does not (nor a password before the host)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url.strip())
+    except ValueError:
+        return SECRET_MASK
+    if not parts.scheme or not parts.netloc:
+        return SECRET_MASK
+    host = parts.netloc.rpartition("@")[2]
+    hidden = parts.path not in ("", "/") or parts.query or parts.fragment
+    return f"{parts.scheme}://{host}/{SECRET_MASK if hidden else ''}"
 
 
 def mask_url_password(text: str) -> str:

@@ -3,7 +3,7 @@ fires, watched folders and recent problems, read in one go (the CLI only formats
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +18,8 @@ if TYPE_CHECKING:
 
 MAX_PROBLEMS = 10  # recent runs that did not succeed
 SKIPPED_WINDOW_S = 3600.0  # skipped fires are counted over the last hour
+UNDELIVERED_WINDOW_S = 86400.0  # notifications and pings that failed are listed for a day
+MAX_UNDELIVERED = 10
 MISSED_SETTLE_S = 60.0  # on top of a heartbeat: how old an unclaimed fire is before it counts as missed
 
 
@@ -63,6 +65,7 @@ class StatusReport:
     missed: list[MissedFires]
     watching: list[WatchedJob]
     problems: list[RunRecord]
+    undelivered: list[dict[str, Any]] = field(default_factory=list)  # failed notices (store.notices)
 
     def heartbeat_age_s(self, daemon: dict[str, Any]) -> float:
         return (self.now - daemon["heartbeat_at"]).total_seconds()
@@ -85,6 +88,7 @@ class StatusReport:
             "missed": [{"job": m.job, "latest": fire_key(m.latest), "count": m.count} for m in self.missed],
             "watching": [{"job": w.job, "folders": list(w.folders), "files": w.files} for w in self.watching],
             "problems": [r.to_json() for r in self.problems],
+            "undelivered": [{**n, "created_at": fire_key(n["created_at"])} for n in self.undelivered],
         }
 
 
@@ -109,6 +113,9 @@ def status_report(settings: Settings, store: Store) -> StatusReport:
         missed=missed,
         watching=watching,
         problems=store.problems(MAX_PROBLEMS),
+        undelivered=store.notices.failures_since(
+            now - timedelta(seconds=UNDELIVERED_WINDOW_S), MAX_UNDELIVERED
+        ),
     )
 
 

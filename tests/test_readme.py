@@ -44,7 +44,12 @@ ERROR_EXAMPLES = {
     ),
 }
 # The environment variables the README's INI examples name (${env:...}), as a user would export them.
-README_ENV = {"ORDERS_API_TOKEN": "readme-example-token"}
+README_ENV = {
+    "ORDERS_API_TOKEN": "readme-example-token",
+    "NOTIFY_SMTP_PASSWORD": "readme-example-password",
+    "SLACK_WEBHOOK_PATH": "T000/B000/readme-example",
+    "EXPORT_CHECK_UUID": "0e1f2a3b-readme-example",
+}
 
 
 @dataclass(frozen=True)

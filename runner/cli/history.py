@@ -135,6 +135,13 @@ def status(app: App, as_json: bool) -> None:
         [[r.id, r.job, r.status, local(r.ended_at or r.queued_at), r.error or ""] for r in report.problems],
         empty="  none",
     )
+    if report.undelivered:
+        click.echo("\nNOTIFICATIONS AND PINGS NOT DELIVERED (last day)")
+        print_table(
+            ["RUN", "JOB", "WHEN", "ERROR"],
+            [[n["run_id"] or "-", n["job"], local(n["created_at"]), n["error"]] for n in report.undelivered],
+            empty="",
+        )
 
 
 def _print_daemons(report: StatusReport) -> None:

@@ -132,9 +132,16 @@ def _parameters(spec: JobSpec) -> list[dict[str, Any]]:
 def _effective_settings(settings: Settings, spec: JobSpec) -> dict[str, Any]:
     """The job's settings in effect, the [runner] defaults included (they decide when a fire runs)."""
     from runner.durations import format_duration
+    from runner.settings import mask_url_path
 
     section = settings.jobs.get(spec.name)
     defaults = settings.runner
+    alerts = spec.alerts
+    notify = {
+        "notify": "; ".join(f"{c.name}: {c.describe()}" for c in alerts.channels) or None if alerts else None,
+        "notify_every": format_duration(alerts.every_s) if alerts and alerts.channels else None,
+        "ping_url": mask_url_path(alerts.ping_url) if alerts and alerts.ping_url else None,
+    }
     return {
         "function": spec.target,
         "timeout": format_duration(spec.timeout_s) if spec.timeout_s else None,
@@ -144,6 +151,7 @@ def _effective_settings(settings: Settings, spec: JobSpec) -> dict[str, Any]:
         "timezone": section.timezone if section else defaults.timezone,
         "jitter": format_duration(section.jitter_s if section else defaults.jitter_s),
         "catchup": format_duration(section.catchup_s if section else defaults.catchup_s),
+        **notify,
     }
 
 

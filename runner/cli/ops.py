@@ -58,6 +58,11 @@ def catchup(app: App, as_json: bool) -> int:
             store.record_skipped(
                 planned.job, planned.fire.kind, [(skip.key, skip.at)], skip.reason, skip.error
             )
+        alerts = app.settings.jobs[planned.job].alerts
+        if planned.downtime and alerts is not None:
+            from runner.notify import notify_missed
+
+            notify_missed(store, planned.job, alerts, planned.downtime)
         if planned.runnable:
             command = _late_run_command(app, planned.job, planned.fire.key)
             children.append(
@@ -248,6 +253,7 @@ def check(app: App, as_json: bool) -> int:
     catalog = discover(settings)
     problems = list(catalog.errors)
     problems += [reason for name, reason in catalog.broken.items() if reason not in problems]
+    problems += [p for c in settings.channels.values() if (p := getattr(c, "problem", None))]
     for name, job in sorted(settings.jobs.items()):
         if job.watch is not None and (problem := check_folders(job.watch)):
             problems.append(f"{settings.path}: [job:{name}] watch: {problem}")
