@@ -60,6 +60,8 @@ class RunnerSettings:
     data_database: str | None = None  # None: NAME-jobs.db beside a SQLite history, else the same
     contain: str = "subreaper"  # or "cgroup": a cgroup v2 per attempt as well, where one can be made
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
+    metrics_listen: tuple[str, int] | None = None  # (host, port) the daemon serves /metrics on
+    metrics_textfile: Path | None = None  # a node_exporter textfile `runner run` rewrites after each run
 
 
 @dataclass(frozen=True, slots=True)
