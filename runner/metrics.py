@@ -122,7 +122,10 @@ class HistoryCollector:
 
 
 def _bound(seconds: float) -> str:
-    return f"{seconds:g}"
+    """An `le` label as prometheus_client's own histograms write it (1.0, 300.0, +Inf)."""
+    from prometheus_client.utils import floatToGoString
+
+    return floatToGoString(seconds)
 
 
 def registry_for(collector: HistoryCollector) -> Any:

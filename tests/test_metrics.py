@@ -1,0 +1,200 @@
+"""Prometheus metrics: the daemon's endpoint and the crontab-mode textfile, read from the run
+history (so they carry totals across processes and hosts), parsed with prometheus_client's own
+parser."""
+
+from __future__ import annotations
+
+import os
+import socket
+import stat
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+from conftest import Project, assert_one_line_error, stop, wait_until
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def parse(text: str) -> Samples:
+    """Every sample of the text format: {(sample name, sorted labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float | None:
+    return samples.get((name, tuple(sorted(labels.items()))))
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def scrape(port: int) -> Samples | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            assert answer.headers["Content-Type"].startswith("text/plain"), answer.headers
+            return parse(answer.read().decode())
+    except (urllib.error.URLError, ConnectionError):
+        return None
+
+
+def succeeded(samples: Samples | None, job: str) -> float:
+    return (samples and value(samples, "runner_runs_total", job=job, status="succeeded")) or 0
+
+
+def test_the_daemon_endpoint_shows_the_counters_moving(project: Project):
+    out = project.root / "ticks.txt"
+    port = free_port()
+    project.configure(
+        f"""
+        [job:tick]
+        uses = jobs_fixture.ticks:tick
+        schedule = every 1s
+        out = {out}
+
+        [job:manual]
+        uses = jobs_fixture.fail:fail
+        """,
+        timezone="UTC",
+        metrics_listen=f"127.0.0.1:{port}",
+    )
+    daemon = project.start("daemon")
+    first = wait_until(lambda: succeeded(scrape(port), "tick") >= 1 and scrape(port), "a first counted fire")
+    assert value(first, "runner_daemon_up") == 1
+    assert value(first, "runner_database_up") == 1
+    counted = succeeded(first, "tick")
+    later = wait_until(
+        lambda: succeeded(s := scrape(port), "tick") >= counted + 2 and s, "the counter to move"
+    )
+
+    # the duration histogram: cumulative buckets ending in +Inf = count, a sum of real seconds
+    bounds = ["1.0", "5.0", "15.0", "60.0", "300.0", "900.0", "1800.0", "3600.0", "7200.0", "21600.0", "+Inf"]
+    buckets = [value(later, "runner_run_duration_seconds_bucket", job="tick", le=le) for le in bounds]
+    count = value(later, "runner_run_duration_seconds_count", job="tick")
+    assert count is not None and count >= counted + 2
+    assert buckets == sorted(buckets) and buckets[-1] == count, buckets
+    assert 0 < value(later, "runner_run_duration_seconds_sum", job="tick") < count * 60
+    now = time.time()
+    assert now - 60 < value(later, "runner_last_success_timestamp_seconds", job="tick") <= now + 1
+    assert now - 1 < value(later, "runner_next_fire_timestamp_seconds", job="tick") <= now + 3
+    assert value(later, "runner_next_fire_timestamp_seconds", job="manual") is None  # no schedule
+
+    # A run that no daemon started is in the daemon's totals: they come from the database.
+    done = project.runner("run", "manual")
+    assert done.returncode == 1, done
+    failed = wait_until(lambda: scrape(port), "a scrape")
+    assert value(failed, "runner_runs_total", job="manual", status="failed") == 1
+    assert value(failed, "runner_last_success_timestamp_seconds", job="manual") is None
+
+    stop(project, daemon)
+    assert scrape(port) is None  # the endpoint goes with the daemon
+
+
+def test_textfile_of_crontab_mode_runs_accumulates_across_processes(sqlite_project: Project):
+    project = sqlite_project
+    textfile = project.root / "textfile" / "runner.prom"
+    textfile.parent.mkdir()
+    project.configure(
+        """
+        [job:echo]
+        schedule = cron 0 7 * * *
+        [job:fail]
+        """,
+        metrics_textfile=str(textfile),
+    )
+    for expected in (1, 2, 3):
+        done = project.runner("run", "echo", "-p", "text=hi")
+        assert done.returncode == 0, done
+        samples = parse(textfile.read_text())
+        assert value(samples, "runner_runs_total", job="echo", status="succeeded") == expected
+        assert value(samples, "runner_run_duration_seconds_count", job="echo") == expected
+    assert project.runner("run", "fail").returncode == 1
+    samples = parse(textfile.read_text())
+    assert value(samples, "runner_runs_total", job="fail", status="failed") == 1
+    assert value(samples, "runner_runs_total", job="echo", status="succeeded") == 3
+    assert value(samples, "runner_database_up") == 1
+    assert value(samples, "runner_daemon_up") is None  # no daemon serves a textfile
+    assert value(samples, "runner_next_fire_timestamp_seconds", job="echo") > time.time()
+    # private like every file runner writes, and no temporary file left beside it
+    assert stat.S_IMODE(textfile.stat().st_mode) == 0o600
+    assert sorted(p.name for p in textfile.parent.iterdir()) == ["runner.prom"]
+
+
+def test_textfile_keeps_the_mode_its_owner_gave_it(sqlite_project: Project):
+    """node_exporter often runs as its own user: a `chmod 0644` of the file lasts across rewrites."""
+    project = sqlite_project
+    textfile = project.root / "runner.prom"
+    project.configure("[job:echo]", metrics_textfile=str(textfile))
+    assert project.runner("run", "echo").returncode == 0
+    os.chmod(textfile, 0o644)
+    assert project.runner("run", "echo").returncode == 0
+    assert stat.S_IMODE(textfile.stat().st_mode) == 0o644
+    assert value(parse(textfile.read_text()), "runner_runs_total", job="echo", status="succeeded") == 2
+
+
+def test_an_unwritable_textfile_warns_but_the_run_counts(sqlite_project: Project):
+    project = sqlite_project
+    textfile = project.root / "missing-folder" / "runner.prom"
+    project.configure("[job:echo]", metrics_textfile=str(textfile))
+    done = project.runner("run", "echo")
+    assert done.returncode == 0, done
+    assert done.stderr_lines == [
+        f"runner: warning: cannot write [runner] metrics_textfile {textfile}: No such file or directory"
+    ], done
+    assert project.only_run("echo")["status"] == "succeeded"
+
+
+def test_file_claims_are_gauges_by_state(sqlite_project: Project):
+    project = sqlite_project
+    inbox = project.root / "inbox"
+    inbox.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (inbox / name).write_text(name)
+    textfile = project.root / "runner.prom"
+    project.configure(
+        f"""
+        [job:files]
+        uses = jobs_fixture.filerec:filerec
+        watch = {inbox}
+        out = {project.root / "seen.txt"}
+        """,
+        metrics_textfile=str(textfile),
+    )
+    done = project.runner("run", "files")
+    assert done.returncode == 0, done
+    assert value(parse(textfile.read_text()), "runner_file_claims", job="files", state="done") == 2
+
+
+@pytest.mark.parametrize(
+    ("key", "text", "expected"),
+    [
+        ("metrics_listen", "9464", "expected HOST:PORT like 127.0.0.1:9464"),
+        ("metrics_listen", "127.0.0.1:70000", "port 1 to 65535"),
+        ("metrics_textfile", "var/runner.txt", "expected a file name ending in .prom"),
+    ],
+)
+def test_bad_metrics_settings_are_one_line(sqlite_project: Project, key: str, text: str, expected: str):
+    sqlite_project.configure("[job:echo]", **{key: text})
+    assert_one_line_error(sqlite_project.runner("check"), f"[runner] {key} = '{text}'", expected)
+
+
+def test_a_taken_port_stops_the_daemon_with_one_line(sqlite_project: Project):
+    project = sqlite_project
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        project.configure("[job:echo]", metrics_listen=f"127.0.0.1:{port}")
+        done = project.finish(project.start("daemon"))
+    assert done.returncode == 2, done
+    assert f"runner: cannot serve metrics on 127.0.0.1:{port} ([runner] metrics_listen)" in done.stderr
+    assert "Traceback" not in done.stderr
