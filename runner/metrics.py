@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner.enums import RunStatus
 from runner.errors import RunnerError
 from runner.models import utcnow
 from runner.private import FILE_MODE
@@ -24,6 +25,7 @@ from runner.private import FILE_MODE
 if TYPE_CHECKING:
     from runner.settings import Settings
     from runner.store import Store
+    from runner.store.totals import Tally
 
 log = logging.getLogger("runner.metrics")
 
@@ -90,33 +92,36 @@ class HistoryCollector:
     def _from_history(self) -> list[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-        totals = self.store.totals
+        tallies = self.store.totals.tallies(DURATION_BUCKETS_S)
         runs = CounterMetricFamily(
             "runner_runs",
             "Runs that ended, by job and status (skipped: fires recorded without running)",
             labels=["job", "status"],
         )
-        for (job, status), count in sorted(totals.runs().items()):
-            runs.add_metric([job, status], count)
-        durations = HistogramMetricFamily(
-            "runner_run_duration_seconds", "How long runs took, start to end", labels=["job"]
-        )
-        for job, seen in sorted(totals.durations(DURATION_BUCKETS_S).items()):
-            buckets = [(_bound(b), n) for b, n in zip(DURATION_BUCKETS_S, seen.buckets, strict=True)]
-            durations.add_metric([job], [*buckets, ("+Inf", seen.count)], seen.sum_s)
+        per_job: dict[str, Tally] = {}
         success = GaugeMetricFamily(
             "runner_last_success_timestamp_seconds",
             "When the job's newest successful run ended (Unix time)",
             labels=["job"],
         )
-        for job, at in sorted(totals.last_success().items()):
-            success.add_metric([job], at.timestamp())
+        for (job, status), tally in sorted(tallies.items()):
+            runs.add_metric([job, status], tally.runs)
+            per_job[job] = per_job[job].plus(tally) if job in per_job else tally
+            if status == RunStatus.SUCCEEDED and tally.last_ended_at is not None:
+                success.add_metric([job], tally.last_ended_at.timestamp())
+        durations = HistogramMetricFamily(
+            "runner_run_duration_seconds", "How long runs took, start to end", labels=["job"]
+        )
+        for job, tally in sorted(per_job.items()):
+            if tally.timed:
+                buckets = [(_bound(b), n) for b, n in zip(DURATION_BUCKETS_S, tally.buckets, strict=True)]
+                durations.add_metric([job], [*buckets, ("+Inf", tally.timed)], tally.seconds)
         claims = GaugeMetricFamily(
             "runner_file_claims",
             "Watched file versions by state (claimed, done, pending, failed, vanished)",
             labels=["job", "state"],
         )
-        for (job, state), count in sorted(totals.file_claims().items()):
+        for (job, state), count in sorted(self.store.totals.file_claims().items()):
             claims.add_metric([job, state], count)
         return [runs, durations, success, claims]
 

@@ -10,9 +10,16 @@ import stat
 import time
 import urllib.error
 import urllib.request
+from datetime import timedelta
+from typing import Any
 
 import pytest
+import sqlalchemy as sa
 from conftest import Project, assert_one_line_error, stop, wait_until
+
+from runner.models import RunStatus, run_totals_mark, runs, utcnow
+from runner.store import RunEnd
+from runner.store.totals import SETTLE_S
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -198,3 +205,54 @@ def test_a_taken_port_stops_the_daemon_with_one_line(sqlite_project: Project):
     assert done.returncode == 2, done
     assert f"runner: cannot serve metrics on 127.0.0.1:{port} ([runner] metrics_listen)" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# --- the totals behind the metrics -----------------------------------------------------------------
+
+
+def _ended_run(store: Any, key: str, status: RunStatus, seconds: float, *, queued_ago_s: float) -> int:
+    run_id, _ = store.claim(job="j", fire_key=key, trigger="manual")
+    started = utcnow() - timedelta(seconds=queued_ago_s)
+    store.finish(run_id, RunEnd(status=status, ended_at=started + timedelta(seconds=seconds)))
+    with store.begin() as conn:  # as if it had been queued and started that long ago
+        conn.execute(sa.update(runs).where(runs.c.id == run_id).values(queued_at=started, started_at=started))
+    return run_id
+
+
+def _through(store: Any) -> int | None:
+    with store.read() as conn:
+        return conn.execute(sa.select(run_totals_mark.c.through_id)).scalar()
+
+
+def test_totals_fold_settled_runs_once_and_outlive_the_rows(store: Any):
+    """Runs that can no longer change are folded below a watermark, so a scrape reads only the
+    newest runs; the totals stay when old rows are deleted, and a running run holds the mark."""
+    bounds = (1.0, 60.0)
+    old = [
+        _ended_run(store, "a", RunStatus.SUCCEEDED, 0.5, queued_ago_s=SETTLE_S + 100),
+        _ended_run(store, "b", RunStatus.FAILED, 30, queued_ago_s=SETTLE_S + 90),
+    ]
+    running, _ = store.claim(job="j", fire_key="c", trigger="manual")
+    newer = _ended_run(store, "d", RunStatus.SUCCEEDED, 120, queued_ago_s=SETTLE_S + 80)
+    _ended_run(store, "e", RunStatus.SUCCEEDED, 2, queued_ago_s=1)  # too recent to fold
+
+    first = store.totals.tallies(bounds)
+    assert first[("j", "succeeded")].runs == 3 and first[("j", "failed")].runs == 1
+    assert ("j", "running") not in first  # counted when it ends
+    assert first[("j", "succeeded")].buckets == (1, 2) and first[("j", "succeeded")].timed == 3
+    assert first[("j", "succeeded")].seconds == pytest.approx(122.5, abs=0.01)
+    assert _through(store) == max(old)  # the running run holds the watermark below itself
+
+    store.finish(running, RunEnd(status=RunStatus.KILLED, ended_at=utcnow()))
+    with store.begin() as conn:
+        conn.execute(
+            sa.update(runs).where(runs.c.id == running).values(queued_at=utcnow() - timedelta(hours=1))
+        )
+    second = store.totals.tallies(bounds)
+    assert second[("j", "killed")].runs == 1
+    assert _through(store) == newer  # the run queued a second ago is not folded yet
+
+    with store.begin() as conn:  # deleting old history (retention) takes nothing off the counters
+        conn.execute(sa.delete(runs).where(runs.c.id <= newer))
+    assert store.totals.tallies(bounds) == second
+    assert store.totals.tallies((1.0, 5.0))[("j", "succeeded")].buckets == (0, 1)  # new bounds: recounted
