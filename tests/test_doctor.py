@@ -12,6 +12,8 @@ import pytest
 from conftest import COMMAND_TIMEOUT_S, RUNNER_BIN, Done, Project
 from test_crontab import cron_daemon, user_crontab  # noqa: F401 (fixtures: the real crontab)
 
+from runner.models import SCHEMA_REVISION
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -181,3 +183,21 @@ def test_a_unit_that_differs_from_what_systemd_unit_writes(sqlite_project: Proje
         f"fix: runner --config {project.config_path} systemd-unit --user > {unit} && systemctl --user daemon-reload"
         in line
     )
+
+
+def test_the_database_and_clock_lines_of_a_used_database(project: Project, backend: str):
+    project.configure("[job:echo]")
+    assert project.runner("run", "echo").returncode == 0
+    done = project.runner("doctor")
+    assert done.returncode == 0, done
+    [database] = findings(done, "database")
+    assert database.startswith("ok    database  ") and database.endswith(
+        f"answers, schema at revision {SCHEMA_REVISION}"
+    )
+    [clock] = findings(done, "clock")
+    if backend == "sqlite":
+        assert (
+            clock == "ok    clock     embedded SQLite: this host's clock is the only one (nothing to compare)"
+        )
+    else:  # the server runs on this machine: one clock
+        assert clock.startswith("ok    clock     this host's clock is 0.0") and clock.endswith("(within 1s)")
