@@ -7,7 +7,7 @@ from __future__ import annotations
 import enum
 import os
 import shlex
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -135,7 +135,7 @@ def _jobs(settings: Settings) -> Iterator[Finding]:
         yield ok("jobs", f"{len(names)} import and bind their settings: {', '.join(names) or '-'}")
 
 
-def _database(settings: Settings) -> Iterator[Finding]:
+def _database(settings: Settings) -> Generator[Finding, None, Store | None]:
     """The database finding; returns the Store when the database answered (`yield from` gives it).
     A SQLite file that does not exist yet is not created: opening a Store would."""
     from runner.config import sqlite_path
@@ -147,10 +147,13 @@ def _database(settings: Settings) -> Iterator[Finding]:
             "database", f"{sqlite_file} is not created yet: the first run (or `runner db upgrade`) makes it"
         )
         return None
+    store = None
     try:
         store = _store(settings)
         revision = store.schema_revision()
     except RunnerError as exc:
+        if store is not None:
+            store.engine.dispose()
         yield fail(
             "database",
             str(exc),
