@@ -92,7 +92,9 @@ class HistoryCollector:
     def _from_history(self) -> list[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-        tallies = self.store.totals.tallies(DURATION_BUCKETS_S)
+        jobs = self.settings().jobs.values()
+        resumable_s = max((job.catchup_s for job in jobs), default=0.0)
+        tallies = self.store.totals.tallies(DURATION_BUCKETS_S, resumable_s=resumable_s)
         runs = CounterMetricFamily(
             "runner_runs",
             "Runs that ended, by job and status (skipped: fires recorded without running)",

@@ -256,3 +256,20 @@ def test_totals_fold_settled_runs_once_and_outlive_the_rows(store: Any):
         conn.execute(sa.delete(runs).where(runs.c.id <= newer))
     assert store.totals.tallies(bounds) == second
     assert store.totals.tallies((1.0, 5.0))[("j", "succeeded")].buckets == (0, 1)  # new bounds: recounted
+
+
+def test_a_retry_that_may_still_be_resumed_is_not_folded(store: Any):
+    """A retry a stop cut short is taken up again in its own row by the next daemon (within the
+    job's catchup): its real ending must still be counted then, so it holds the watermark."""
+    from runner.enums import SkipReason
+
+    first = _ended_run(store, "a", RunStatus.SUCCEEDED, 1, queued_ago_s=SETTLE_S + 200)
+    stopped = _ended_run(store, "b", RunStatus.KILLED, 0, queued_ago_s=SETTLE_S + 100)
+    with store.begin() as conn:
+        conn.execute(sa.update(runs).where(runs.c.id == stopped).values(reason=SkipReason.RETRY_STOPPED))
+    _ended_run(store, "c", RunStatus.SUCCEEDED, 1, queued_ago_s=SETTLE_S + 50)
+
+    store.totals.tallies((1.0,), resumable_s=3600)
+    assert _through(store) == first  # the stopped retry may still be resumed within the hour
+    store.totals.tallies((1.0,), resumable_s=60)
+    assert _through(store) == stopped + 1  # beyond every job's catchup: it stays killed

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 import sqlalchemy as sa
 
 from runner.errors import RunnerError
-from runner.models import ACTIVE_STATUSES, file_claims, run_totals, run_totals_mark, runs, utcnow
+from runner.models import ACTIVE_STATUSES, SkipReason, file_claims, run_totals, run_totals_mark, runs, utcnow
 from runner.store.base import StorePart
 from runner.store.engine import dialect_insert
 from runner.store.queue import WouldWait
@@ -59,13 +59,14 @@ class RunTotals(StorePart):
 
     __slots__ = ()
 
-    def tallies(self, bounds_s: Sequence[float]) -> Tallies:
+    def tallies(self, bounds_s: Sequence[float], *, resumable_s: float = 0.0) -> Tallies:
         """Per (job, status), every run that ended (skipped fires included); queued and running
-        ones count when they end."""
+        ones count when they end. A retry a stop cut short less than `resumable_s` ago (the
+        longest catchup) may still be taken up again in its row, so it is not folded yet."""
         bounds = [float(b) for b in bounds_s]
         with self.read() as conn:
             stored, through, folded = _folded(conn, bounds)
-            settle_to = _settle_to(conn, through)
+            settle_to = _settle_to(conn, through, resumable_s)
             newly = _tally(conn, bounds, after=through, upto=settle_to)
             fresh = _tally(conn, bounds, after=settle_to, upto=None)
         if settle_to > through:
@@ -131,11 +132,17 @@ def _folded(conn: sa.Connection, bounds: list[float]) -> tuple[int | None, int, 
     return int(mark.through_id), int(mark.through_id), totals
 
 
-def _settle_to(conn: sa.Connection, through: int) -> int:
-    """The new watermark: below the oldest active run, and only runs queued SETTLE_S ago."""
-    horizon = utcnow() - timedelta(seconds=SETTLE_S)
+def _settle_to(conn: sa.Connection, through: int, resumable_s: float) -> int:
+    """The new watermark: below the oldest run still active (or still to be resumed), and only
+    runs queued SETTLE_S ago."""
+    now = utcnow()
+    horizon = now - timedelta(seconds=SETTLE_S)
+    resumable = sa.and_(
+        runs.c.reason == SkipReason.RETRY_STOPPED,
+        runs.c.queued_at >= now - timedelta(seconds=resumable_s),
+    )
     oldest_active = conn.execute(
-        sa.select(sa.func.min(runs.c.id)).where(runs.c.status.in_(list(ACTIVE_STATUSES)))
+        sa.select(sa.func.min(runs.c.id)).where(sa.or_(runs.c.status.in_(list(ACTIVE_STATUSES)), resumable))
     ).scalar()
     newest_old = conn.execute(
         sa.select(sa.func.max(runs.c.id)).where(runs.c.id > through, runs.c.queued_at < horizon)
