@@ -31,7 +31,8 @@ log = logging.getLogger("runner.daemon")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUEUE_PUBLISH_S = 1.0  # how often a changed queue is written to the daemon's row (`runner status`)
-RESTART_SETTINGS = ("database", "metrics_listen")  # [runner] keys a reload cannot apply: the stores are open
+# [runner] keys a reload cannot apply: the stores are open, the metrics port is bound
+RESTART_SETTINGS = ("database", "metrics_listen")
 
 
 # --- the daemon -------------------------------------------------------------------------------------
