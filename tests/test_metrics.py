@@ -273,3 +273,25 @@ def test_a_retry_that_may_still_be_resumed_is_not_folded(store: Any):
     assert _through(store) == first  # the stopped retry may still be resumed within the hour
     store.totals.tallies((1.0,), resumable_s=60)
     assert _through(store) == stopped + 1  # beyond every job's catchup: it stays killed
+
+
+def test_a_scrape_while_the_database_is_away_still_answers(tmp_path):
+    """Prometheus gets an answer saying the history is unreadable, not a failed scrape."""
+    from prometheus_client import generate_latest
+
+    from runner.config import load_settings
+    from runner.metrics import HistoryCollector, registry_for
+    from runner.store import Store
+
+    config = tmp_path / "runner.ini"
+    config.write_text(
+        "[runner]\ndatabase = postgresql://nobody@127.0.0.1:1/runner\n\n[job:tick]\nschedule = every 1m\n"
+    )
+    settings = load_settings(config)
+    store = Store(settings.runner.database)
+    text = generate_latest(registry_for(HistoryCollector(lambda: settings, store, lambda: True))).decode()
+    samples = parse(text)
+    assert value(samples, "runner_database_up") == 0
+    assert value(samples, "runner_daemon_up") == 1
+    assert value(samples, "runner_next_fire_timestamp_seconds", job="tick") > time.time()
+    assert not any(name.startswith("runner_runs") for name, _labels in samples)
