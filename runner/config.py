@@ -77,6 +77,8 @@ RUNNER_KEYS = {
     "data_database": "SQLAlchemy URL for the jobs' own tables and state (default: beside the history)",
     "max_log_bytes": "largest a run's log may grow: beyond it the head and the tail are kept (0 = no cap)",
     **ALERT_KEYS,
+    "metrics_listen": "HOST:PORT where `runner daemon` serves Prometheus metrics (unset: no endpoint)",
+    "metrics_textfile": "a *.prom file `runner run` rewrites for node_exporter's textfile collector",
 }
 JOB_KEYS = {
     "uses": "package.module:function that implements the job",
@@ -119,6 +121,7 @@ _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,20}")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
 _TRUE, _FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_LISTEN = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
 _CONTROL_PROBLEM = "holds a newline or control character; a path or URL must be one plain line"
 
 _Choice = TypeVar("_Choice", bound=str)
@@ -410,7 +413,31 @@ def _runner_settings(reader: SectionReader, channels: Mapping[str, Channel]) -> 
         data_database=_absolute_sqlite_url(data, base) if (data := reader.text("data_database")) else None,
         max_log_bytes=reader.size("max_log_bytes", DEFAULT_MAX_LOG_BYTES),
         alerts=_alerts(reader, channels, None, job=False),
+        metrics_listen=_listen(reader, "metrics_listen"),
+        metrics_textfile=_textfile(reader, "metrics_textfile"),
     )
+
+
+def _listen(reader: SectionReader, key: str) -> tuple[str, int] | None:
+    """HOST:PORT ([::1]:PORT for IPv6); unset or blank: None."""
+    text = reader.text(key)
+    if text is None:
+        return None
+    found = _LISTEN.fullmatch(text)
+    port = int(found.group("port")) if found else 0
+    if found is None or not 1 <= port <= 65535:
+        raise reader.invalid(key, "expected HOST:PORT like 127.0.0.1:9464 (port 1 to 65535)")
+    return found.group("host").strip("[]"), port
+
+
+def _textfile(reader: SectionReader, key: str) -> Path | None:
+    """A file named *.prom (node_exporter's textfile collector reads no other), relative to the config."""
+    if reader.text(key) is None:
+        return None
+    path = reader.folder(key, Path())
+    if path.suffix != ".prom":
+        raise reader.invalid(key, "expected a file name ending in .prom (node_exporter reads no other)")
+    return path
 
 
 def _job_packages(reader: SectionReader) -> tuple[str, ...]:

@@ -190,6 +190,17 @@ def _without_block(current: str, config: str) -> tuple[str, int | None]:
     return "".join(out), position
 
 
+def installed_block(current: str, config: str) -> str | None:
+    """Our block for `config` as `current` holds it (BEGIN to END, newline-terminated), or None."""
+    begin = BEGIN.format(config=config)
+    lines = current.splitlines()
+    if begin not in lines:
+        return None
+    start = lines.index(begin)
+    end = next((at for at in range(start, len(lines)) if lines[at] == END), len(lines) - 1)
+    return "\n".join(lines[start : end + 1]) + "\n"
+
+
 def read_crontab() -> str:
     try:
         done = subprocess.run(["crontab", "-l"], capture_output=True, text=True, check=False)

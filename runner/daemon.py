@@ -31,7 +31,8 @@ log = logging.getLogger("runner.daemon")
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUEUE_PUBLISH_S = 1.0  # how often a changed queue is written to the daemon's row (`runner status`)
-RESTART_SETTINGS = ("database",)  # [runner] keys a reload cannot apply: the stores are open
+# [runner] keys a reload cannot apply: the stores are open, the metrics port is bound
+RESTART_SETTINGS = ("database", "metrics_listen")
 
 
 # --- the daemon -------------------------------------------------------------------------------------
@@ -53,6 +54,7 @@ class Daemon(MissedFires, FileEvents):
         self.server = ForkServer(config_path)
         self.scheduler: Any = None
         self.watches: Any = None
+        self.metrics: Any = None  # the metrics HTTP server, with metrics_listen
         self.daemon_id: int | None = None
         self.exit_code = 0
         self.started_at = _process_started_at()
@@ -77,6 +79,7 @@ class Daemon(MissedFires, FileEvents):
         self.store.engine.dispose()
         self.database_identity = self.store.file_identity()  # SQLite: the file we opened
         self.server.start()  # forks before any thread exists, then starts its reply reader
+        self._serve_metrics()
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
@@ -106,6 +109,21 @@ class Daemon(MissedFires, FileEvents):
         self._loop()
         notify("STOPPING=1")
         return self._shutdown()
+
+    def _serve_metrics(self) -> None:
+        """With metrics_listen: serve the run history's totals (a thread, so after the fork server)."""
+        listen = self.settings.runner.metrics_listen
+        if listen is None:
+            return
+        from runner.metrics import HistoryCollector, serve
+
+        collector = HistoryCollector(lambda: self.settings, self.store, lambda: not self._stopping)
+        try:
+            self.metrics = serve(listen, collector)
+        except RunnerError:
+            self.server.stop(timeout_s=self.settings.runner.kill_grace_s + 5)
+            raise
+        log.info("serving metrics on http://%s:%d/metrics", *listen)
 
     def _loop(self) -> None:
         """Until a stop signal: reloads, heartbeats (and systemd's watchdog), queue snapshots."""
@@ -207,6 +225,9 @@ class Daemon(MissedFires, FileEvents):
             self._record_unscheduled()
             with contextlib.suppress(Exception):
                 self.store.daemons.heartbeat(self.daemon_id, stopped=True, queues={})
+        if self.metrics is not None:
+            self.metrics.shutdown()
+            self.metrics.server_close()
         log.info("daemon %s stopped", self.daemon_id)
         return self.exit_code
 

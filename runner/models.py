@@ -12,7 +12,7 @@ from runner.enums import RunStatus as RunStatus
 from runner.enums import SkipReason as SkipReason
 from runner.enums import Trigger as Trigger
 
-SCHEMA_REVISION = "0009"  # the newest Alembic revision; tests keep the two equal
+SCHEMA_REVISION = "0010"  # the newest Alembic revision; tests keep the two equal
 
 ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 
@@ -155,4 +155,27 @@ notices = sa.Table(  # notifications and dead-man pings we tried to deliver (run
     sa.Column("error", sa.Text, nullable=True),  # None: delivered
     sa.Index("ix_notices_job_channel_id", "job", "channel", "id"),
     sa.Index("ix_notices_created_at", "created_at"),
+)
+
+# Metrics: runs folded into per-(job, status) totals once they can no longer change, so a scrape
+# reads only the runs after the watermark (runner/store/totals.py).
+run_totals = sa.Table(
+    "run_totals",
+    metadata,
+    sa.Column("job", sa.String(200), primary_key=True),
+    sa.Column("status", sa.String(16), primary_key=True),
+    sa.Column("runs", sa.BigInteger, nullable=False),
+    sa.Column("timed", sa.BigInteger, nullable=False),  # runs with a start and an end
+    sa.Column("seconds", sa.Float, nullable=False),  # their durations, summed
+    sa.Column("buckets", sa.JSON, nullable=False),  # how many took at most each bound (cumulative)
+    sa.Column("last_ended_at", UTCDateTime, nullable=True),
+)
+
+run_totals_mark = sa.Table(
+    "run_totals_mark",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True),  # one row: 1
+    sa.Column("through_id", sa.BigInteger, nullable=False),  # runs up to this id are in run_totals
+    sa.Column("bounds", sa.JSON, nullable=False),  # the bucket bounds the totals were counted with
+    sa.Column("updated_at", UTCDateTime, nullable=False),
 )

@@ -64,6 +64,8 @@ class RunnerSettings:
     contain: str = "subreaper"  # or "cgroup": a cgroup v2 per attempt as well, where one can be made
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
     alerts: Alerts | None = None  # [runner] notify defaults (runner.channels); None: nothing set
+    metrics_listen: tuple[str, int] | None = None  # (host, port) the daemon serves /metrics on
+    metrics_textfile: Path | None = None  # a node_exporter textfile `runner run` rewrites after each run
 
 
 @dataclass(frozen=True, slots=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from conftest import COMMAND_TIMEOUT_S, TESTS_DIR, Project
 
-HEAVY_MODULES = ("numpy", "PIL", "requests", "apscheduler", "watchdog", "matplotlib")
+HEAVY_MODULES = ("numpy", "PIL", "requests", "apscheduler", "watchdog", "matplotlib", "prometheus_client")
 PACKAGE_DIR = TESTS_DIR.parent / "runner"
 
 

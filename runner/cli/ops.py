@@ -1,5 +1,5 @@
 """Running the scheduler and installing it: `runner daemon`, `runner catchup`, `runner crontab`,
-`runner systemd-unit`, `runner db upgrade` and `runner check`."""
+`runner systemd-unit`, `runner db upgrade`, `runner check` and `runner doctor`."""
 
 from __future__ import annotations
 
@@ -298,3 +298,20 @@ def _database_state(app: App) -> tuple[str, str | None]:
         f"at revision {revision or 'none'}; `runner db upgrade` (or any run) brings it to {SCHEMA_REVISION}",
         None,
     )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the findings as JSON for scripts.")
+@pass_app
+def doctor(app: App, as_json: bool) -> int:
+    """Check this deployment: config, jobs, database and clock, folders, inotify limits, crontab
+    block, systemd unit and metrics; one line each (ok, warn or FAIL, with the fix to apply).
+
+    Changes nothing. Exit status: 0 when nothing failed (warnings included), 2 when something did.
+    """
+    from runner.doctor import exit_code, run_doctor
+
+    findings = run_doctor(app.config, emit=(lambda _f: None) if as_json else (lambda f: click.echo(f.line())))
+    if as_json:
+        print_json({"ok": exit_code(findings) == 0, "checks": [f.to_json() for f in findings]})
+    return exit_code(findings)

@@ -122,13 +122,26 @@ def _execute(app: App, spec: JobSpec, params: Mapping[str, Any], fire: Fire, as_
     try:
         outcome = execute(spec, params, fire, settings=settings.runner, store=app.store, live=live)
     except RunnerError as exc:
+        _write_metrics(app, quiet=True)  # a skipped fire is recorded too; the error is the one line
         if as_json:  # a script reading stdout learns why nothing ran (the line on stderr stays)
             print_json(
                 {"run_id": None, "status": "not_started", "exit_code": exc.exit_code, "error": str(exc)}
             )
         raise
+    _write_metrics(app)
     _print_outcome(spec.name, outcome, as_json, live)
     return outcome.cli_exit_code
+
+
+def _write_metrics(app: App, *, quiet: bool = False) -> None:
+    """With [runner] metrics_textfile: rewrite it from the history (prometheus_client loads only then)."""
+    if app.settings.runner.metrics_textfile is None:
+        return
+    from runner.metrics import textfile_after_run
+
+    warning = textfile_after_run(app.settings, app.store)
+    if warning and not quiet:
+        click.echo(f"runner: warning: {warning}", err=True)
 
 
 def _print_outcome(job: str, outcome: Outcome, as_json: bool, live: bool) -> None:

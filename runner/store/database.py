@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -32,6 +33,7 @@ from runner.store.records import RunEnd
 from runner.store.runs import RunWrites
 from runner.store.sqlite_file import SqliteFile
 from runner.store.state import StateEntries
+from runner.store.totals import RunTotals
 
 MIGRATIONS_DIR = Path(__file__).parent.parent / "migrations"
 SCHEMA_LOCK_ID = 7_270_001  # PostgreSQL advisory lock taken while migrating
@@ -43,7 +45,7 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
 
     Runs are its own (`store.claim`, `store.finish`, `store.history`, ...: runs.py, history.py),
     and so is its SQLite file (sqlite_file.py); the other tables have one small class each:
-    `store.leases`, `store.files`, `store.daemons`, `store.state`."""
+    `store.leases`, `store.files`, `store.daemons`, `store.state`, and `store.totals` (aggregates for metrics)."""
 
     def __init__(
         self,
@@ -93,6 +95,10 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
     def notices(self) -> Notices:
         return Notices(self)
 
+    @property
+    def totals(self) -> RunTotals:
+        return RunTotals(self)
+
     # --- schema -------------------------------------------------------------------------------
     def schema_revision(self) -> str | None:
         try:
@@ -105,6 +111,16 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
             raise self.fault(exc) from None
         except sa.exc.ProgrammingError:  # PostgreSQL: relation does not exist
             return None
+        except sa.exc.DBAPIError as exc:
+            raise self.fault(exc) from None
+
+    def server_clock(self) -> datetime | None:
+        """The database server's clock (None for SQLite: its clock is this host's)."""
+        if not self.url.startswith("postgresql"):
+            return None
+        try:
+            with self.engine.connect() as conn:
+                return conn.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
         except sa.exc.DBAPIError as exc:
             raise self.fault(exc) from None
 
