@@ -3,6 +3,7 @@ so `runner status` can show what each daemon loaded and `runner check` can tell 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 from collections.abc import Iterator
@@ -30,6 +31,21 @@ def code_version(settings: Settings) -> str:
             digest.update(b"\0unreadable")
         digest.update(b"\0")
     return f"{__version__}+{digest.hexdigest()[:HASH_CHARS]}"
+
+
+def refresh_bytecode(settings: Settings) -> None:
+    """Rewrite the job modules' bytecode caches as checked against their source's hash. A cache
+    made the default way is trusted while the source keeps its size and whole-second mtime: an
+    edit (a deploy) within the second of the last import would be imported stale. Best effort: a
+    folder we may not write to keeps its caches."""
+    import py_compile
+
+    for _, path in set(_sources(settings)):
+        if path is not None and path.suffix == ".py":
+            with contextlib.suppress(OSError):  # quiet=2: a syntax error is the import's to report
+                py_compile.compile(
+                    str(path), invalidation_mode=py_compile.PycInvalidationMode.CHECKED_HASH, quiet=2
+                )
 
 
 def _sources(settings: Settings) -> Iterator[tuple[str, Path | None]]:

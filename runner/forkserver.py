@@ -122,12 +122,13 @@ class _Server:
 
     def _load(self) -> Hello:
         """Import every job module (before the workers fork) and open the store: what we run."""
-        from runner.codeversion import code_version
+        from runner.codeversion import code_version, refresh_bytecode
         from runner.discovery import discover
         from runner.store import Store
         from runner.version import __version__
 
         self.settings = load_settings(self.config_path)
+        refresh_bytecode(self.settings)
         catalog = discover(self.settings)
         configured = {*self.settings.jobs, *self.settings.unusable}
         broken = {name: reason for name, reason in catalog.broken.items() if name in configured}

@@ -140,9 +140,17 @@ def status(app: App, as_json: bool) -> None:
 def _print_daemons(report: StatusReport) -> None:
     click.echo("DAEMONS")
     print_table(
-        ["ID", "HOST", "PID", "STARTED", "HEARTBEAT"],
+        ["ID", "HOST", "PID", "STARTED", "HEARTBEAT", "CODE", "LOADED"],
         [
-            [d["id"], d["host"], d["pid"], local(d["started_at"]), f"{report.heartbeat_age_s(d):.0f}s ago"]
+            [
+                d["id"],
+                d["host"],
+                d["pid"],
+                local(d["started_at"]),
+                f"{report.heartbeat_age_s(d):.0f}s ago",
+                d.get("code_version"),
+                local(d.get("code_loaded_at")),
+            ]
             for d in report.daemons
         ],
         empty="  none alive (start one with `runner daemon`, or install crontab lines)",
@@ -150,6 +158,8 @@ def _print_daemons(report: StatusReport) -> None:
     for d in report.daemons:
         for note in d.get("notes") or ():
             click.echo(f"  daemon {d['id']}: {note}")
+        for job, why in sorted((d.get("broken") or {}).items()):
+            click.echo(f"  daemon {d['id']}: job {job} is broken, its fires are recorded failed: {why}")
 
 
 def _print_queues(report: StatusReport) -> None:
