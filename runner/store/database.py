@@ -117,7 +117,7 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
         """The schema revision, after making sure this runner knows it: SchemaTooNew if a newer
         runner migrated the database (the message names the version to install)."""
         revision = self.schema_revision() if revision is None else revision
-        if revision is None or revision == SCHEMA_REVISION or revision in _known_revisions():
+        if revision is None or revision == SCHEMA_REVISION or revision in known_revisions():
             return revision
         from runner.version import __version__
 
@@ -136,7 +136,7 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
         )
 
     def _migrated_by(self, revision: str) -> str | None:
-        """The runner version that last migrated the database (to `revision`, if it says)."""
+        """The runner version that migrated the database to `revision`, if one recorded it."""
         query = sa.select(schema_upgrades.c.revision, schema_upgrades.c.runner_version).order_by(
             schema_upgrades.c.id.desc()
         )
@@ -146,13 +146,14 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
                 rows = conn.execute(query).all()
         except sa.exc.DBAPIError:  # no such table: migrated by a runner that did not record it
             return None
-        return next((version for rev, version in rows if rev == revision), rows[0][1] if rows else None)
+        return next((version for rev, version in rows if rev == revision), None)
 
     def upgrade(self) -> tuple[str | None, str | None]:
         """Run Alembic's upgrade to head under a lock, so concurrent first runs migrate once: the
         writer queue and SQLite's write lock, or an advisory lock on PostgreSQL. Whoever comes
         second finds the schema at head inside its transaction and changes nothing. Each upgrade
         is recorded with our version in schema_upgrades (what an older runner names)."""
+        before = self.check_schema_known()  # before Alembic is imported: it logs as it loads
         from alembic import command
         from alembic.config import Config
 
@@ -160,7 +161,6 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
 
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        before = self.check_schema_known()
         try:
             with self._transaction() as conn:
                 if conn.dialect.name == "postgresql":
@@ -341,11 +341,14 @@ def _revision_in(conn: sa.Connection) -> str | None:
     return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
 
 
-def _known_revisions() -> set[str]:
-    """Every revision this runner's migrations know (read only off the fast path)."""
-    from alembic.config import Config
-    from alembic.script import ScriptDirectory
+def known_revisions() -> set[str]:
+    """Every revision our migrations define, from their `revision = "..."` lines (read only off
+    the fast path; Alembic's own loader would log its set-up lines into a one-line refusal)."""
+    import re
 
-    config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
-    return {script.revision for script in ScriptDirectory.from_config(config).walk_revisions()}
+    pattern = re.compile(r"""^revision\s*=\s*["']([^"']+)["']""", re.MULTILINE)
+    return {
+        found.group(1)
+        for path in (MIGRATIONS_DIR / "versions").glob("*.py")
+        for found in pattern.finditer(path.read_text(encoding="utf-8"))
+    }
