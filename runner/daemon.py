@@ -20,6 +20,7 @@ from runner.context import Fire
 from runner.daemonevents import FileEvents
 from runner.daemonmissed import MissedFires
 from runner.errors import EXIT_STORAGE, RunnerError
+from runner.forkserver import LOG_FORMAT
 from runner.forkservers import ForkServer, ForkServers
 from runner.messages import FireRequest
 from runner.models import Trigger, utcnow
@@ -30,7 +31,6 @@ from runner.version import __version__
 
 log = logging.getLogger("runner.daemon")
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUEUE_PUBLISH_S = 1.0  # how often a changed queue is written to the daemon's row (`runner status`)
 RESTART_SETTINGS = ("database",)  # [runner] keys a reload cannot apply: the stores are open
 
@@ -52,6 +52,7 @@ class Daemon(MissedFires, FileEvents):
         self.dispatcher: Any = None
         self.notes: list[str] = []  # settings a reload could not apply (shown by `runner status`)
         self.server = ForkServers(config_path)
+        self.code_loaded_at: datetime | None = None  # when the current fork server imported the jobs
         self.scheduler: Any = None
         self.watches: Any = None
         self.daemon_id: int | None = None

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runner.daemon")
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # the daemon's and its servers'
 STOP_ESCALATE_S = 0.5  # after the first SIGTERM to busy workers, a second one kills their jobs
 GONE = -1  # the exit code reported for a fire whose worker or server vanished
 
@@ -335,8 +336,6 @@ def run_fire(settings: Settings, store: Store, request: FireRequest) -> int:
 def main(argv: list[str]) -> None:
     """A fork server the daemon spawned (runner.forkservers): `FD CONFIG`, the socket to the
     daemon and the config file."""
-    from runner.daemon import LOG_FORMAT
-
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
     serve(socket.socket(fileno=int(argv[0])), Path(argv[1]))
 
