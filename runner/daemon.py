@@ -265,14 +265,15 @@ class Daemon(MissedFires, FileEvents):
         notify("READY=1")
 
     def _refuse(self, server: ForkServer, why: str) -> None:
-        """A new fork server we will not use: stop it; the running one keeps every fire."""
+        """A new fork server we will not use: stop it; the running one keeps every fire. Logged,
+        and noted on our row for `runner status`."""
         server.stop()
         server.wait(time.monotonic() + self.settings.runner.kill_grace_s + 5)
-        log.error(
-            "reload failed, keeping the previous job code: %s; restart the daemon to run the new "
-            "version (systemctl restart runner)",
-            why,
-        )
+        note = f"reload refused: {why}; the job code was not reloaded: restart the daemon (systemctl restart runner)"
+        log.error("%s", note)
+        if note not in self.notes:
+            self.notes.append(note)
+        self._publish()
 
     def _code(self) -> dict[str, Any]:
         """What `runner status` shows of the code this daemon runs (its row's columns)."""

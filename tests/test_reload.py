@@ -5,12 +5,15 @@ reaped), and a module the edit broke leaves the other jobs firing and shows in `
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import textwrap
 import uuid
 from pathlib import Path
 
-from conftest import Project, stop, wait_until
+from conftest import TESTS_DIR, Project, stop, wait_until
+
+REPO = TESTS_DIR.parent
 
 # A job package of the test's own, on the daemon's PYTHONPATH, rewritten as a deploy would.
 VALUE_JOB = '''
@@ -75,9 +78,10 @@ def results(project: Project, job: str) -> list[tuple[str, str | None, str | Non
 
 
 def daemon_row(project: Project) -> dict:
+    """The one live daemon's row in `runner status --json` ({} while it is starting)."""
     daemons = project.runner("status", "--json").json()["daemons"]
-    assert len(daemons) == 1, daemons
-    return daemons[0]
+    assert len(daemons) <= 1, daemons
+    return daemons[0] if daemons else {}
 
 
 def proc_exists(pid: int) -> bool:
@@ -100,13 +104,13 @@ def test_sighup_runs_the_edited_code_while_a_running_fire_ends_on_the_old(sqlite
         )
     )
     old_server = int(Path(f"/proc/{worker}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    before = wait_until(lambda: daemon_row(project)["code_version"], "the daemon's code version")
+    before = wait_until(lambda: daemon_row(project).get("code_version"), "the daemon's code version")
 
     code.write("value", VALUE_JOB.format(version="v2"))
     stale = project.runner("check")
     daemon.send_signal(signal.SIGHUP)
     after = wait_until(
-        lambda: (v := daemon_row(project)["code_version"]) != before and v, "the reload's code version"
+        lambda: (v := daemon_row(project).get("code_version")) != before and v, "the reload's code version"
     )
     assert proc_exists(old_server), "the old fork server went away while its fire still ran"
     hold.unlink()  # the held fire (old code) may end now
@@ -166,3 +170,28 @@ def test_a_module_broken_by_the_edit_leaves_the_other_jobs_on_new_code(project: 
     assert failed[0]["started_at"] is None, failed  # nothing ran
     applied = min(r["started_at"] for r in project.history("fresh"))
     assert not [r for r in project.history("gone") if (r["started_at"] or "") > applied]  # removed
+
+
+def test_a_reload_that_finds_another_runner_installed_keeps_the_old_code(sqlite_project: Project):
+    """`pip install` of a new runner under a running daemon: a reload refuses to mix versions (the
+    daemon and its fork servers speak one), keeps firing the old code and says to restart."""
+    project = sqlite_project
+    installed = project.root / "site-packages"
+    shutil.copytree(REPO / "runner", installed / "runner", ignore=shutil.ignore_patterns("__pycache__"))
+    project.environ["PYTHONPATH"] = os.pathsep.join([str(installed), str(TESTS_DIR)])
+    out = project.root / "ticks.txt"
+    project.configure(f"[job:tick]\nuses = jobs_fixture.ticks:tick\nschedule = every 1s\nout = {out}\n")
+    daemon = project.start("daemon")
+    before = wait_until(lambda: daemon_row(project).get("code_version"), "the daemon's code version")
+
+    (installed / "runner" / "version.py").write_text('__version__ = "9.9.9"\n')
+    daemon.send_signal(signal.SIGHUP)
+    row = wait_until(lambda: (r := daemon_row(project)).get("notes") and r, "the refused reload noted")
+    fired = len(out.read_text().splitlines())
+    wait_until(lambda: len(out.read_text().splitlines()) >= fired + 2, "the old code to keep firing")
+    stderr = stop(project, daemon)
+
+    assert row["code_version"] == before, row
+    assert "reload refused: runner 9.9.9 is installed, this daemon runs 0.1.0" in row["notes"][0], row
+    assert "restart the daemon" in row["notes"][0]
+    assert "reload refused" in stderr and "Traceback" not in stderr
