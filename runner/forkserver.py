@@ -1,9 +1,9 @@
 """The fork server and its supervisor workers: where the daemon's fires are run.
 
-The daemon starts each fork server as a fresh interpreter (runner.forkservers: at start and on
-every reload, so edited job code takes effect). The fork server (single-threaded) imports every
-job module, says what code it loaded (`Hello`), and forks `max_workers` long-lived supervisor
-workers. Each worker takes one fire at a time and runs it through the one execution path, which
+The daemon starts a fork server when it starts (forked before any thread) and on every reload (a
+fresh interpreter, so edited job code takes effect): see runner.forkservers. The fork server
+(single-threaded) imports every job module, says what code it loaded (`Hello`), and forks
+`max_workers` long-lived supervisor workers. Each worker takes one fire at a time and runs it through the one execution path, which
 forks the job's child from the worker (also single-threaded). Workers live on between fires, so a
 fire costs one fork and two short transactions, not a fresh process. A retired server (a reload
 replaced it) lets its workers finish the fires they run, then exits.
@@ -51,7 +51,7 @@ class _Worker:
     sock: socket.socket
     lines: Lines
     busy: int | None = None  # the request id it is running
-    told_to_exit: bool = False
+    told_to_exit: bool = False  # it exits once its current fire (if any) is recorded
 
 
 class _Server:

@@ -31,9 +31,11 @@ def daemon(app: App) -> int:
 
     Fires every scheduled job through the same execution path as `runner run`, at most
     [runner] max_workers at once; on start it runs fires missed while it was down (within each
-    job's catchup window), marked late. SIGHUP reloads the config (an invalid one is logged and the
-    old schedules kept); SIGTERM or Ctrl-C lets running jobs finish for shutdown_grace, then kills
-    them, and a second one kills them at once.
+    job's catchup window), marked late. SIGHUP reloads the config and the job code: new fires run
+    the modules as they are on disk, running ones finish on the old code (an invalid config is
+    logged and the old schedules kept; a job whose module no longer imports is shown broken by
+    `runner status` and its fires are recorded failed). SIGTERM or Ctrl-C lets running jobs finish
+    for shutdown_grace, then kills them, and a second one kills them at once.
     """
     from runner.daemon import run_daemon
 
@@ -226,7 +228,11 @@ def db() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_app
 def db_upgrade(app: App, as_json: bool) -> None:
-    """Create the tables or migrate them to this version (runs also do this on first use)."""
+    """Create the tables or migrate them to this version (runs also do this on first use).
+
+    Run it once after installing a new version, before reloading or restarting daemons. A database
+    that a newer runner migrated is refused (exit 5, the version to install named) and not changed.
+    """
     before, after = app.store.upgrade()
     if as_json:
         print_json({"before": before, "after": after, "changed": before != after})
