@@ -112,7 +112,8 @@ def logs(app: App, run_id: int, follow: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_app
 def status(app: App, as_json: bool) -> None:
-    """Show live daemons, runs in progress, next fires, missed fires and recent failures."""
+    """Show live daemons (the job code each runs, jobs it cannot run), runs in progress, next fires,
+    missed fires and recent failures."""
     from runner.status import status_report
 
     report = status_report(app.settings, app.reaped_store())
