@@ -20,16 +20,17 @@ from runner.context import Fire
 from runner.daemonevents import FileEvents
 from runner.daemonmissed import MissedFires
 from runner.errors import EXIT_STORAGE, RunnerError
-from runner.forkserver import ForkServer
+from runner.forkserver import LOG_FORMAT
+from runner.forkservers import ForkServer, ForkServers
 from runner.messages import FireRequest
 from runner.models import Trigger, utcnow
 from runner.settings import Settings
 from runner.spool import replay
 from runner.triggers import fire_key
+from runner.version import __version__
 
 log = logging.getLogger("runner.daemon")
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 QUEUE_PUBLISH_S = 1.0  # how often a changed queue is written to the daemon's row (`runner status`)
 # [runner] keys a reload cannot apply: the stores are open, the metrics port is bound
 RESTART_SETTINGS = ("database", "metrics_listen")
@@ -51,7 +52,8 @@ class Daemon(MissedFires, FileEvents):
         self._stopping = False
         self.dispatcher: Any = None
         self.notes: list[str] = []  # settings a reload could not apply (shown by `runner status`)
-        self.server = ForkServer(config_path)
+        self.server = ForkServers(config_path)
+        self.code_loaded_at: datetime | None = None  # when the current fork server imported the jobs
         self.scheduler: Any = None
         self.watches: Any = None
         self.metrics: Any = None  # the metrics HTTP server, with metrics_listen
@@ -62,14 +64,10 @@ class Daemon(MissedFires, FileEvents):
 
     # -- life cycle --
     def run(self) -> int:
-        from runner.discovery import discover
         from runner.dispatch import Dispatcher
         from runner.store import Store
         from runner.systemd import notify
 
-        catalog = discover(self.settings)
-        for name, reason in catalog.broken.items():
-            log.error("job %s is broken and will not fire: %s", name, reason)
         self.store = Store(
             self.settings.runner.database,
             lock_timeout_s=self.settings.runner.lock_timeout_s,
@@ -78,14 +76,15 @@ class Daemon(MissedFires, FileEvents):
         self.store.ensure_schema()
         self.store.engine.dispose()
         self.database_identity = self.store.file_identity()  # SQLite: the file we opened
-        self.server.start()  # forks before any thread exists, then starts its reply reader
-        self._serve_metrics()
+        hello = self.server.start()  # imports the job code (the daemon itself never does)
+        self.code_loaded_at = utcnow()
+        self._serve_metrics()  # a thread: after the first fork server forked
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_reload)
         self.dispatcher = Dispatcher(
             self.settings,
-            _policies(catalog),
+            hello.policies,
             send=lambda name, fire: self.server.submit(FireRequest(name, fire)),
             busy=lambda: self.server.in_flight,
             record=self._record_skips,
@@ -95,15 +94,16 @@ class Daemon(MissedFires, FileEvents):
         self._resume_retries()
         self._start_scheduler()
         self._start_watches()
-        self.daemon_id = self.store.daemons.register(str(self.config_path))  # `runner status`: up
+        self.daemon_id = self.store.daemons.register(str(self.config_path), self._code())  # status: up
         jobs = self._scheduled_names() + [
             f"{n} (watch)" for n, j in sorted(self.settings.jobs.items()) if j.watch
         ]
         notify("READY=1\nSTATUS=firing " + ", ".join(jobs))
         log.info(
-            "daemon %s ready: pid %s, jobs: %s",
+            "daemon %s ready: pid %s, code %s, jobs: %s",
             self.daemon_id,
             os.getpid(),
+            hello.code_version,
             ", ".join(jobs) or "none",
         )
         self._loop()
@@ -137,6 +137,8 @@ class Daemon(MissedFires, FileEvents):
             if self.reload_requested:
                 self.reload_requested = False
                 self._reload()
+            for server in self.server.reap():
+                log.info("the fork server of code %s (pid %s) retired", server.hello.code_version, server.pid)
             if time.monotonic() >= next_beat:
                 if self._database_replaced():
                     break
@@ -216,7 +218,7 @@ class Daemon(MissedFires, FileEvents):
             time.sleep(0.1)
         if self.server.in_flight:
             log.warning("shutdown_grace is over: killing %d running job(s)", self.server.in_flight)
-        self.server.stop(timeout_s=reserve + self.settings.runner.kill_grace_s + 5)
+        self.server.stop(timeout_s=reserve + self.settings.runner.kill_grace_s + 5)  # old code's too
         if self.exit_code == EXIT_STORAGE:  # the database file now at the path holds no row of ours
             removed = self.store.drop_old_wal()
             if removed:
@@ -232,39 +234,76 @@ class Daemon(MissedFires, FileEvents):
         return self.exit_code
 
     def _reload(self) -> None:
-        from runner.discovery import discover
+        """SIGHUP: the config and the job code again. A new fork server imports the code as it is
+        on disk and takes every fire from now on; the old one finishes the fires it runs, then
+        exits. A config that does not load, or a server that cannot start, changes nothing; a job
+        whose code does not load is broken (its fires are recorded failed), the others go on."""
         from runner.systemd import notify
 
         notify("RELOADING=1")
         try:
             settings = load_settings(self.config_path)
-            catalog = discover(settings)
-            if catalog.errors:
-                raise RunnerError(catalog.errors[0])
+            server = self.server.start_new()
         except RunnerError as exc:
-            log.error("reload failed, keeping the previous schedules: %s", exc)
+            log.error("reload failed, keeping the previous schedules and job code: %s", exc)
             notify("READY=1")
             return
         except Exception:  # a bug must not take the running daemon down with it
-            log.exception("reload failed, keeping the previous schedules")
+            log.exception("reload failed, keeping the previous schedules and job code")
+            notify("READY=1")
+            return
+        assert server.hello is not None
+        if server.hello.runner_version != __version__:
+            self._refuse(
+                server, f"runner {server.hello.runner_version} is installed, this daemon runs {__version__}"
+            )
             notify("READY=1")
             return
         self._note_restart_settings(settings)
+        # New fires go to the new code first, then the schedules change: a fire of a new job never
+        # reaches the old server, which does not know it.
+        was = self.server.hello.code_version
+        self.server.switch_to(server)
+        self.code_loaded_at = utcnow()
         previous, previous_policies = self.settings, self.dispatcher.policies
         try:
-            self._apply(settings, _policies(catalog))
+            self._apply(settings, server.hello.policies)
         except Exception:
             log.exception("reload failed while applying it; going back to the previous schedules")
             self._apply(previous, previous_policies)
-        else:
-            log.info(
-                "reloaded %s: jobs %s; max_workers = %d",
-                self.config_path,
-                ", ".join(self._scheduled_names()) or "none",
-                settings.runner.max_workers,
-            )
-            self._publish()
+        log.info(
+            "reloaded %s: code %s (was %s); jobs %s; max_workers = %d; %d fire(s) finish on the old code",
+            self.config_path,
+            server.hello.code_version,
+            was,
+            ", ".join(self._scheduled_names()) or "none",
+            settings.runner.max_workers,
+            sum(s.in_flight for s in self.server.retiring),
+        )
+        with contextlib.suppress(Exception):  # the heartbeat reports database trouble
+            self.store.daemons.loaded_code(self.daemon_id, self._code())
+        self._publish()
         notify("READY=1")
+
+    def _refuse(self, server: ForkServer, why: str) -> None:
+        """A new fork server we will not use: stop it; the running one keeps every fire. Logged,
+        and noted on our row for `runner status`."""
+        server.stop()
+        server.wait(time.monotonic() + self.settings.runner.kill_grace_s + 5)
+        note = f"reload refused: {why}; the job code was not reloaded: restart the daemon (systemctl restart runner)"
+        log.error("%s", note)
+        if note not in self.notes:
+            self.notes.append(note)
+        self._publish()
+
+    def _code(self) -> dict[str, Any]:
+        """What `runner status` shows of the code this daemon runs (its row's columns)."""
+        hello = self.server.hello
+        return {
+            "code_version": hello.code_version,
+            "code_loaded_at": self.code_loaded_at,
+            "broken": hello.broken,
+        }
 
     def _apply(self, settings: Settings, policies: dict[str, str]) -> None:
         now = utcnow()
@@ -275,7 +314,6 @@ class Daemon(MissedFires, FileEvents):
             job.remove()
         self.settings = settings
         self.dispatcher.reload(settings, policies)
-        self.server.reload()
         self._add_jobs()
         if self.watches is not None:
             self.watches.stop()
@@ -325,10 +363,6 @@ def _process_started_at() -> datetime:
         return datetime.fromtimestamp(time.time() - age_s, UTC)
     except (OSError, ValueError, IndexError, AttributeError):
         return utcnow()
-
-
-def _policies(catalog: Any) -> dict[str, str]:
-    return {name: spec.overlap for name, spec in catalog.jobs.items()}
 
 
 def _noop() -> None:

@@ -254,6 +254,8 @@ def discover(settings: Settings) -> Catalog:
                     raise _section_error(settings, name, "uses", section.uses, exc) from None
             elif name in functions:
                 func = functions[name]
+            elif module_error := _broken_module_of(settings, name, catalog.broken):
+                raise ConfigError(module_error, path=settings.path, section=JOB_PREFIX + name)
             else:
                 raise ConfigError(
                     "no job function of this name; add `uses = package.module:function`",
@@ -274,6 +276,11 @@ def discover(settings: Settings) -> Catalog:
             except ConfigError as exc:
                 catalog.broken[name] = str(exc)
     return catalog
+
+
+def _broken_module_of(settings: Settings, name: str, broken: dict[str, str]) -> str | None:
+    """Why the module named like job `name` in a job package did not import, if it did not."""
+    return next((broken[m] for p in settings.runner.job_packages if (m := f"{p}.{name}") in broken), None)
 
 
 def _entry_points() -> list[EntryPoint]:

@@ -32,6 +32,7 @@ class SkipReason(enum.StrEnum):
     VANISHED = "vanished"  # a file event whose files were all deleted before the run
     RETRY_STOPPED = "retry stopped"  # a retry cut short by a stop: resumed on the next daemon start
     RETRY_RESUMED = "retry resumed"  # ... and taken up again (by the daemon whose id is in the error)
+    BROKEN = "broken"  # a daemon's fire of a job whose code did not load (status failed, not skipped)
 
 
 class Trigger(enum.StrEnum):

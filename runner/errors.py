@@ -91,6 +91,10 @@ class StorageError(RunnerError):
     exit_code = EXIT_STORAGE
 
 
+class SchemaTooNew(StorageError):
+    """The database was migrated by a newer runner: this one refuses it and writes nothing."""
+
+
 class DatabaseBusy(StorageError):
     """Another process held the database's write lock for longer than `lock_timeout`."""
 

@@ -213,6 +213,15 @@ def execute_configured(
     resume: RunRecord | None = None,
 ) -> Outcome:
     """A scheduled, cron or file fire: the job's parameters come from its INI section alone."""
+    spec, params = configured_job(settings, job)
+    return execute(
+        spec, params, fire, settings=settings.runner, store=store, live=live, reap=reap, resume=resume
+    )
+
+
+def configured_job(settings: Settings, job: str) -> tuple[JobSpec, dict[str, Any]]:
+    """The job's function and its parameters from its INI section; BrokenJob, ConfigError,
+    ParamError or UnknownJob when its code or its section cannot give them."""
     from runner.discovery import config_origin, find_job
     from runner.params import bind
 
@@ -220,9 +229,27 @@ def execute_configured(
     params = bind(
         job, spec.params, [(config_origin(settings, job), spec.config_params)], base_dir=settings.path.parent
     )
-    return execute(
-        spec, params, fire, settings=settings.runner, store=store, live=live, reap=reap, resume=resume
-    )
+    return spec, params
+
+
+def record_broken(store: Store, job: str, fire: Fire, error: str) -> None:
+    """A daemon's fire of a job whose code does not load (its module fails to import, its `uses =`
+    function is gone): nothing runs; the fire is recorded failed with the reason, so the history,
+    `runner status` and alerts show it, and its files (a file event) wait for a fixed job."""
+    with contextlib.suppress(AlreadyRan):  # somebody ran it after all
+        store.claim(
+            job=job,
+            fire_key=fire.key,
+            trigger=fire.kind,
+            scheduled_at=fire.scheduled_at,
+            late=fire.late,
+            paths=[str(p) for p in fire.paths] or None,
+            status=RunStatus.FAILED,
+            error=f"not run: the job's code is broken: {error}",
+            reason=SkipReason.BROKEN,
+        )
+    if fire.paths:
+        store.files.settle(job, fire.key, succeeded=False, started=False)
 
 
 def record_missed(

@@ -1,10 +1,12 @@
 """The fork server and its supervisor workers: where the daemon's fires are run.
 
-The daemon forks the fork server before it starts any thread. The fork server (single-threaded,
-with `runner` and every job module imported) forks `max_workers` long-lived supervisor workers.
-Each worker takes one fire at a time and runs it through the one execution path, which forks the
-job's child from the worker (also single-threaded). Workers live on between fires, so a fire
-costs one fork and two short transactions, not a fresh process.
+The daemon starts a fork server when it starts (forked before any thread) and on every reload (a
+fresh interpreter, so edited job code takes effect): see runner.forkservers. The fork server
+(single-threaded) imports every job module, says what code it loaded (`Hello`), and forks
+`max_workers` long-lived supervisor workers. Each worker takes one fire at a time and runs it through the one execution path, which
+forks the job's child from the worker (also single-threaded). Workers live on between fires, so a
+fire costs one fork and two short transactions, not a fresh process. A retired server (a reload
+replaced it) lets its workers finish the fires they run, then exits.
 """
 
 from __future__ import annotations
@@ -17,18 +19,16 @@ import selectors
 import signal
 import socket
 import sys
-import threading
 import time
 from collections import deque
-from concurrent.futures import Future
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from runner.config import load_settings
-from runner.enums import RunStatus
-from runner.errors import RunnerError
-from runner.messages import Command, FireReply, FireRequest, Lines, read_order, send
+from runner.enums import RunStatus, SkipReason
+from runner.errors import EXIT_NOT_STARTED, BrokenJob, ConfigError, ParamError, RunnerError, UnknownJob
+from runner.messages import Command, FireReply, FireRequest, Hello, Lines, read_order, send
 from runner.prctl import set_parent_death_signal
 from runner.settings import Settings
 
@@ -37,94 +37,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("runner.daemon")
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"  # the daemon's and its servers'
 STOP_ESCALATE_S = 0.5  # after the first SIGTERM to busy workers, a second one kills their jobs
 GONE = -1  # the exit code reported for a fire whose worker or server vanished
-
-
-# --- the daemon's side ----------------------------------------------------------------------------
-
-
-class ForkServer:
-    """The daemon's handle on the fork server: submit fires, get their exit codes as futures."""
-
-    def __init__(self, config_path: Path) -> None:
-        self.config_path = config_path
-        self.pid = 0
-        self._sock: socket.socket | None = None
-        self._lock = threading.Lock()
-        self._pending: dict[int, Future[int]] = {}
-        self._next_id = 0
-
-    def start(self) -> None:
-        """Fork the server. Call before the daemon starts any thread."""
-        parent_sock, child_sock = socket.socketpair()
-        sys.stdout.flush()
-        sys.stderr.flush()
-        pid = os.fork()
-        if pid == 0:
-            code = 70
-            try:
-                parent_sock.close()
-                code = _Server(self.config_path, child_sock).serve()
-            except BaseException:
-                logging.getLogger("runner.forkserver").exception("fork server crashed")
-            finally:
-                os._exit(code)
-        child_sock.close()
-        self.pid = pid
-        self._sock = parent_sock
-        threading.Thread(target=self._read_replies, name="forkserver-replies", daemon=True).start()
-
-    def submit(self, request: FireRequest) -> Future[int]:
-        future: Future[int] = Future()
-        with self._lock:
-            self._next_id += 1
-            self._pending[self._next_id] = future
-            try:
-                send(self._sock, replace(request, id=self._next_id))
-            except OSError:
-                self._pending.pop(self._next_id)
-                future.set_result(GONE)
-        return future
-
-    def reload(self) -> None:
-        """Read the config again: new workers for new fires, the old ones finish theirs first."""
-        self._command(Command.RELOAD)
-
-    def _command(self, command: Command) -> None:
-        with self._lock, contextlib.suppress(OSError):
-            send(self._sock, command)
-
-    def _read_replies(self) -> None:
-        lines = Lines(self._sock)
-        while not lines.closed:
-            for message in lines.read():
-                reply = FireReply.from_message(message)
-                with self._lock:
-                    future = self._pending.pop(reply.id, None)
-                if future is not None:
-                    future.set_result(reply.code)
-        with self._lock:  # the server is gone: nothing pending will finish
-            for future in self._pending.values():
-                future.set_result(GONE)
-            self._pending.clear()
-
-    @property
-    def in_flight(self) -> int:
-        with self._lock:
-            return len(self._pending)
-
-    def stop(self, timeout_s: float) -> None:
-        """Stop every worker (a running job becomes 'killed'), then the server; wait for it."""
-        self._command(Command.STOP)
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if os.waitpid(self.pid, os.WNOHANG)[0]:
-                return
-            time.sleep(0.05)
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.pid, signal.SIGKILL)
-        os.waitpid(self.pid, 0)
 
 
 # --- the server -----------------------------------------------------------------------------------
@@ -136,7 +51,7 @@ class _Worker:
     sock: socket.socket
     lines: Lines
     busy: int | None = None  # the request id it is running
-    retiring: bool = False  # finish the current fire, then exit (after a reload)
+    told_to_exit: bool = False  # it exits once its current fire (if any) is recorded
 
 
 class _Server:
@@ -147,26 +62,26 @@ class _Server:
         self.workers: dict[int, _Worker] = {}
         self.queue: deque[FireRequest] = deque()
         self.stopping_since: float | None = None
+        self.retiring = False  # a reload replaced us: finish what runs, start nothing new
         self.escalated = False
         self.selector = selectors.DefaultSelector()
 
     def serve(self) -> int:
-        from runner.store import Store
+        from runner.version import __version__
 
         set_parent_death_signal(signal.SIGTERM)
+        if os.getppid() != self.daemon_pid:  # the daemon died before we could ask to follow it
+            return 0
         # Out of the terminal's session: a Ctrl-C or hang-up is the daemon's to handle (it stops
         # gracefully), never a signal to the workers that supervise running jobs.
         with contextlib.suppress(OSError):
             os.setsid()
-        self._load()
-        # Workers leave WAL checkpoints to the daemon's heartbeat (see Store.checkpoint).
-        self.store = Store(
-            self.settings.runner.database,
-            autocheckpoint=False,
-            lock_timeout_s=self.settings.runner.lock_timeout_s,
-            data_url=self.settings.runner.data_database,
-        )
-        self.store.warm_up()
+        try:
+            hello = self._load()
+        except RunnerError as exc:
+            send(self.sock, Hello(__version__, error=str(exc)))
+            return exc.exit_code
+        send(self.sock, hello)
         wake_r, wake_w = os.pipe()
         os.set_blocking(wake_r, False)
         os.set_blocking(wake_w, False)
@@ -197,37 +112,54 @@ class _Server:
             if os.getppid() != self.daemon_pid:
                 self._stop()
             self._dispatch()
-            if self.stopping_since is not None:
-                if not self.escalated and time.monotonic() - self.stopping_since > STOP_ESCALATE_S:
-                    self.escalated = True
-                    self._signal_workers(busy_only=True)
-                if not self.workers:
-                    return 0
+            if self.retiring and not self.queue:
+                self._tell_workers_to_exit()
+            stopping_s = time.monotonic() - self.stopping_since if self.stopping_since is not None else 0.0
+            if not self.escalated and stopping_s > STOP_ESCALATE_S:
+                self.escalated = True
+                self._signal_workers(busy_only=True)
+            if (self.stopping_since is not None or self.retiring) and not self.workers:
+                return 0
 
-    def _load(self) -> None:
+    def _load(self) -> Hello:
+        """Import every job module (before the workers fork) and open the store: what we run."""
+        from runner.codeversion import code_version, refresh_bytecode
         from runner.discovery import discover
+        from runner.store import Store
+        from runner.version import __version__
 
         self.settings = load_settings(self.config_path)
-        discover(self.settings)  # every job module imported once, before the workers fork
+        refresh_bytecode(self.settings)
+        catalog = discover(self.settings)
+        configured = {*self.settings.jobs, *self.settings.unusable}
+        broken = {name: reason for name, reason in catalog.broken.items() if name in configured}
+        for name, reason in sorted(broken.items()):
+            log.error("job %s is broken and will not run (its fires are recorded failed): %s", name, reason)
+        hello = Hello(
+            runner_version=__version__,
+            code_version=code_version(self.settings),
+            policies={name: str(spec.overlap) for name, spec in catalog.jobs.items()},
+            broken=broken,
+        )
+        # Workers leave WAL checkpoints to the daemon's heartbeat (see Store.checkpoint).
+        self.store = Store(
+            self.settings.runner.database,
+            autocheckpoint=False,
+            lock_timeout_s=self.settings.runner.lock_timeout_s,
+            data_url=self.settings.runner.data_database,
+        )
+        self.store.warm_up()
         import ctypes  # noqa: F401  (job children set their parent-death signal with it)
 
         gc.freeze()  # keep the collector from touching (and so copying) pages shared with forks
+        return hello
 
     def _on_daemon(self, message: dict[str, Any]) -> None:
         order = read_order(message)
         if order is Command.STOP:
             self._stop()
-        elif order is Command.RELOAD:
-            try:
-                self._load()
-            except RunnerError as exc:
-                log.error("fork server: reload failed: %s", exc)
-                return
-            for worker in self.workers.values():  # finish what they run, then make way
-                worker.retiring = True
-                with contextlib.suppress(OSError):
-                    send(worker.sock, Command.EXIT)
-            self._spawn_workers()
+        elif order is Command.RETIRE:
+            self.retiring = True  # the loop tells the workers to exit once the queue is handed out
         elif self.stopping_since is None:
             self.queue.append(order)
         else:
@@ -246,7 +178,9 @@ class _Server:
             send(self.sock, FireReply(request_id, code))
 
     def _dispatch(self) -> None:
-        idle = [w for w in self.workers.values() if w.busy is None and not w.retiring and not w.lines.closed]
+        idle = [
+            w for w in self.workers.values() if w.busy is None and not w.told_to_exit and not w.lines.closed
+        ]
         while self.queue and idle:
             worker = idle.pop()
             request = self.queue.popleft()
@@ -257,9 +191,16 @@ class _Server:
                 self.queue.appendleft(request)
 
     def _spawn_workers(self) -> None:
-        active = sum(1 for w in self.workers.values() if not w.retiring)
-        for _ in range(self.settings.runner.max_workers - active):
+        for _ in range(self.settings.runner.max_workers):
             self._spawn_worker()
+
+    def _tell_workers_to_exit(self) -> None:
+        """Each worker exits once its current fire (if any) is recorded."""
+        for worker in self.workers.values():
+            if not worker.told_to_exit:
+                worker.told_to_exit = True
+                with contextlib.suppress(OSError):
+                    send(worker.sock, Command.EXIT)
 
     def _spawn_worker(self) -> None:
         ours, theirs = socket.socketpair()
@@ -303,7 +244,7 @@ class _Server:
                     os.waitstatus_to_exitcode(status),
                 )
                 self._reply(worker.busy, GONE)
-            if self.stopping_since is None and not worker.retiring:
+            if self.stopping_since is None and not self.retiring:
                 self._spawn_worker()
 
     def _stop(self) -> None:
@@ -313,9 +254,7 @@ class _Server:
         for request in self.queue:
             self._reply(request.id, GONE)
         self.queue.clear()
-        for worker in self.workers.values():  # a busy one reads this once its fire is recorded
-            with contextlib.suppress(OSError):
-                send(worker.sock, Command.EXIT)
+        self._tell_workers_to_exit()  # a busy one reads this once its fire is recorded
         self._signal_workers(busy_only=False)
 
     def _signal_workers(self, *, busy_only: bool) -> None:
@@ -351,12 +290,32 @@ def _worker_loop(settings: Settings, store: Store, sock: socket.socket) -> int:
 
 def run_fire(settings: Settings, store: Store, request: FireRequest) -> int:
     """One fire from the daemon, through the one execution path; returns `runner run`'s exit code."""
-    from runner.execution import execute_configured
+    from runner.execution import configured_job, execute, record_broken
 
     fire = request.fire
+    if request.job not in settings.jobs and request.job not in settings.unusable:
+        # handed over while a reload removed the job: what the dispatcher records for such fires
+        error = "reload: the job was removed from the config before this fire started"
+        store.record_skipped(
+            request.job, fire.kind, [(fire.key, fire.scheduled_at)], SkipReason.RELOAD, error
+        )
+        if fire.paths:
+            store.files.settle(request.job, fire.key, succeeded=False, started=False)
+        return EXIT_NOT_STARTED
+    try:
+        spec, params = configured_job(settings, request.job)
+    except (BrokenJob, ConfigError, ParamError, UnknownJob) as exc:
+        log.error("job=%s fire=%s not run, recorded failed: %s", request.job, fire.key, exc)
+        try:
+            record_broken(store, request.job, fire, str(exc))
+        except RunnerError as storage:
+            log.error("job=%s fire=%s could not be recorded: %s", request.job, fire.key, storage)
+        return exc.exit_code
     try:
         resume = store.get_run(request.resume) if request.resume else None
-        outcome = execute_configured(settings, store, request.job, fire, reap=False, resume=resume)
+        outcome = execute(
+            spec, params, fire, settings=settings.runner, store=store, reap=False, resume=resume
+        )
     except RunnerError as exc:
         log.info("job=%s fire=%s not run: %s", request.job, fire.key, exc)
         return exc.exit_code
@@ -369,3 +328,25 @@ def run_fire(settings: Settings, store: Store, request: FireRequest) -> int:
         message += f": {outcome.error}"
     (log.info if outcome.status is RunStatus.SUCCEEDED else log.warning)(message)
     return outcome.cli_exit_code
+
+
+# --- the process ------------------------------------------------------------------------------------
+
+
+def main(argv: list[str]) -> None:
+    """A fork server the daemon spawned (runner.forkservers): `FD CONFIG`, the socket to the
+    daemon and the config file."""
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT, stream=sys.stderr)
+    serve(socket.socket(fileno=int(argv[0])), Path(argv[1]))
+
+
+def serve(sock: socket.socket, config_path: Path) -> NoReturn:
+    """Be the fork server on `sock` until told to stop or retire, then exit."""
+    code = 70
+    try:
+        code = _Server(config_path, sock).serve()
+    except BaseException:
+        log.exception("fork server crashed")
+    finally:
+        sys.stderr.flush()
+        os._exit(code)

@@ -1,13 +1,14 @@
 """What the daemon, its fork server and the supervisor workers say to each other: one JSON object
-a line over a stream socket. A fire to run goes down (`FireRequest`), its exit code comes back
-(`FireReply`); `Command`s steer the server and the workers. Both ends build and read them here."""
+a line over a stream socket. A fork server first says what code it loaded (`Hello`); then a fire
+to run goes down (`FireRequest`), its exit code comes back (`FireReply`); `Command`s steer the
+server and the workers. Both ends build and read them here."""
 
 from __future__ import annotations
 
 import enum
 import json
 import socket
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from runner.context import Fire
 
 class Command(enum.StrEnum):
     STOP = "stop"  # daemon -> server: stop every worker (running jobs become 'killed'), then exit
-    RELOAD = "reload"  # daemon -> server: read the config again, replace the workers
+    RETIRE = "retire"  # daemon -> server: take no new fire; exit once the running ones are recorded
     EXIT = "exit"  # server -> worker: exit once the current fire (if any) is recorded
 
     def to_message(self) -> dict[str, Any]:
@@ -76,6 +77,37 @@ class FireReply:
         return cls(id=message["id"], code=message["code"])
 
 
+@dataclass(frozen=True, slots=True)
+class Hello:
+    """A fork server's first line, once its job modules are imported: the code it runs (runner's
+    version, `runner.codeversion`), each job's overlap policy, and the configured jobs it cannot
+    run with why; or `error`, why it could not start. Its shape stays the same across versions:
+    a daemon reads it from a server of another runner version to refuse that server."""
+
+    runner_version: str
+    code_version: str = ""
+    policies: dict[str, str] = field(default_factory=dict)
+    broken: dict[str, str] = field(default_factory=dict)
+    error: str | None = None
+
+    def to_message(self) -> dict[str, Any]:
+        return {"hello": asdict(self)}
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any]) -> Hello | None:
+        """The Hello in `message`, or None if it is not one."""
+        hello = message.get("hello")
+        if not isinstance(hello, dict):
+            return None
+        return cls(
+            runner_version=str(hello.get("runner_version")),
+            code_version=str(hello.get("code_version") or ""),
+            policies=dict(hello.get("policies") or {}),
+            broken=dict(hello.get("broken") or {}),
+            error=hello.get("error"),
+        )
+
+
 def read_order(message: dict[str, Any]) -> FireRequest | Command:
     """A message sent down (daemon -> server -> worker): a command or a fire to run."""
     if "cmd" in message:
@@ -83,7 +115,7 @@ def read_order(message: dict[str, Any]) -> FireRequest | Command:
     return FireRequest.from_message(message)
 
 
-def send(sock: socket.socket, message: FireRequest | FireReply | Command) -> None:
+def send(sock: socket.socket, message: FireRequest | FireReply | Command | Hello) -> None:
     sock.sendall(json.dumps(message.to_message()).encode() + b"\n")
 
 

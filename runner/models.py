@@ -12,7 +12,7 @@ from runner.enums import RunStatus as RunStatus
 from runner.enums import SkipReason as SkipReason
 from runner.enums import Trigger as Trigger
 
-SCHEMA_REVISION = "0010"  # the newest Alembic revision; tests keep the two equal
+SCHEMA_REVISION = "0011"  # the newest Alembic revision; tests keep the two equal
 
 ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 
@@ -119,6 +119,20 @@ daemons = sa.Table(
     sa.Column("stopped_at", UTCDateTime, nullable=True),
     sa.Column("queues", sa.JSON, nullable=True),  # per job: fires waiting in this daemon (status)
     sa.Column("notes", sa.JSON, nullable=True),  # settings a reload could not apply, one line each
+    sa.Column("code_version", sa.String(80), nullable=True),  # runner.codeversion of its job code
+    sa.Column("code_loaded_at", UTCDateTime, nullable=True),  # when it (re)loaded that code
+    sa.Column("broken", sa.JSON, nullable=True),  # configured jobs whose code did not load: {job: why}
+)
+
+schema_upgrades = (
+    sa.Table(  # which runner migrated the schema, so an older one can name the version to install
+        "schema_upgrades",
+        metadata,
+        sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+        sa.Column("revision", sa.String(32), nullable=False),
+        sa.Column("runner_version", sa.String(40), nullable=False),
+        sa.Column("upgraded_at", UTCDateTime, nullable=False),
+    )
 )
 
 

@@ -112,7 +112,8 @@ def logs(app: App, run_id: int, follow: bool, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_app
 def status(app: App, as_json: bool) -> None:
-    """Show live daemons, runs in progress, next fires, missed fires and recent failures."""
+    """Show live daemons (the job code each runs, jobs it cannot run), runs in progress, next fires,
+    missed fires and recent failures."""
     from runner.status import status_report
 
     report = status_report(app.settings, app.reaped_store())
@@ -147,9 +148,17 @@ def status(app: App, as_json: bool) -> None:
 def _print_daemons(report: StatusReport) -> None:
     click.echo("DAEMONS")
     print_table(
-        ["ID", "HOST", "PID", "STARTED", "HEARTBEAT"],
+        ["ID", "HOST", "PID", "STARTED", "HEARTBEAT", "CODE", "LOADED"],
         [
-            [d["id"], d["host"], d["pid"], local(d["started_at"]), f"{report.heartbeat_age_s(d):.0f}s ago"]
+            [
+                d["id"],
+                d["host"],
+                d["pid"],
+                local(d["started_at"]),
+                f"{report.heartbeat_age_s(d):.0f}s ago",
+                d.get("code_version"),
+                local(d.get("code_loaded_at")),
+            ]
             for d in report.daemons
         ],
         empty="  none alive (start one with `runner daemon`, or install crontab lines)",
@@ -157,6 +166,8 @@ def _print_daemons(report: StatusReport) -> None:
     for d in report.daemons:
         for note in d.get("notes") or ():
             click.echo(f"  daemon {d['id']}: {note}")
+        for job, why in sorted((d.get("broken") or {}).items()):
+            click.echo(f"  daemon {d['id']}: job {job} is broken, its fires are recorded failed: {why}")
 
 
 def _print_queues(report: StatusReport) -> None:

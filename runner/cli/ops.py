@@ -31,9 +31,11 @@ def daemon(app: App) -> int:
 
     Fires every scheduled job through the same execution path as `runner run`, at most
     [runner] max_workers at once; on start it runs fires missed while it was down (within each
-    job's catchup window), marked late. SIGHUP reloads the config (an invalid one is logged and the
-    old schedules kept); SIGTERM or Ctrl-C lets running jobs finish for shutdown_grace, then kills
-    them, and a second one kills them at once.
+    job's catchup window), marked late. SIGHUP reloads the config and the job code: new fires run
+    the modules as they are on disk, running ones finish on the old code (an invalid config is
+    logged and the old schedules kept; a job whose module no longer imports is shown broken by
+    `runner status` and its fires are recorded failed). SIGTERM or Ctrl-C lets running jobs finish
+    for shutdown_grace, then kills them, and a second one kills them at once.
     """
     from runner.daemon import run_daemon
 
@@ -231,7 +233,11 @@ def db() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_app
 def db_upgrade(app: App, as_json: bool) -> None:
-    """Create the tables or migrate them to this version (runs also do this on first use)."""
+    """Create the tables or migrate them to this version (runs also do this on first use).
+
+    Run it once after installing a new version, before reloading or restarting daemons. A database
+    that a newer runner migrated is refused (exit 5, the version to install named) and not changed.
+    """
     before, after = app.store.upgrade()
     if as_json:
         print_json({"before": before, "after": after, "changed": before != after})
@@ -245,7 +251,11 @@ def db_upgrade(app: App, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_app
 def check(app: App, as_json: bool) -> int:
-    """Validate the config and every job; exit 2 if anything is wrong."""
+    """Validate the config and every job; exit 2 if anything is wrong.
+
+    Also warns (exit 0) when a running daemon runs other job code than the files on disk: it was
+    not reloaded since they changed (`systemctl reload runner`, or `kill -HUP` its pid).
+    """
     from runner.discovery import discover
     from runner.watch import check_folders
 
@@ -260,6 +270,7 @@ def check(app: App, as_json: bool) -> int:
     database, problem = _database_state(app)
     if problem:
         problems.append(problem)
+    warnings = _stale_daemons(app) if database == "ok" else []
     if as_json:
         print_json(
             {
@@ -267,6 +278,7 @@ def check(app: App, as_json: bool) -> int:
                 "jobs": sorted(catalog.jobs),
                 "database": database,
                 "problems": problems,
+                "warnings": warnings,
             }
         )
     elif problems:  # no "ok" lines above a failure: only what is wrong
@@ -276,7 +288,24 @@ def check(app: App, as_json: bool) -> int:
         click.echo(f"config    {settings.path}")
         click.echo(f"jobs      {len(catalog.jobs)} ok: {', '.join(sorted(catalog.jobs)) or '-'}")
         click.echo(f"database  {database}")
+    for warning in warnings:
+        click.echo(f"runner: warning: {warning}", err=True)
     return EXIT_USAGE if problems else 0
+
+
+def _stale_daemons(app: App) -> list[str]:
+    """A line for each live daemon whose job code is not what is on disk now."""
+    from runner.cli.output import local
+    from runner.codeversion import code_version
+
+    on_disk = code_version(app.settings)
+    return [
+        f"daemon {d['id']} (pid {d['pid']} on {d['host']}) runs job code {d['code_version'] or 'unknown'} "
+        f"loaded {local(d['code_loaded_at'])}, but the files here are {on_disk}: reload it "
+        f"(systemctl reload runner, or kill -HUP {d['pid']})"
+        for d in app.store.daemons.alive(app.settings.runner.stale_after_s)
+        if d["code_version"] != on_disk
+    ]
 
 
 def _database_state(app: App) -> tuple[str, str | None]:
@@ -289,7 +318,7 @@ def _database_state(app: App) -> tuple[str, str | None]:
         if sqlite_file is not None and not sqlite_file.exists():
             # checking must not create it (nor its folder): the first run does
             return f"not created yet: {sqlite_file} (the first run, or `runner db upgrade`, creates it)", None
-        revision = app.store.schema_revision()
+        revision = app.store.check_schema_known()
     except RunnerError as exc:
         return str(exc), str(exc)
     if revision == SCHEMA_REVISION:

@@ -20,16 +20,28 @@ class Daemons(StorePart):
 
     __slots__ = ()
 
-    def register(self, config_path: str) -> int:
+    def register(self, config_path: str, code: dict[str, Any] | None = None) -> int:
+        """A daemon starts; `code` is what `loaded_code` records."""
         now = utcnow()
         with self.begin() as conn:
             return conn.execute(
                 sa.insert(daemons)
                 .values(
-                    host=HOSTNAME, pid=os.getpid(), config_path=config_path, started_at=now, heartbeat_at=now
+                    host=HOSTNAME,
+                    pid=os.getpid(),
+                    config_path=config_path,
+                    started_at=now,
+                    heartbeat_at=now,
+                    **(code or {}),
                 )
                 .returning(daemons.c.id)
             ).scalar_one()
+
+    def loaded_code(self, daemon_id: int, code: dict[str, Any]) -> None:
+        """The daemon (re)loaded its job code: `code_version`, `code_loaded_at` and the `broken`
+        jobs ({job: why}) it cannot run."""
+        with self.begin() as conn:
+            conn.execute(sa.update(daemons).where(daemons.c.id == daemon_id).values(**code))
 
     def heartbeat(
         self,

@@ -13,8 +13,8 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from runner.durations import format_duration
-from runner.errors import DatabaseBusy, RunnerError, StorageError
-from runner.models import SCHEMA_REVISION, RunStatus, utcnow
+from runner.errors import DatabaseBusy, RunnerError, SchemaTooNew, StorageError
+from runner.models import SCHEMA_REVISION, RunStatus, schema_upgrades, utcnow
 from runner.settings import DEFAULT_LOCK_TIMEOUT_S
 from runner.store.daemons import Daemons
 from runner.store.engine import (
@@ -125,7 +125,8 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
             raise self.fault(exc) from None
 
     def ensure_schema(self) -> None:
-        """Create or upgrade the schema when it is not at our revision (cheap when it is)."""
+        """Create or upgrade the schema when it is not at our revision (cheap when it is). A
+        database migrated by a newer runner is refused (SchemaTooNew) before anything is written."""
         self._check_fork()
         if self._schema_checked:
             return
@@ -133,22 +134,69 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
             self.upgrade()
         self._schema_checked = True
 
+    def check_schema_known(self, revision: str | None = None) -> str | None:
+        """The schema revision, after making sure this runner knows it: SchemaTooNew if a newer
+        runner migrated the database (the message names the version to install)."""
+        revision = self.schema_revision() if revision is None else revision
+        if revision is None or revision == SCHEMA_REVISION or revision in known_revisions():
+            return revision
+        from runner.version import __version__
+
+        shown = sa.engine.make_url(self.url).render_as_string(hide_password=True)
+        by = self._migrated_by(revision)
+        if by is None:
+            install = "install the runner version that migrated it, or a newer one"
+            raise SchemaTooNew(
+                f"database {shown} is at schema revision {revision}, newer than runner {__version__} "
+                f"knows (its newest is {SCHEMA_REVISION}); {install}; nothing was written"
+            )
+        raise SchemaTooNew(
+            f"database {shown} was migrated to schema revision {revision} by runner {by}; this is "
+            f"runner {__version__}: install runner {by} or newer (pip install 'backend-runner>={by}'); "
+            "nothing was written"
+        )
+
+    def _migrated_by(self, revision: str) -> str | None:
+        """The runner version that migrated the database to `revision`, if one recorded it."""
+        query = sa.select(schema_upgrades.c.revision, schema_upgrades.c.runner_version).order_by(
+            schema_upgrades.c.id.desc()
+        )
+        try:
+            with self.engine.connect() as conn:
+                conn.execution_options(runner_read_only=True)
+                rows = conn.execute(query).all()
+        except sa.exc.DBAPIError:  # no such table: migrated by a runner that did not record it
+            return None
+        return next((version for rev, version in rows if rev == revision), None)
+
     def upgrade(self) -> tuple[str | None, str | None]:
         """Run Alembic's upgrade to head under a lock, so concurrent first runs migrate once: the
         writer queue and SQLite's write lock, or an advisory lock on PostgreSQL. Whoever comes
-        second finds the schema at head inside its transaction and changes nothing."""
+        second finds the schema at head inside its transaction and changes nothing. Each upgrade
+        is recorded with our version in schema_upgrades (what an older runner names)."""
+        before = self.check_schema_known()  # before Alembic is imported: it logs as it loads
         from alembic import command
         from alembic.config import Config
 
+        from runner.version import __version__
+
         config = Config()
         config.set_main_option("script_location", str(MIGRATIONS_DIR))
-        before = self.schema_revision()
         try:
             with self._transaction() as conn:
                 if conn.dialect.name == "postgresql":
                     conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": SCHEMA_LOCK_ID})
                 config.attributes["connection"] = conn
+                found = _revision_in(conn)
+                if found is not None and found != before:  # another runner upgraded meanwhile
+                    self.check_schema_known(found)
                 command.upgrade(config, "head")
+                if found != SCHEMA_REVISION:
+                    conn.execute(
+                        sa.insert(schema_upgrades).values(
+                            revision=SCHEMA_REVISION, runner_version=__version__, upgraded_at=utcnow()
+                        )
+                    )
         except sa.exc.DBAPIError as exc:
             raise self.fault(exc) from None
         self._schema_checked = True
@@ -305,3 +353,23 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
         if self._pid != os.getpid():
             self.engine.dispose(close=False)
             self._pid = os.getpid()
+
+
+def _revision_in(conn: sa.Connection) -> str | None:
+    """The schema revision, read inside an open transaction (None: no schema yet)."""
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    return conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar()
+
+
+def known_revisions() -> set[str]:
+    """Every revision our migrations define, from their `revision = "..."` lines (read only off
+    the fast path; Alembic's own loader would log its set-up lines into a one-line refusal)."""
+    import re
+
+    pattern = re.compile(r"""^revision\s*=\s*["']([^"']+)["']""", re.MULTILINE)
+    return {
+        found.group(1)
+        for path in (MIGRATIONS_DIR / "versions").glob("*.py")
+        for found in pattern.finditer(path.read_text(encoding="utf-8"))
+    }
