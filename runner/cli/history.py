@@ -140,9 +140,17 @@ def status(app: App, as_json: bool) -> None:
 def _print_daemons(report: StatusReport) -> None:
     click.echo("DAEMONS")
     print_table(
-        ["ID", "HOST", "PID", "STARTED", "HEARTBEAT"],
+        ["ID", "HOST", "PID", "STARTED", "HEARTBEAT", "CLOCK", "FIRED (LAST HOUR)"],
         [
-            [d["id"], d["host"], d["pid"], local(d["started_at"]), f"{report.heartbeat_age_s(d):.0f}s ago"]
+            [
+                d["id"],
+                d["host"],
+                d["pid"],
+                local(d["started_at"]),
+                f"{report.heartbeat_age_s(d):.0f}s ago",
+                _clock(d["clock_offset_s"]),
+                ", ".join(f"{job} {n}" for job, n in sorted((d["fired"] or {}).items())) or "-",
+            ]
             for d in report.daemons
         ],
         empty="  none alive (start one with `runner daemon`, or install crontab lines)",
@@ -150,6 +158,13 @@ def _print_daemons(report: StatusReport) -> None:
     for d in report.daemons:
         for note in d.get("notes") or ():
             click.echo(f"  daemon {d['id']}: {note}")
+
+
+def _clock(offset_s: float | None) -> str:
+    """The host's clock against the database's: what a daemon corrects when it is off."""
+    if offset_s is None or abs(offset_s) < 1:
+        return "ok"
+    return f"{abs(offset_s):.0f}s {'ahead' if offset_s > 0 else 'behind'}"
 
 
 def _print_queues(report: StatusReport) -> None:
