@@ -25,7 +25,12 @@ if TYPE_CHECKING:
 # The hot path (a claim before every run, a finish after it) reuses these statements: building a
 # statement anew costs more than running it on SQLite. Heartbeats are the database's clock: a
 # run is lost when the database says its supervisor went quiet, whatever any host's clock says.
-_INSERT_RUN = sa.insert(runs).values(heartbeat_at=server_now()).returning(runs.c.id)
+_INSERT_RUN: dict[str, Any] = {}  # per dialect: insert-or-nothing, so a lost race costs no error
+_SELECT_FIRE = sa.select(runs.c.id, runs.c.status).where(
+    runs.c.job == sa.bindparam("b_job"),
+    runs.c.fire_key == sa.bindparam("b_fire_key"),
+    runs.c.attempt == sa.bindparam("b_attempt"),
+)
 _UPDATE_RUN = sa.update(runs).where(runs.c.id == sa.bindparam("b_run_id"))
 
 
@@ -82,15 +87,19 @@ class RunWrites:
         for _ in range(LEASE_ATTEMPTS):
             try:
                 with self.begin() as conn:
-                    return _insert_run(conn, values, lease_ttl_s)
+                    claimed = _insert_run(conn, values, lease_ttl_s)
+                    if claimed is None:  # the fire (this attempt of it) has its row: who has it
+                        taken = {"b_job": job, "b_fire_key": fire_key, "b_attempt": attempt}
+                        existing = conn.execute(_SELECT_FIRE, taken).first()
             except LeaseRace:
                 continue
-            except sa.exc.IntegrityError:
-                existing = self.find_fire(job, fire_key)
-                if existing is None:
-                    continue  # the lease insert raced with another claim: try again
-                what = f"run {existing.id} ({existing.status})" if existing else "another run"
-                raise AlreadyRan(f"job {job}: fire {fire_key} already ran as {what}; not started") from None
+            except sa.exc.IntegrityError:  # the lease insert raced with another claim: try again
+                continue
+            if claimed is not None:
+                return claimed
+            if existing is not None:
+                what = f"run {existing.id} ({existing.status})"
+                raise AlreadyRan(f"job {job}: fire {fire_key} already ran as {what}; not started")
         raise DatabaseError(f"could not take the overlap lease of job {job}: too much contention")
 
     def record_skipped(
@@ -329,9 +338,16 @@ class RunWrites:
 
 def _insert_run(
     conn: sa.Connection, values: dict[str, Any], lease_ttl_s: float | None
-) -> tuple[int, RunRecord | None]:
-    """Claim's transaction: the row, then (if asked) the lease; a held lease queues the row."""
-    run_id = conn.execute(_INSERT_RUN, values).scalar_one()
+) -> tuple[int, RunRecord | None] | None:
+    """Claim's transaction: the row, then (if asked) the lease; a held lease queues the row.
+    None when the fire already has its row (nothing written)."""
+    dialect = conn.dialect.name
+    if dialect not in _INSERT_RUN:
+        insert = dialect_insert(dialect)(runs).values(heartbeat_at=server_now())
+        _INSERT_RUN[dialect] = insert.on_conflict_do_nothing().returning(runs.c.id)
+    run_id = conn.execute(_INSERT_RUN[dialect], values).scalar()
+    if run_id is None:
+        return None
     # A first attempt is its own first run: one query groups a fire's attempts.
     update: dict[str, Any] = {"first_run_id": values["first_run_id"] or run_id}
     holder = None
