@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter, deque
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,11 @@ from runner.config import load_settings
 from runner.context import Fire
 from runner.daemonevents import FileEvents
 from runner.daemonmissed import MissedFires
-from runner.errors import EXIT_STORAGE, RunnerError
+from runner.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_STORAGE, RunnerError
 from runner.forkserver import LOG_FORMAT
 from runner.forkservers import ForkServer, ForkServers
 from runner.messages import FireRequest
-from runner.models import Trigger, utcnow
+from runner.models import Trigger, clock_offset, set_clock_offset, utcnow
 from runner.settings import Settings
 from runner.spool import replay
 from runner.triggers import fire_key
@@ -34,6 +35,8 @@ log = logging.getLogger("runner.daemon")
 QUEUE_PUBLISH_S = 1.0  # how often a changed queue is written to the daemon's row (`runner status`)
 # [runner] keys a reload cannot apply: the stores are open, the metrics port is bound
 RESTART_SETTINGS = ("database", "metrics_listen")
+CLOCK_TOLERANCE_S = 1.0  # a host clock further than this from the database's is corrected
+FIRED_WINDOW_S = 3600.0  # `runner status` shows the runs each daemon started in the last hour
 
 
 # --- the daemon -------------------------------------------------------------------------------------
@@ -61,6 +64,8 @@ class Daemon(MissedFires, FileEvents):
         self.exit_code = 0
         self.started_at = _process_started_at()
         self.caught_up_to = self.started_at  # catch-up handled every fire up to here
+        self.retries: dict[str, int] = {}  # per job: how many retries a lost run may have
+        self._fired: deque[tuple[float, str]] = deque()  # (monotonic, job) of runs it started
 
     # -- life cycle --
     def run(self) -> int:
@@ -74,6 +79,7 @@ class Daemon(MissedFires, FileEvents):
             data_url=self.settings.runner.data_database,
         )
         self.store.ensure_schema()
+        self._set_clock()
         self.store.engine.dispose()
         self.database_identity = self.store.file_identity()  # SQLite: the file we opened
         hello = self.server.start()  # imports the job code (the daemon itself never does)
@@ -85,10 +91,11 @@ class Daemon(MissedFires, FileEvents):
         self.dispatcher = Dispatcher(
             self.settings,
             hello.policies,
-            send=lambda name, fire: self.server.submit(FireRequest(name, fire)),
+            send=lambda name, fire: self._send(FireRequest(name, fire)),
             busy=lambda: self.server.in_flight,
             record=self._record_skips,
         )
+        self.retries = hello.retries
         self.dispatcher.start()
         self._catch_up()
         self._resume_retries()
@@ -150,6 +157,40 @@ class Daemon(MissedFires, FileEvents):
             elif self.dispatcher.changed:
                 self._publish()
 
+    def _set_clock(self) -> None:
+        """Schedule on the database's clock when this host's is off (one clock for every host)."""
+        from runner.store.clock import host_offset
+
+        offset = host_offset(self.store)
+        if abs(offset.total_seconds()) < CLOCK_TOLERANCE_S:
+            return
+        set_clock_offset(offset)
+        self.started_at -= offset
+        self.caught_up_to = self.started_at
+        log.warning(
+            "this host's clock is %.1fs %s the database's: schedules, catch-up and run times use the "
+            "database's clock",
+            abs(offset.total_seconds()),
+            "ahead of" if offset > timedelta(0) else "behind",
+        )
+
+    def _send(self, request: FireRequest) -> Any:
+        """Hand a fire to the fork server; a run it started counts in `runner status` once it ends."""
+        future = self.server.submit(request)
+
+        def count(done: Any) -> None:
+            code = done.result()
+            if code in (EXIT_OK, EXIT_JOB_FAILED) or code > 128:  # ran (exit 3 and the like: not)
+                self._fired.append((time.monotonic(), request.job))
+
+        future.add_done_callback(count)
+        return future
+
+    def _fired_last_hour(self) -> dict[str, int]:
+        while self._fired and self._fired[0][0] < time.monotonic() - FIRED_WINDOW_S:
+            self._fired.popleft()
+        return dict(Counter(job for _, job in list(self._fired)))
+
     def _on_stop(self, signum: int, _frame: Any) -> None:
         if self.stop_signal is None:
             self.stop_signal = signum
@@ -175,7 +216,12 @@ class Daemon(MissedFires, FileEvents):
 
     def _publish(self) -> None:
         with contextlib.suppress(Exception):  # the heartbeat reports database trouble
-            self.store.daemons.heartbeat(self.daemon_id, queues=self.dispatcher.snapshot(), notes=self.notes)
+            self.store.daemons.heartbeat(
+                self.daemon_id,
+                queues=self.dispatcher.snapshot(),
+                notes=self.notes,
+                fired=self._fired_last_hour(),
+            )
 
     def _record_skips(self, skips: list[Any]) -> None:
         """Rows for fires the dispatcher did not run, one transaction per job and reason."""
@@ -189,12 +235,18 @@ class Daemon(MissedFires, FileEvents):
 
     def _heartbeat(self) -> None:
         try:
-            self.store.daemons.heartbeat(self.daemon_id, queues=self.dispatcher.snapshot(), notes=self.notes)
+            self.store.daemons.heartbeat(
+                self.daemon_id,
+                queues=self.dispatcher.snapshot(),
+                notes=self.notes,
+                fired=self._fired_last_hour(),
+            )
             self.store.checkpoint()
             replay(self.settings.runner.var_dir, self.store)  # outcomes kept while the database was away
             lost = self.store.reap_lost(self.settings.runner.stale_after_s)
             if lost:
                 log.warning("marked lost (their supervisor is gone): runs %s", ", ".join(map(str, lost)))
+            self._retry_lost()
         except Exception as exc:  # the database may be restarting: keep scheduling
             log.warning("heartbeat failed: %s", exc)
 
@@ -265,6 +317,7 @@ class Daemon(MissedFires, FileEvents):
         was = self.server.hello.code_version
         self.server.switch_to(server)
         self.code_loaded_at = utcnow()
+        self.retries = server.hello.retries
         previous, previous_policies = self.settings, self.dispatcher.policies
         try:
             self._apply(settings, server.hello.policies)
@@ -384,7 +437,7 @@ class _DispatchExecutor(_executor_base()):  # type: ignore[misc]
 
     def _do_submit_job(self, job: Any, run_times: list[datetime]) -> None:
         for run_time in run_times:  # each due time: the dispatcher queues, coalesces or records it
-            scheduled = run_time.astimezone(UTC)
+            scheduled = run_time.astimezone(UTC) - clock_offset()  # the instant on the database's clock
             self.daemon.dispatcher.submit(job.id, Fire(Trigger.SCHEDULE, fire_key(scheduled), scheduled))
         self._run_job_success(job.id, [])
 
@@ -405,10 +458,14 @@ class _ScheduleTrigger(_trigger_base()):  # type: ignore[misc]
         self.since = since  # fires up to here were handled by catch-up (or the previous schedule)
 
     def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
+        """APScheduler's times are this host's clock; our schedules run on the database's."""
         from runner.catchup import next_fire
 
-        after = previous_fire_time or min(self.since, now - timedelta(microseconds=1))
-        return next_fire(self.schedules, after)
+        offset = clock_offset()
+        previous = previous_fire_time - offset if previous_fire_time else None
+        after = previous or min(self.since, now - offset - timedelta(microseconds=1))
+        at = next_fire(self.schedules, after)
+        return at + offset if at is not None else None
 
     def __str__(self) -> str:
         return "; ".join(str(s) for s in self.schedules)

@@ -23,6 +23,7 @@ class FileEvents:
     server: Any
     watches: Any
     _stopping: bool
+    _send: Any
 
     def _start_watches(self) -> None:
         from runner.watch import WatchService
@@ -46,7 +47,7 @@ class FileEvents:
         if self._stopping or self.dispatcher is None:
             self.store.files.settle(name, key, succeeded=False)
             return
-        future = self.server.submit(FireRequest(name, fire))
+        future = self._send(FireRequest(name, fire))  # counted in `runner status` when it ran
 
         def done(result: Future[int]) -> None:
             if result.result() == EXIT_NOT_STARTED and self.watches is not None:

@@ -26,6 +26,8 @@ class MissedFires:
     dispatcher: Any
     server: Any
     config_path: Any
+    retries: dict[str, int]
+    _send: Any
     started_at: datetime
     caught_up_to: datetime
 
@@ -97,6 +99,25 @@ class MissedFires:
             )
             fire = Fire(record.trigger, record.fire_key, record.scheduled_at, late=True)
             self.server.submit(FireRequest(record.job, fire, resume=record.id))
+
+    def _retry_lost(self) -> None:
+        """Lost runs (their host or supervisor died) of jobs with retries left: one daemon takes
+        each retry (the database decides which) and runs it now, within the job's catchup."""
+        jobs = {
+            name: (self.retries[name], job.catchup_s)
+            for name, job in self.settings.jobs.items()
+            if self.retries.get(name) and job.catchup_s
+        }
+        for record in self.store.retry_lost(jobs):
+            log.warning(
+                "job=%s fire=%s: run %s is retry %d of a lost run",
+                record.job,
+                record.fire_key,
+                record.id,
+                record.attempt - 1,
+            )
+            fire = Fire(record.trigger, record.fire_key, record.scheduled_at, late=True)
+            self._send(FireRequest(record.job, fire, resume=record.id))
 
     def _record_unscheduled(self) -> None:
         """Fires that came due after the scheduler stopped, while running jobs finished."""

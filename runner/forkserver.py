@@ -140,6 +140,7 @@ class _Server:
             code_version=code_version(self.settings),
             policies={name: str(spec.overlap) for name, spec in catalog.jobs.items()},
             broken=broken,
+            retries={name: spec.retries for name, spec in catalog.jobs.items()},
         )
         # Workers leave WAL checkpoints to the daemon's heartbeat (see Store.checkpoint).
         self.store = Store(

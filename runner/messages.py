@@ -89,6 +89,7 @@ class Hello:
     policies: dict[str, str] = field(default_factory=dict)
     broken: dict[str, str] = field(default_factory=dict)
     error: str | None = None
+    retries: dict[str, int] = field(default_factory=dict)  # per job: retries (a lost run's retry)
 
     def to_message(self) -> dict[str, Any]:
         return {"hello": asdict(self)}
@@ -104,6 +105,7 @@ class Hello:
             code_version=str(hello.get("code_version") or ""),
             policies=dict(hello.get("policies") or {}),
             broken=dict(hello.get("broken") or {}),
+            retries={str(k): int(v) for k, v in (hello.get("retries") or {}).items()},
             error=hello.get("error"),
         )
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import sqlalchemy as sa
 
@@ -12,7 +12,7 @@ from runner.enums import RunStatus as RunStatus
 from runner.enums import SkipReason as SkipReason
 from runner.enums import Trigger as Trigger
 
-SCHEMA_REVISION = "0011"  # the newest Alembic revision; tests keep the two equal
+SCHEMA_REVISION = "0012"  # the newest Alembic revision; tests keep the two equal
 
 ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 
@@ -34,8 +34,24 @@ class UTCDateTime(sa.TypeDecorator):
         return value.replace(tzinfo=UTC) if value is not None else None
 
 
+_clock_offset = timedelta(0)  # this host's clock minus the database's (see set_clock_offset)
+
+
 def utcnow() -> datetime:
-    return datetime.now(UTC)
+    """Now, UTC: this host's clock, or in a daemon whose host clock is off, the database's."""
+    return datetime.now(UTC) - _clock_offset
+
+
+def set_clock_offset(offset: timedelta) -> None:
+    """A daemon whose host clock is `offset` ahead of the database's (measured when it starts)
+    schedules, catches up and times its runs on the database's clock: the same instants as the
+    other hosts. Set before the fork server starts, so its workers inherit it."""
+    global _clock_offset
+    _clock_offset = offset
+
+
+def clock_offset() -> timedelta:
+    return _clock_offset
 
 
 metadata = sa.MetaData()
@@ -74,6 +90,15 @@ runs = sa.Table(
     # 0001 creates this index partial on both SQLite and PostgreSQL; naming postgresql_where here
     # too would make every `runner run` import the PostgreSQL dialect (25 ms) just to check it.
     sa.Index("uq_runs_job_fire_key", "job", "fire_key", unique=True, sqlite_where=sa.text("attempt = 1")),
+    # ... and each retry of a fire once: survivors that all see a lost run retry it once between them.
+    sa.Index(
+        "uq_runs_job_fire_key_retry",
+        "job",
+        "fire_key",
+        "attempt",
+        unique=True,
+        sqlite_where=sa.text("attempt > 1"),
+    ),
     sa.Index("ix_runs_job_id", "job", "id"),
     sa.Index("ix_runs_status", "status"),
     sa.Index("ix_runs_reason_queued_at", "reason", "queued_at"),
@@ -122,6 +147,8 @@ daemons = sa.Table(
     sa.Column("code_version", sa.String(80), nullable=True),  # runner.codeversion of its job code
     sa.Column("code_loaded_at", UTCDateTime, nullable=True),  # when it (re)loaded that code
     sa.Column("broken", sa.JSON, nullable=True),  # configured jobs whose code did not load: {job: why}
+    sa.Column("host_time", UTCDateTime, nullable=True),  # the host's clock at its last beat (offset)
+    sa.Column("fired", sa.JSON, nullable=True),  # per job: runs it started in the last hour (status)
 )
 
 schema_upgrades = (

@@ -58,7 +58,7 @@ class WatchedJob:
 @dataclass(frozen=True, slots=True)
 class StatusReport:
     now: datetime
-    daemons: list[dict[str, Any]]  # live daemons' rows, newest first
+    daemons: list[dict[str, Any]]  # live daemons' rows, newest first (see Daemons.alive)
     queues: list[JobQueue]
     running: list[RunRecord]
     upcoming: list[NextFire]
@@ -68,7 +68,8 @@ class StatusReport:
     undelivered: list[dict[str, Any]] = field(default_factory=list)  # failed notices (store.notices)
 
     def heartbeat_age_s(self, daemon: dict[str, Any]) -> float:
-        return (self.now - daemon["heartbeat_at"]).total_seconds()
+        """On the database's clock (this host's may be off)."""
+        return daemon["heartbeat_age_s"]
 
     def to_json(self) -> dict[str, Any]:
         """The `runner status --json` document (its keys and shapes are a public interface)."""

@@ -19,7 +19,7 @@ RUN_FIELDS = {
 STATUS_FIELDS = {"daemons", "jobs", "running", "next", "missed", "watching", "problems", "undelivered"}
 DAEMON_FIELDS = {
     "id", "host", "pid", "config_path", "started_at", "heartbeat_at", "stopped_at", "queues", "notes",
-    "heartbeat_age_s", "code_version", "code_loaded_at", "broken",
+    "heartbeat_age_s", "code_version", "code_loaded_at", "broken", "host_time", "clock_offset_s", "fired",
 }  # fmt: skip
 QUEUE_FIELDS = {"job", "queued", "oldest_queued_age_s", "skipped_last_hour"}
 NEXT_FIELDS = {"job", "next_fire"}

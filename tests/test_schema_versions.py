@@ -240,8 +240,10 @@ def test_db_upgrade_from_every_earlier_revision_keeps_every_row(project: Project
         if name == "alembic_version":
             continue
         kept = [{key: row[key] for key in rows[0]} for row in upgraded[name]]
+        if name == "schema_upgrades":  # the upgrade appends its own row after the seeded ones
+            kept = kept[: len(rows)]
         assert kept == rows, f"{name}: rows changed by the upgrade from {revision}"
-    recorded = upgraded["schema_upgrades"]
+    recorded = upgraded["schema_upgrades"][len(seeded.get("schema_upgrades", ())) :]
     assert [(r["revision"], r["runner_version"]) for r in recorded] == [(SCHEMA_REVISION, _version())]
     again = project.runner("run", "echo")  # the upgraded database takes new runs
     assert again.returncode == 0, again

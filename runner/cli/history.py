@@ -148,7 +148,7 @@ def status(app: App, as_json: bool) -> None:
 def _print_daemons(report: StatusReport) -> None:
     click.echo("DAEMONS")
     print_table(
-        ["ID", "HOST", "PID", "STARTED", "HEARTBEAT", "CODE", "LOADED"],
+        ["ID", "HOST", "PID", "STARTED", "HEARTBEAT", "CLOCK", "CODE", "LOADED", "FIRED (LAST HOUR)"],
         [
             [
                 d["id"],
@@ -156,8 +156,10 @@ def _print_daemons(report: StatusReport) -> None:
                 d["pid"],
                 local(d["started_at"]),
                 f"{report.heartbeat_age_s(d):.0f}s ago",
+                _clock(d["clock_offset_s"]),
                 d.get("code_version"),
                 local(d.get("code_loaded_at")),
+                ", ".join(f"{job} {n}" for job, n in sorted((d["fired"] or {}).items())) or "-",
             ]
             for d in report.daemons
         ],
@@ -168,6 +170,13 @@ def _print_daemons(report: StatusReport) -> None:
             click.echo(f"  daemon {d['id']}: {note}")
         for job, why in sorted((d.get("broken") or {}).items()):
             click.echo(f"  daemon {d['id']}: job {job} is broken, its fires are recorded failed: {why}")
+
+
+def _clock(offset_s: float | None) -> str:
+    """The host's clock against the database's: what a daemon corrects when it is off."""
+    if offset_s is None or abs(offset_s) < 1:
+        return "ok"
+    return f"{abs(offset_s):.0f}s {'ahead' if offset_s > 0 else 'behind'}"
 
 
 def _print_queues(report: StatusReport) -> None:

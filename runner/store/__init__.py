@@ -4,7 +4,8 @@ transactions, runs); leases, file claims, daemons and job state have one class e
 Module map: database.py (Store), runs.py and history.py (its runs, written and read),
 leases.py, files.py, daemons.py, state.py (one table each, on base.py's StorePart),
 totals.py (aggregates for metrics),
-sqlite_file.py (a replaced file, the WAL), records.py (RunRecord, RunEnd), engine.py (URLs, engine, SQLite settings), queue.py (the
+sqlite_file.py (a replaced file, the WAL), records.py (RunRecord, RunEnd), clock.py (the
+database server's clock in SQL), engine.py (URLs, engine, SQLite settings), queue.py (the
 writer queue), host.py (where a process is, whether it lives)."""
 
 from __future__ import annotations

@@ -10,9 +10,9 @@ import sqlalchemy as sa
 
 from runner.models import ACTIVE_STATUSES, ClaimState, RunStatus, file_claims, runs, utcnow
 from runner.store.base import StorePart
+from runner.store.clock import server_now
 from runner.store.engine import dialect_insert
 from runner.store.host import HOSTNAME, PIDNS, pid_alive
-from runner.store.records import as_utc
 
 MAX_FILE_ATTEMPTS = 3  # a file whose runs failed this often is left alone (state 'failed')
 ORPHAN_CLAIM_S = 120.0  # a claim whose run never appeared is released after this long
@@ -32,7 +32,6 @@ class FileClaims(StorePart):
         """
         if not versions:
             return []
-        now = utcnow()
         owner = {"host": HOSTNAME, "pid": os.getpid(), "pidns": PIDNS}
         rows = [
             {
@@ -43,14 +42,14 @@ class FileClaims(StorePart):
                 "fire_key": fire_key,
                 "state": ClaimState.CLAIMED,
                 "attempts": 1,
-                "claimed_at": now,
                 **owner,
             }
             for p, size, mtime in versions
         ]
         with self.begin() as conn:
-            insert = dialect_insert(conn.dialect.name)(file_claims).on_conflict_do_nothing()
-            conn.execute(insert, rows)
+            # claimed_at is the database's clock: an orphan claim's age is measured on it
+            insert = dialect_insert(conn.dialect.name)(file_claims).values(claimed_at=server_now())
+            conn.execute(insert.on_conflict_do_nothing(), rows)
             conn.execute(
                 sa.update(file_claims)
                 .where(
@@ -63,7 +62,7 @@ class FileClaims(StorePart):
                 .values(
                     state=ClaimState.CLAIMED,
                     fire_key=fire_key,
-                    claimed_at=now,
+                    claimed_at=server_now(),
                     attempts=file_claims.c.attempts + 1,
                     **owner,
                 ),
@@ -159,7 +158,6 @@ class FileClaims(StorePart):
         """Claims left behind by a run that ended badly without settling them (its supervisor was
         killed), or whose run never started because the claiming daemon died: make them claimable
         again. Returns (fires released, fires still held by a live run or claimant)."""
-        now = utcnow()
         with self.read() as conn:
             open_claims = conn.execute(
                 sa.select(
@@ -167,17 +165,17 @@ class FileClaims(StorePart):
                     file_claims.c.host,
                     file_claims.c.pid,
                     file_claims.c.pidns,
-                    sa.func.min(file_claims.c.claimed_at),
+                    sa.func.min(file_claims.c.claimed_at) < server_now(-ORPHAN_CLAIM_S),
                 )
                 .where(file_claims.c.job == job, file_claims.c.state == ClaimState.CLAIMED)
                 .group_by(file_claims.c.fire_key, file_claims.c.host, file_claims.c.pid, file_claims.c.pidns)
             ).all()
         released = held = 0
-        for fire_key, host, pid, pidns, claimed_at in open_claims:
+        for fire_key, host, pid, pidns, orphaned in open_claims:
             status = self._newest_run_status(job, fire_key)
             if status is None:
                 claimant_gone = host == HOSTNAME and pidns == PIDNS and not pid_alive(pid)
-                if not claimant_gone and (now - as_utc(claimed_at)).total_seconds() < ORPHAN_CLAIM_S:
+                if not claimant_gone and not orphaned:
                     held += 1
                     continue
             elif status in ACTIVE_STATUSES:

@@ -4,26 +4,33 @@ heartbeats and end, or `lost` once its supervisor is gone."""
 from __future__ import annotations
 
 import os
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 
 from runner.errors import AlreadyRan, DatabaseError
-from runner.models import ACTIVE_STATUSES, RunStatus, SkipReason, runs, utcnow
+from runner.models import ACTIVE_STATUSES, RunStatus, SkipReason, Trigger, runs, utcnow
+from runner.store.clock import server_now
 from runner.store.engine import dialect_insert
 from runner.store.host import HOSTNAME, PIDNS, pid_alive
 from runner.store.leases import LEASE_ATTEMPTS, LeaseRace, Leases
 from runner.store.queue import WouldWait
-from runner.store.records import RunEnd, RunRecord
+from runner.store.records import RunEnd, RunRecord, record_of
 
 if TYPE_CHECKING:
     from runner.store.database import Store
 
 # The hot path (a claim before every run, a finish after it) reuses these statements: building a
-# statement anew costs more than running it on SQLite.
-_INSERT_RUN = sa.insert(runs).returning(runs.c.id)
+# statement anew costs more than running it on SQLite. Heartbeats are the database's clock: a
+# run is lost when the database says its supervisor went quiet, whatever any host's clock says.
+_INSERT_RUN: dict[str, Any] = {}  # per dialect: insert-or-nothing, so a lost race costs no error
+_SELECT_FIRE = sa.select(runs.c.id, runs.c.status).where(
+    runs.c.job == sa.bindparam("b_job"),
+    runs.c.fire_key == sa.bindparam("b_fire_key"),
+    runs.c.attempt == sa.bindparam("b_attempt"),
+)
 _UPDATE_RUN = sa.update(runs).where(runs.c.id == sa.bindparam("b_run_id"))
 
 
@@ -66,7 +73,6 @@ class RunWrites:
             late=late,
             scheduled_at=scheduled_at,
             queued_at=now,
-            heartbeat_at=now,
             started_at=now if status is RunStatus.RUNNING else None,
             ended_at=None if status.active else now,
             error=error,
@@ -81,15 +87,19 @@ class RunWrites:
         for _ in range(LEASE_ATTEMPTS):
             try:
                 with self.begin() as conn:
-                    return _insert_run(conn, values, lease_ttl_s, now)
+                    claimed = _insert_run(conn, values, lease_ttl_s)
+                    if claimed is None:  # the fire (this attempt of it) has its row: who has it
+                        taken = {"b_job": job, "b_fire_key": fire_key, "b_attempt": attempt}
+                        existing = conn.execute(_SELECT_FIRE, taken).first()
             except LeaseRace:
                 continue
-            except sa.exc.IntegrityError:
-                existing = self.find_fire(job, fire_key)
-                if existing is None:
-                    continue  # the lease insert raced with another claim: try again
-                what = f"run {existing.id} ({existing.status})" if existing else "another run"
-                raise AlreadyRan(f"job {job}: fire {fire_key} already ran as {what}; not started") from None
+            except sa.exc.IntegrityError:  # the lease insert raced with another claim: try again
+                continue
+            if claimed is not None:
+                return claimed
+            if existing is not None:
+                what = f"run {existing.id} ({existing.status})"
+                raise AlreadyRan(f"job {job}: fire {fire_key} already ran as {what}; not started")
         raise DatabaseError(f"could not take the overlap lease of job {job}: too much contention")
 
     def record_skipped(
@@ -137,6 +147,58 @@ class RunWrites:
                 ).rowcount
             )
 
+    def retry_lost(self: Store, jobs: dict[str, tuple[int, float]]) -> list[RunRecord]:
+        """Take up lost runs of scheduled fires for a retry: per job, (retries, window) says how
+        many retries it has and how long after a run was marked lost (on the database's clock)
+        one may still start. Each next attempt's row is inserted queued, and the unique
+        (job, fire key, attempt) gives it to one caller only: the rows returned are this caller's
+        to run (with `resume`); another daemon's are left out."""
+        if not jobs:
+            return []
+        later = runs.alias("later")
+        query = sa.select(runs, server_now().label("db_now")).where(
+            runs.c.status == RunStatus.LOST,
+            runs.c.trigger == Trigger.SCHEDULE,
+            runs.c.job.in_(list(jobs)),
+            runs.c.ended_at >= server_now(-max(window for _, window in jobs.values())),
+            ~sa.exists().where(
+                later.c.job == runs.c.job,
+                later.c.fire_key == runs.c.fire_key,
+                later.c.attempt > runs.c.attempt,
+            ),
+        )
+        with self.read() as conn:
+            lost = [(record_of(row), row.db_now) for row in conn.execute(query)]
+        taken = []
+        for record, db_now in lost:
+            retries, window_s = jobs[record.job]
+            if record.attempt > retries or (db_now - record.ended_at).total_seconds() > window_s:
+                continue
+            now = utcnow()
+            values = dict(
+                job=record.job,
+                fire_key=record.fire_key,
+                trigger=record.trigger,
+                attempt=record.attempt + 1,
+                first_run_id=record.first_run_id or record.id,
+                status=RunStatus.QUEUED,
+                late=True,
+                scheduled_at=record.scheduled_at,
+                queued_at=now,
+                heartbeat_at=server_now(),
+                host=HOSTNAME,
+                pid=os.getpid(),
+                pidns=PIDNS,
+                params=record.params,
+                error=f"retry of run {record.id}, lost: {record.error}",
+            )
+            with self.begin() as conn:
+                insert = dialect_insert(conn.dialect.name)(runs).values(**values).on_conflict_do_nothing()
+                run_id = conn.execute(insert.returning(runs.c.id)).scalar()
+            if run_id is not None:
+                taken.append(self.get_run(run_id))
+        return [record for record in taken if record is not None]
+
     def requeue(self: Store, record: RunRecord) -> None:
         """A stopped retry's row, made this supervisor's queued run again (late since it was queued)."""
         now = utcnow()
@@ -145,7 +207,7 @@ class RunWrites:
             host=HOSTNAME,
             pid=os.getpid(),
             pidns=PIDNS,
-            heartbeat_at=now,
+            heartbeat_at=server_now(),
             ended_at=None,
             late=True,
             late_s=(now - record.queued_at).total_seconds(),
@@ -159,7 +221,7 @@ class RunWrites:
             conn.execute(
                 sa.update(runs)
                 .where(runs.c.id == run_id)
-                .values(status=RunStatus.RUNNING, started_at=started_at, heartbeat_at=started_at)
+                .values(status=RunStatus.RUNNING, started_at=started_at, heartbeat_at=server_now())
             )
 
     def heartbeat(
@@ -177,15 +239,14 @@ class RunWrites:
 
         With wait=False (the supervisor of a running job) nothing waits for another writer: a
         busy database means this beat is skipped (False) and the next one tries again."""
-        now = utcnow()
-        values: dict[str, Any] = {"heartbeat_at": now}
+        values: dict[str, Any] = {"heartbeat_at": server_now()}
         if job_pid is not None:
             values.update(job_pid=job_pid, cgroup=cgroup)
         try:
             with self.begin() if wait else self._begin_now() as conn:
                 conn.execute(sa.update(runs).where(runs.c.id == run_id).values(**values))
                 if lease_job:
-                    Leases.renew(conn, lease_job, run_id, ttl_s, now)
+                    Leases.renew(conn, lease_job, run_id, ttl_s)
         except WouldWait:
             return False
         return True
@@ -217,12 +278,12 @@ class RunWrites:
         Where the supervisor's pid can be checked (this host, this boot, this PID namespace), a
         dead pid decides at once, and what is left of the job (its cgroup, its process group) is
         killed first: a run is never lost while its job still runs. Elsewhere a heartbeat older
-        than `stale_after` decides (the job process died with its supervisor: parent-death signal).
+        than `stale_after` on the database's clock decides (the job process died with its
+        supervisor: parent-death signal), and the run is marked lost at the database's time.
         The candidates are found with a read; the write lock is taken only when there is one.
         With wait=False (read-only commands) a busy database means: leave it to the next caller.
         """
-        now = utcnow()
-        verdicts = self._lost_verdicts(now - timedelta(seconds=stale_after_s))
+        verdicts = self._lost_verdicts(stale_after_s)
         if not verdicts:
             return []
         lost = []
@@ -232,7 +293,7 @@ class RunWrites:
                     updated = conn.execute(
                         sa.update(runs)
                         .where(runs.c.id == run_id, runs.c.status.in_(ACTIVE_STATUSES))
-                        .values(status=RunStatus.LOST, ended_at=now, error=reason)
+                        .values(status=RunStatus.LOST, ended_at=server_now(), error=reason)
                     ).rowcount
                     if updated:
                         lost.append(run_id)
@@ -241,7 +302,7 @@ class RunWrites:
             return []
         return lost
 
-    def _lost_verdicts(self: Store, stale_before: datetime) -> list[tuple[int, str]]:
+    def _lost_verdicts(self: Store, stale_after_s: float) -> list[tuple[int, str]]:
         """(run id, why it is lost) of each active run whose supervisor is gone; a run on this
         host has its leftover processes killed first, and is not lost while they live."""
         from runner.containment import kill_processes
@@ -256,17 +317,18 @@ class RunWrites:
                     runs.c.heartbeat_at,
                     runs.c.job_pid,
                     runs.c.cgroup,
+                    (runs.c.heartbeat_at < server_now(-stale_after_s)).label("stale"),
                 ).where(runs.c.status.in_(ACTIVE_STATUSES))
             ).all()
         verdicts = []
-        for run_id, host, pid, pidns, heartbeat_at, job_pid, cgroup in active:
+        for run_id, host, pid, pidns, heartbeat_at, job_pid, cgroup, stale in active:
             if host == HOSTNAME and pidns == PIDNS:
                 if pid_alive(pid):
                     continue
                 reason = f"supervisor (pid {pid} on {host}) is gone"
                 if not kill_processes(Path(cgroup) if cgroup else None, job_pid):
                     continue  # its processes do not die (yet): not lost while they live
-            elif heartbeat_at is not None and heartbeat_at < stale_before:
+            elif stale:
                 reason = f"supervisor stopped reporting (last heartbeat {heartbeat_at:%Y-%m-%d %H:%M:%S} UTC)"
             else:
                 continue
@@ -275,15 +337,22 @@ class RunWrites:
 
 
 def _insert_run(
-    conn: sa.Connection, values: dict[str, Any], lease_ttl_s: float | None, now: datetime
-) -> tuple[int, RunRecord | None]:
-    """Claim's transaction: the row, then (if asked) the lease; a held lease queues the row."""
-    run_id = conn.execute(_INSERT_RUN, values).scalar_one()
+    conn: sa.Connection, values: dict[str, Any], lease_ttl_s: float | None
+) -> tuple[int, RunRecord | None] | None:
+    """Claim's transaction: the row, then (if asked) the lease; a held lease queues the row.
+    None when the fire already has its row (nothing written)."""
+    dialect = conn.dialect.name
+    if dialect not in _INSERT_RUN:
+        insert = dialect_insert(dialect)(runs).values(heartbeat_at=server_now())
+        _INSERT_RUN[dialect] = insert.on_conflict_do_nothing().returning(runs.c.id)
+    run_id = conn.execute(_INSERT_RUN[dialect], values).scalar()
+    if run_id is None:
+        return None
     # A first attempt is its own first run: one query groups a fire's attempts.
     update: dict[str, Any] = {"first_run_id": values["first_run_id"] or run_id}
     holder = None
     if lease_ttl_s is not None:
-        holder = Leases.take(conn, values["job"], run_id, lease_ttl_s, now)
+        holder = Leases.take(conn, values["job"], run_id, lease_ttl_s)
         if holder is not None:
             update.update(status=RunStatus.QUEUED, started_at=None)
     conn.execute(_UPDATE_RUN, {"b_run_id": run_id, **update})

@@ -1,0 +1,211 @@
+"""Claim benchmark: fires claimed per second by `Store.claim` vs a raw INSERT ... ON CONFLICT DO
+NOTHING loop, on the same database in the same run.
+
+Every claimer (a process of its own, as every daemon on every host is) tries every fire key of
+the same list, in order, as daemons on several hosts all try each fire: exactly one wins each key.
+Rate = fire keys decided per second (from the common start to the last claimer done).
+  runner - `Store.claim(job, fire_key, trigger="schedule")`: the run row (unique job + fire key)
+           and its first_run_id in one transaction; a loser gets AlreadyRan naming the winner;
+  raw    - `INSERT INTO raw_fires (job, fire_key) VALUES (...) ON CONFLICT DO NOTHING` in
+           autocommit, on a table with the same unique key, through the bare driver (sqlite3,
+           psycopg).
+Both sides run on an embedded SQLite file (WAL) and on PostgreSQL (a fresh schema, dropped at the
+end) with 1, 4 and 16 claimers, alternating runner and raw. Prints the rates and the ratios
+(target: runner >= 0.7x raw) and checks each key was won once.
+
+    .venv/bin/python bench/claim.py                     # 1000 keys a round, PostgreSQL on 127.0.0.1
+    .venv/bin/python bench/claim.py -k 300 --json
+    .venv/bin/python bench/claim.py --pg postgresql://user@host/db   # another server
+    .venv/bin/python bench/claim.py --no-pg              # SQLite only
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+TARGET_RATIO = 0.7
+CLAIMERS = (1, 4, 16)
+LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
+JOB = "bench"
+
+
+def _keys(count: int, round_id: str) -> list[str]:
+    return [f"{round_id}-{n:06d}" for n in range(count)]
+
+
+# --- the claimers (each in a process of its own) ---------------------------------------------------
+
+
+def _runner_claimer(url: str, keys: list[str], start: Any, results: Any) -> None:
+    from runner.errors import AlreadyRan
+    from runner.store import Store
+
+    store = Store(url)
+    store.ensure_schema()
+    store.claim(job=f"{JOB}-warm", fire_key=uuid.uuid4().hex, trigger="schedule")  # connect, compile
+    start.wait()
+    won = 0
+    for key in keys:
+        try:
+            store.claim(job=JOB, fire_key=key, trigger="schedule")
+            won += 1
+        except AlreadyRan:
+            pass
+    results.put((won, time.perf_counter()))
+
+
+def _raw_claimer(url: str, keys: list[str], start: Any, results: Any) -> None:
+    if url.startswith("sqlite"):
+        import sqlite3
+
+        conn: Any = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=60, isolation_level=None)
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("PRAGMA synchronous = NORMAL")
+        insert = "INSERT INTO raw_fires (job, fire_key) VALUES (?, ?) ON CONFLICT DO NOTHING"
+    else:
+        import psycopg
+
+        conn = psycopg.connect(_pg_dsn(url), autocommit=True)
+        insert = "INSERT INTO raw_fires (job, fire_key) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+    start.wait()
+    won = 0
+    for key in keys:
+        won += conn.execute(insert, (JOB, key)).rowcount
+    results.put((won, time.perf_counter()))
+    conn.close()
+
+
+def _pg_dsn(url: str) -> str:
+    """The psycopg connection string of a SQLAlchemy URL (options= carries the search_path)."""
+    import sqlalchemy as sa
+
+    parsed = sa.engine.make_url(url).set(drivername="postgresql")
+    return parsed.render_as_string(hide_password=False)
+
+
+# --- one round --------------------------------------------------------------------------------------
+
+
+def _round(side: str, url: str, claimers: int, count: int) -> dict[str, Any]:
+    context = mp.get_context("fork")
+    start, results = context.Event(), context.Queue()
+    keys = _keys(count, uuid.uuid4().hex[:8])
+    target = _runner_claimer if side == "runner" else _raw_claimer
+    procs = [context.Process(target=target, args=(url, keys, start, results)) for _ in range(claimers)]
+    for proc in procs:
+        proc.start()
+    time.sleep(1.0 + 0.1 * claimers)  # every claimer connected and warmed up
+    began = time.perf_counter()
+    start.set()
+    outcomes = [results.get(timeout=600) for _ in procs]
+    for proc in procs:
+        proc.join()
+    elapsed = max(done for _, done in outcomes) - began
+    won = sum(w for w, _ in outcomes)
+    if won != count:
+        sys.exit(f"{side} with {claimers} claimers: {won} wins for {count} fire keys")
+    return {"side": side, "claimers": claimers, "keys": count, "seconds": elapsed, "rate": count / elapsed}
+
+
+def _prepare(url: str) -> None:
+    """The engine's schema, and the raw side's table with the same unique key."""
+    import sqlalchemy as sa
+
+    from runner.store import Store
+
+    store = Store(url)
+    store.ensure_schema()
+    with store.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "CREATE TABLE IF NOT EXISTS raw_fires (job TEXT NOT NULL, fire_key TEXT NOT NULL, UNIQUE (job, fire_key))"
+            )
+        )
+    store.engine.dispose()
+
+
+def _pg_schema(admin_url: str) -> tuple[str, Any]:
+    import sqlalchemy as sa
+
+    from runner.store import normalise_url
+
+    schema = f"bench_claim_{uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(normalise_url(admin_url), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    separator = "&" if "?" in admin_url else "?"
+    return f"{normalise_url(admin_url)}{separator}options=-csearch_path%3D{schema}", (admin, schema)
+
+
+def _drop(handle: tuple[Any, str]) -> None:
+    import sqlalchemy as sa
+
+    admin, schema = handle
+    with admin.connect() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+    admin.dispose()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("-k", "--keys", type=int, default=1000, help="fire keys a round (default 1000)")
+    parser.add_argument("-r", "--rounds", type=int, default=2, help="rounds a side, alternating (default 2)")
+    parser.add_argument("--pg", default=LOCAL_PG, help=f"PostgreSQL server URL (default {LOCAL_PG})")
+    parser.add_argument("--no-pg", action="store_true", help="SQLite only")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    args = parser.parse_args()
+
+    figures: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="bench-claim-") as tmp:
+        databases = [("sqlite", f"sqlite:///{Path(tmp) / 'runner.db'}", None)]
+        if not args.no_pg:
+            url, handle = _pg_schema(args.pg)
+            databases.append(("postgresql", url, handle))
+        try:
+            for backend, url, _ in databases:
+                _prepare(url)
+                for claimers in CLAIMERS:
+                    rates: dict[str, list[float]] = {"runner": [], "raw": []}
+                    for n in range(args.rounds):
+                        for side in ("runner", "raw") if n % 2 == 0 else ("raw", "runner"):
+                            rates[side].append(_round(side, url, claimers, args.keys)["rate"])
+                    runner, raw = statistics.median(rates["runner"]), statistics.median(rates["raw"])
+                    figures.append(
+                        {
+                            "backend": backend,
+                            "claimers": claimers,
+                            "runner_per_s": round(runner, 1),
+                            "raw_per_s": round(raw, 1),
+                            "ratio": round(runner / raw, 3),
+                        }
+                    )
+        finally:
+            for _, _, handle in databases:
+                if handle is not None:
+                    _drop(handle)
+    worst = min(f["ratio"] for f in figures)
+    if args.json:
+        print(json.dumps({"figures": figures, "target": TARGET_RATIO, "worst": worst}, indent=2))
+    else:
+        print(f"{'DATABASE':<11} {'CLAIMERS':>8} {'RUNNER/S':>9} {'RAW/S':>9} {'RATIO':>6}")
+        for f in figures:
+            print(
+                f"{f['backend']:<11} {f['claimers']:>8} {f['runner_per_s']:>9.0f} {f['raw_per_s']:>9.0f} "
+                f"{f['ratio']:>6.2f}"
+            )
+        verdict = "PASS" if worst >= TARGET_RATIO else "FAIL"
+        print(f"worst ratio {worst:.2f} (target >= {TARGET_RATIO}): {verdict}")
+    return 0 if worst >= TARGET_RATIO else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
