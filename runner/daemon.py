@@ -19,7 +19,8 @@ from runner.config import load_settings
 from runner.context import Fire
 from runner.daemonevents import FileEvents
 from runner.daemonmissed import MissedFires
-from runner.errors import EXIT_STORAGE, RunnerError
+from runner.daemonoutage import DatabaseOutage
+from runner.errors import EXIT_STORAGE, RunnerError, StorageError
 from runner.forkserver import ForkServer
 from runner.messages import FireRequest
 from runner.models import Trigger, utcnow
@@ -37,7 +38,7 @@ RESTART_SETTINGS = ("database",)  # [runner] keys a reload cannot apply: the sto
 # --- the daemon -------------------------------------------------------------------------------------
 
 
-class Daemon(MissedFires, FileEvents):
+class Daemon(MissedFires, FileEvents, DatabaseOutage):
     """Schedules every job of the config with APScheduler and dispatches fires to the fork server."""
 
     def __init__(self, config_path: Path) -> None:
@@ -57,6 +58,7 @@ class Daemon(MissedFires, FileEvents):
         self.exit_code = 0
         self.started_at = _process_started_at()
         self.caught_up_to = self.started_at  # catch-up handled every fire up to here
+        self._init_outage()
 
     # -- life cycle --
     def run(self) -> int:
@@ -86,6 +88,7 @@ class Daemon(MissedFires, FileEvents):
             send=lambda name, fire: self.server.submit(FireRequest(name, fire)),
             busy=lambda: self.server.in_flight,
             record=self._record_skips,
+            unclaimed=self._on_unclaimed,
         )
         self.dispatcher.start()
         self._catch_up()
@@ -119,6 +122,13 @@ class Daemon(MissedFires, FileEvents):
             if self.reload_requested:
                 self.reload_requested = False
                 self._reload()
+            if self.outage.down or self.outage.suspected:  # the database is away: probe it, nothing else
+                if self.outage.probe_due():
+                    self._probe()
+                    next_beat = time.monotonic() + self.settings.runner.heartbeat_s
+                if watchdog_s:
+                    notify("WATCHDOG=1")  # we are alive and waiting, not hung
+                continue
             if time.monotonic() >= next_beat:
                 if self._database_replaced():
                     break
@@ -154,7 +164,7 @@ class Daemon(MissedFires, FileEvents):
         return True
 
     def _publish(self) -> None:
-        with contextlib.suppress(Exception):  # the heartbeat reports database trouble
+        with contextlib.suppress(Exception):  # the heartbeat notices database trouble
             self.store.daemons.heartbeat(self.daemon_id, queues=self.dispatcher.snapshot(), notes=self.notes)
 
     def _record_skips(self, skips: list[Any]) -> None:
@@ -164,8 +174,7 @@ class Daemon(MissedFires, FileEvents):
             key = (skip.job, skip.fire.kind, skip.reason, skip.error)
             groups.setdefault(key, []).append((skip.fire.key, skip.fire.scheduled_at))
             log.warning("job=%s fire=%s skipped: %s", skip.job, skip.fire.key, skip.error)
-        for (job, kind, reason, error), fires in groups.items():
-            self.store.record_skipped(job, kind, fires, reason, error)
+        self._record_skip_groups(list(groups.items()))  # kept for later while the database is away
 
     def _heartbeat(self) -> None:
         try:
@@ -175,7 +184,9 @@ class Daemon(MissedFires, FileEvents):
             lost = self.store.reap_lost(self.settings.runner.stale_after_s)
             if lost:
                 log.warning("marked lost (their supervisor is gone): runs %s", ", ".join(map(str, lost)))
-        except Exception as exc:  # the database may be restarting: keep scheduling
+        except StorageError as exc:  # the database is away: logged once, probed until it is back
+            self._database_failed(exc)
+        except Exception as exc:  # a bug must not stop the scheduling
             log.warning("heartbeat failed: %s", exc)
 
     def _shutdown(self) -> int:

@@ -27,8 +27,8 @@ from typing import TYPE_CHECKING, Any
 
 from runner.config import load_settings
 from runner.enums import RunStatus
-from runner.errors import RunnerError
-from runner.messages import Command, FireReply, FireRequest, Lines, read_order, send
+from runner.errors import NotClaimed, RunnerError, StorageError
+from runner.messages import NOT_CLAIMED, Command, FireReply, FireRequest, Lines, read_order, send
 from runner.prctl import set_parent_death_signal
 from runner.settings import Settings
 
@@ -338,7 +338,10 @@ def _worker_loop(settings: Settings, store: Store, sock: socket.socket) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     set_parent_death_signal(signal.SIGTERM)
     store.after_fork()
-    store.warm_up(keep_connection=True)  # pay the copy-on-write and connect costs now, not on a fire
+    # Pay the copy-on-write and connect costs now, not on a fire; a database that is away now
+    # (a worker replaced during an outage) only makes the first fire slower.
+    with contextlib.suppress(StorageError):
+        store.warm_up(keep_connection=True)
     lines = Lines(sock)
     while not lines.closed:
         for message in lines.read():
@@ -357,6 +360,12 @@ def run_fire(settings: Settings, store: Store, request: FireRequest) -> int:
     try:
         resume = store.get_run(request.resume) if request.resume else None
         outcome = execute_configured(settings, store, request.job, fire, reap=False, resume=resume)
+    except NotClaimed as exc:  # the daemon logs the outage once and runs the fire when it is over
+        log.debug("job=%s fire=%s not claimed: %s", request.job, fire.key, exc)
+        return NOT_CLAIMED
+    except StorageError as exc:  # it ran: its outcome waits in the spool (or the log folder failed)
+        log.warning("job=%s fire=%s: %s", request.job, fire.key, exc)
+        return exc.exit_code
     except RunnerError as exc:
         log.info("job=%s fire=%s not run: %s", request.job, fire.key, exc)
         return exc.exit_code
