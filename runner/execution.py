@@ -73,9 +73,17 @@ def execute(
             store.files.settle(spec.name, fire.key, succeeded=False, started=False)
         raise
     if fire.paths:
-        # With ctx.files() the job acknowledged each file it finished; the rest go back.
+        from runner.outage import patiently
+
+        # With ctx.files() the job acknowledged each file it finished; the rest go back. (If the
+        # database stays away, the next rescan settles them by the run's recorded status.)
         finished = outcome.status is RunStatus.SUCCEEDED and not outcome.acked_files_only
-        store.files.settle(spec.name, fire.key, succeeded=finished, blame=outcome.file_in_progress)
+        patiently(
+            lambda: store.files.settle(
+                spec.name, fire.key, succeeded=finished, blame=outcome.file_in_progress
+            ),
+            settings.lock_timeout_s,
+        )
     return outcome
 
 

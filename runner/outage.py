@@ -1,16 +1,38 @@
-"""The daemon's view of its database going away (a restart, a reset connection, a fail-over):
-logged once when it starts and once when it ends, probed with backoff in between."""
+"""The database going away (a restart, a reset connection, a fail-over): the daemon's view of
+it (logged once when it starts and once when it ends, probed with backoff in between), and
+`patiently()` for a write that may wait for the database to come back."""
 
 from __future__ import annotations
 
 import logging
 import threading
 import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from runner.errors import StorageError
+
+T = TypeVar("T")
 
 log = logging.getLogger("runner.daemon")
 
 PROBE_FIRST_S = 0.5  # the first probe after a failure comes this soon
 PROBE_MAX_S = 2.0  # the backoff between probes stops growing here (a probe is one connection)
+
+
+def patiently(write: Callable[[], T], patience_s: float) -> T:
+    """`write()`, tried again with backoff while the database fails it (StorageError), for up to
+    `patience_s`; then the last StorageError is raised."""
+    deadline = time.monotonic() + patience_s
+    nap_s = PROBE_FIRST_S / 2
+    while True:
+        try:
+            return write()
+        except StorageError:
+            if time.monotonic() + nap_s > deadline:
+                raise
+        time.sleep(nap_s)
+        nap_s = min(nap_s * 2, PROBE_MAX_S)
 
 
 class Outage:
