@@ -61,7 +61,7 @@ class Outage:
                 self.since = now
                 self._pause_s = PROBE_FIRST_S
                 log.error(
-                    "database unreachable: %s; retrying every %gs at most; scheduled fires wait and "
+                    "database unreachable: %s; trying again every %gs at most; scheduled fires wait and "
                     "follow their catchup setting when it is back, files wait unclaimed",
                     exc,
                     PROBE_MAX_S,
