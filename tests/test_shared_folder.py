@@ -131,7 +131,9 @@ def test_a_shared_folder_across_a_database_restart(tmp_path: Path, cluster: PgCl
             logs.append(stop(host, daemon))
     assert before_outage < len(names), "the outage came after the last file: nothing was tested"
     assert_each_file_once(hosts, names, out, cluster.url)
-    for log in logs:  # each host noticed (claiming the files written meanwhile), once
-        assert log.count("database unreachable") == 1, log
-        assert log.count("database reachable again") == 1, log
+    # A host notices when it tries the database (claiming the files written meanwhile, or its
+    # heartbeat; not while its workers are all busy), and says so once.
+    noticed = [log.count("database unreachable") for log in logs]
+    assert sum(noticed) >= 1 and max(noticed) == 1, logs
+    assert [log.count("database reachable again") for log in logs] == noticed, logs
     assert not any("Traceback" in log for log in logs), logs
