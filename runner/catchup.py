@@ -15,6 +15,8 @@ from runner.triggers import Schedule, fire_key
 
 MAX_COUNTED_MISSES = 10_000
 MAX_MISS_ROWS = 1_000  # a long outage of a frequent job: its newest misses get a row each
+NO_SCHEDULER = "while no scheduler ran"
+DATABASE_AWAY = "while the database was unreachable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,13 +26,13 @@ class Missed:
     count: int  # how many fires were missed in all (counting stops at MAX_COUNTED_MISSES)
     runnable: bool  # still within the job's catchup window
 
-    def reason(self, catchup_s: float) -> str:
+    def reason(self, catchup_s: float, cause: str = NO_SCHEDULER) -> str:
         more = f" and {self.count - 1} earlier" if self.count > 1 else ""
         when = self.latest.astimezone().strftime("%Y-%m-%d %H:%M:%S")
         if self.runnable:
-            return f"missed the fire of {when}{more} while no scheduler ran; running it late"
+            return f"missed the fire of {when}{more} {cause}; running it late"
         window = format_duration(catchup_s) if catchup_s else "0 (never)"
-        return f"missed the fire of {when}{more} while no scheduler ran; outside catchup = {window}"
+        return f"missed the fire of {when}{more} {cause}; outside catchup = {window}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +63,7 @@ def plan(
     now: datetime,
     trigger: Trigger,
     started_at: datetime | None = None,
+    cause: str = NO_SCHEDULER,
 ) -> CatchupPlan | None:
     """The catch-up of `job`'s fires in (after, now], fired as `trigger` (the kind its scheduler
     records for an on-time fire of the same schedule): the newest fire runs once, marked late,
@@ -68,7 +71,8 @@ def plan(
     run) gets a `skipped` row, `coalesced` within the window and `beyond catch-up` outside it.
 
     Fires due at or after `started_at` (the scheduler's own start) are no downtime: when they are
-    all that was missed, the newest runs as an ordinary fire. None: nothing was missed."""
+    all that was missed, the newest runs as an ordinary fire. `cause` says why they were missed
+    (in the skipped rows and the line to log). None: nothing was missed."""
     missed = find_missed(job, after, now)
     if missed is None:
         return None
@@ -78,15 +82,15 @@ def plan(
     down = missed.count - (0 if started_at is None else sum(1 for at in due if at >= started_at))
     late = down > 0  # the newest fire stands in for fires nobody ran
     runnable = not late or missed.runnable
-    skipped = [_skipped(job, at, newest, now, runnable) for at in fires]
+    skipped = [_skipped(job, at, newest, now, runnable, cause) for at in fires]
     if not runnable:
         skipped.append(
-            SkippedFire(fire_key(newest), newest, SkipReason.CATCHUP, missed.reason(job.catchup_s))
+            SkippedFire(fire_key(newest), newest, SkipReason.CATCHUP, missed.reason(job.catchup_s, cause))
         )
     downtime = None
     if down:
         last_down = max((at for at in due if started_at is None or at < started_at), default=newest)
-        downtime = _downtime(job, down, last_down, newest, runnable)
+        downtime = _downtime(job, down, last_down, newest, runnable, cause)
     return CatchupPlan(
         job=job.name,
         fire=Fire(trigger, fire_key(newest), newest, late=late),
@@ -96,8 +100,10 @@ def plan(
     )
 
 
-def _skipped(job: JobSettings, at: datetime, newest: datetime, now: datetime, runnable: bool) -> SkippedFire:
-    what = f"missed the fire of {at.astimezone():%Y-%m-%d %H:%M:%S} while no scheduler ran"
+def _skipped(
+    job: JobSettings, at: datetime, newest: datetime, now: datetime, runnable: bool, cause: str
+) -> SkippedFire:
+    what = f"missed the fire of {at.astimezone():%Y-%m-%d %H:%M:%S} {cause}"
     if runnable and job.catchup_s and (now - at).total_seconds() <= job.catchup_s:
         return SkippedFire(
             fire_key(at), at, SkipReason.COALESCED, f"{what}; the newer fire {fire_key(newest)} ran instead"
@@ -105,9 +111,11 @@ def _skipped(job: JobSettings, at: datetime, newest: datetime, now: datetime, ru
     return SkippedFire(fire_key(at), at, SkipReason.CATCHUP, f"{what}; outside catchup = {_window(job)}")
 
 
-def _downtime(job: JobSettings, down: int, last_down: datetime, newest: datetime, runnable: bool) -> str:
+def _downtime(
+    job: JobSettings, down: int, last_down: datetime, newest: datetime, runnable: bool, cause: str
+) -> str:
     more = f" and {down - 1} earlier" if down > 1 else ""
-    what = f"missed the fire of {last_down.astimezone():%Y-%m-%d %H:%M:%S}{more} while no scheduler ran"
+    what = f"missed the fire of {last_down.astimezone():%Y-%m-%d %H:%M:%S}{more} {cause}"
     if runnable and newest != last_down:
         return f"{what}; running the newer fire {fire_key(newest)} late instead"
     if runnable:

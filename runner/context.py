@@ -217,14 +217,31 @@ class JobContext:
                 now = time.monotonic()
                 # Slow files are recorded one by one; fast ones in groups, at most ACK_FLUSH_S apart.
                 if STOP.requested or now - handed_out >= SLOW_FILE_S or now - last_flush >= ACK_FLUSH_S:
-                    self._store.files.ack(self.job, self.fire.key, done)
-                    done, last_flush = [], now
+                    last_flush = now
+                    if self._ack(done, patience_s=0.0):  # the database is away: next time, with more
+                        done = []
                 if STOP.requested:
                     raise SystemExit(128 + STOP.requested)
             _report_file(None)
         finally:
-            self._store.files.ack(self.job, self.fire.key, done)  # still deferring a stop: no half write
+            # Still deferring a stop: no half write. A database that is away (restarting) is
+            # waited for up to lock_timeout, so files done are not handed out again.
+            self._ack(done, patience_s=self._store.lock_timeout_s)
             STOP.deferring = False
+
+    def _ack(self, done: list[str], *, patience_s: float) -> bool:
+        """Record `done` as processed; False if the database failed it (patience_s = 0), else
+        StorageError once `patience_s` has passed."""
+        from runner.errors import StorageError
+        from runner.outage import patiently
+
+        try:
+            patiently(lambda: self._store.files.ack(self.job, self.fire.key, done), patience_s)
+        except StorageError:
+            if patience_s:
+                raise
+            return False
+        return True
 
     def _live_progress(self, items: Iterable[T], total: int | None, label: str) -> Iterator[T]:
         """On a terminal: the supervisor draws the bar under the run's log lines; we describe it."""

@@ -20,7 +20,8 @@ from runner.config import load_settings
 from runner.context import Fire
 from runner.daemonevents import FileEvents
 from runner.daemonmissed import MissedFires
-from runner.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_STORAGE, RunnerError
+from runner.daemonoutage import DatabaseOutage
+from runner.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_STORAGE, RunnerError, StorageError
 from runner.forkserver import LOG_FORMAT
 from runner.forkservers import ForkServer, ForkServers
 from runner.messages import FireRequest
@@ -42,7 +43,7 @@ FIRED_WINDOW_S = 3600.0  # `runner status` shows the runs each daemon started in
 # --- the daemon -------------------------------------------------------------------------------------
 
 
-class Daemon(MissedFires, FileEvents):
+class Daemon(MissedFires, FileEvents, DatabaseOutage):
     """Schedules every job of the config with APScheduler and dispatches fires to the fork server."""
 
     def __init__(self, config_path: Path) -> None:
@@ -66,6 +67,7 @@ class Daemon(MissedFires, FileEvents):
         self.caught_up_to = self.started_at  # catch-up handled every fire up to here
         self.retries: dict[str, int] = {}  # per job: how many retries a lost run may have
         self._fired: deque[tuple[float, str]] = deque()  # (monotonic, job) of runs it started
+        self._init_outage()
 
     # -- life cycle --
     def run(self) -> int:
@@ -94,6 +96,7 @@ class Daemon(MissedFires, FileEvents):
             send=lambda name, fire: self._send(FireRequest(name, fire)),
             busy=lambda: self.server.in_flight,
             record=self._record_skips,
+            unclaimed=self._on_unclaimed,
         )
         self.retries = hello.retries
         self.dispatcher.start()
@@ -146,6 +149,13 @@ class Daemon(MissedFires, FileEvents):
                 self._reload()
             for server in self.server.reap():
                 log.info("the fork server of code %s (pid %s) retired", server.hello.code_version, server.pid)
+            if self.outage.down or self.outage.suspected:  # the database is away: probe it, nothing else
+                if self.outage.probe_due():
+                    self._probe()
+                    next_beat = time.monotonic() + self.settings.runner.heartbeat_s
+                if watchdog_s:
+                    notify("WATCHDOG=1")  # we are alive and waiting, not hung
+                continue
             if time.monotonic() >= next_beat:
                 if self._database_replaced():
                     break
@@ -215,7 +225,7 @@ class Daemon(MissedFires, FileEvents):
         return True
 
     def _publish(self) -> None:
-        with contextlib.suppress(Exception):  # the heartbeat reports database trouble
+        with contextlib.suppress(Exception):  # the heartbeat notices database trouble
             self.store.daemons.heartbeat(
                 self.daemon_id,
                 queues=self.dispatcher.snapshot(),
@@ -230,8 +240,7 @@ class Daemon(MissedFires, FileEvents):
             key = (skip.job, skip.fire.kind, skip.reason, skip.error)
             groups.setdefault(key, []).append((skip.fire.key, skip.fire.scheduled_at))
             log.warning("job=%s fire=%s skipped: %s", skip.job, skip.fire.key, skip.error)
-        for (job, kind, reason, error), fires in groups.items():
-            self.store.record_skipped(job, kind, fires, reason, error)
+        self._record_skip_groups(list(groups.items()))  # kept for later while the database is away
 
     def _heartbeat(self) -> None:
         try:
@@ -247,7 +256,9 @@ class Daemon(MissedFires, FileEvents):
             if lost:
                 log.warning("marked lost (their supervisor is gone): runs %s", ", ".join(map(str, lost)))
             self._retry_lost()
-        except Exception as exc:  # the database may be restarting: keep scheduling
+        except StorageError as exc:  # the database is away: logged once, probed until it is back
+            self._database_failed(exc)
+        except Exception as exc:  # a bug must not stop the scheduling
             log.warning("heartbeat failed: %s", exc)
 
     def _shutdown(self) -> int:

@@ -9,21 +9,25 @@ from pathlib import Path
 from typing import Any
 
 from runner.context import Fire
-from runner.errors import EXIT_NOT_STARTED
-from runner.messages import FireRequest
+from runner.errors import EXIT_NOT_STARTED, StorageError
+from runner.messages import NOT_CLAIMED, FireRequest
 from runner.models import Trigger
 
 
 class FileEvents:
-    """Uses the daemon's settings, store, dispatcher and fork server."""
+    """Uses the daemon's settings, store, dispatcher, fork server and outage (runner.daemonoutage)."""
 
     settings: Any
     store: Any
     dispatcher: Any
     server: Any
     watches: Any
+    outage: Any
     _stopping: bool
     _send: Any
+    _unclaimed_files: list[tuple[str, str, list[str]]]
+    _database_failed: Any
+    _on_unclaimed: Any
 
     def _start_watches(self) -> None:
         from runner.watch import WatchService
@@ -34,13 +38,25 @@ class FileEvents:
             claim=self._claim_files,
             dispatch=self._dispatch_files,
             free_slots=lambda: self.settings.runner.max_workers - self.server.in_flight,
-            release=self.store.files.release_orphans,
+            release=self._release_files,
+            held=lambda: self.outage.down,
         )
         self.watches.start()
 
     def _claim_files(self, name: str, versions: list[Any]) -> tuple[str, list[str]]:
         key = f"files:{uuid.uuid4().hex}"
-        return key, self.store.files.claim(name, key, [(v.path, v.size, v.mtime_ns) for v in versions])
+        try:
+            return key, self.store.files.claim(name, key, [(v.path, v.size, v.mtime_ns) for v in versions])
+        except StorageError as exc:  # the files stay pending; the daemon probes the database
+            self._database_failed(exc)
+            raise
+
+    def _release_files(self, name: str) -> tuple[int, int]:
+        try:
+            return self.store.files.release_orphans(name)
+        except StorageError as exc:
+            self._database_failed(exc)
+            raise
 
     def _dispatch_files(self, name: str, key: str, paths: list[str]) -> None:
         fire = Fire(Trigger.FILE, key, paths=tuple(Path(p) for p in paths))
@@ -50,6 +66,10 @@ class FileEvents:
         future = self._send(FireRequest(name, fire))  # counted in `runner status` when it ran
 
         def done(result: Future[int]) -> None:
+            if result.result() == NOT_CLAIMED:  # claimed, but its run could not start: given back later
+                self._unclaimed_files.append((name, key, paths))
+                self._on_unclaimed()
+                return
             if result.result() == EXIT_NOT_STARTED and self.watches is not None:
                 self.watches.offer_again(name, paths)  # skipped (overlap): its files wait for the next run
             if self.watches is not None:

@@ -15,6 +15,8 @@ from runner.triggers import fire_key
 if TYPE_CHECKING:
     from datetime import datetime
 
+    from runner.catchup import CatchupPlan
+
 log = logging.getLogger("runner.daemon")
 
 
@@ -52,18 +54,10 @@ class MissedFires:
             planned = plan(
                 self.settings.jobs[name], last.get(name) or since, now, Trigger.SCHEDULE, self.started_at
             )
-            if planned is None:
-                continue
-            if planned.downtime:
-                log.warning("job=%s %s", name, planned.downtime)
-                if self.settings.jobs[name].alerts is not None:
+            if planned is not None:
+                self._apply_plan(name, planned)
+                if planned.downtime and self.settings.jobs[name].alerts is not None:
                     missed.append((name, planned.downtime))
-            for skip in planned.skipped:
-                self.store.record_skipped(
-                    name, planned.fire.kind, [(skip.key, skip.at)], skip.reason, skip.error
-                )
-            if planned.runnable:
-                self.dispatcher.submit(name, planned.fire, jitter_s=0.0)
         if missed:
             self._notify_missed(missed)
 
@@ -81,6 +75,15 @@ class MissedFires:
                     log.exception("job=%s: notifying the missed fires failed", name)
 
         threading.Thread(target=send, name="notify-missed", daemon=True).start()
+
+    def _apply_plan(self, name: str, planned: CatchupPlan) -> None:
+        """Log the downtime, record the skipped fires, submit the one that still runs."""
+        if planned.downtime:
+            log.warning("job=%s %s", name, planned.downtime)
+        for skip in planned.skipped:
+            self.store.record_skipped(name, planned.fire.kind, [(skip.key, skip.at)], skip.reason, skip.error)
+        if planned.runnable:
+            self.dispatcher.submit(name, planned.fire, jitter_s=0.0)
 
     def _resume_retries(self) -> None:
         """Retries a stop cut short (they never started): each runs now if still within catchup."""

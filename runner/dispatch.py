@@ -6,6 +6,8 @@ Each job has one small backlog. Fires of `overlap = queue` jobs wait in fire ord
 still runs is recorded `overlap`. A jittered fire waits out its delay here too. When a worker is
 free, the job that has waited longest goes first, so a busy job cannot starve the others. Every
 fire that does not run leaves a `skipped` row with its reason, and `snapshot()` says what waits.
+While the database is away (`hold()`), nothing is handed out: each job's fires are kept as the
+oldest one due, for the daemon's catch-up when it is back (`release()`).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from runner.context import Fire
+from runner.messages import NOT_CLAIMED
 from runner.models import SkipReason, utcnow
 from runner.triggers import fire_key
 
@@ -57,7 +60,8 @@ class Skip:
 
 class Dispatcher:
     """Holds due fires until a worker is free; `send(job, fire)` hands one to a worker and returns
-    a future that completes when its run ends. `record(skips)` writes the rows of fires not run."""
+    a future that completes when its run ends. `record(skips)` writes the rows of fires not run;
+    `unclaimed()` is told when a worker could not claim a fire (the database may be away)."""
 
     def __init__(
         self,
@@ -66,12 +70,16 @@ class Dispatcher:
         send: Callable[[str, Fire], Any],
         busy: Callable[[], int],
         record: Callable[[list[Skip]], None],
+        unclaimed: Callable[[], None] = lambda: None,
     ) -> None:
         self.settings = settings
         self.policies = policies  # job -> skip | queue | allow (decorator default + INI)
         self._send = send
         self._busy = busy  # fires in flight in the workers (file events included)
         self._record = record
+        self._unclaimed = unclaimed
+        self._holding = False  # the database is away: hand nothing out
+        self._held: dict[str, datetime] = {}  # per job: its oldest fire the database could not take
         self._cond = threading.Condition()
         self._lines: dict[str, _JobLine] = {}
         self._delayed: list[tuple[float, int, str, _Waiting]] = []
@@ -101,6 +109,8 @@ class Dispatcher:
                 self.last_seen[job] = max(self.last_seen.get(job, fire.scheduled_at), fire.scheduled_at)
             if self._closed:
                 self._skips.append(Skip(job, fire, SkipReason.SHUTDOWN, "due while the daemon was stopping"))
+            elif self._holding:
+                self._keep(job, fire)
             elif delay > 0:
                 heapq.heappush(self._delayed, (ready_at, next(self._seq), job, waiting))
             else:
@@ -165,7 +175,7 @@ class Dispatcher:
 
     def _pick(self, busy: int) -> list[tuple[str, _Waiting]]:
         """Fires to start now: while workers are free, the eligible job that has waited longest."""
-        free = self.settings.runner.max_workers - busy
+        free = 0 if self._holding else self.settings.runner.max_workers - busy
         picks = []
         while free > 0:
             ready = [
@@ -203,16 +213,65 @@ class Dispatcher:
             log.exception("job=%s fire=%s could not be handed to a worker", job, waiting.fire.key)
             self._done(job)
             return
-        future.add_done_callback(lambda _f: self._done(job))
+        future.add_done_callback(lambda f: self._done(job, waiting.fire, f.result()))
 
-    def _done(self, job: str) -> None:
+    def _done(self, job: str, fire: Fire | None = None, code: int | None = None) -> None:
+        unclaimed = code == NOT_CLAIMED and fire is not None
         with self._cond:
             line = self._lines.get(job)
             if line is not None and line.running:
                 line.running -= 1
+            if unclaimed:  # hand out nothing more until the daemon has looked at the database
+                self._hold()
+                self._keep(job, fire)
             self.changed = True
             self._events += 1
             self._cond.notify()
+        if unclaimed:
+            self._unclaimed()
+
+    # -- the database away --
+    def hold(self, held: dict[str, datetime] | None = None) -> None:
+        """The database is away: hand nothing out. Every waiting fire, and each one due from now
+        on, is kept (as its job's oldest fire due) for `release()`; so are `held` (job: oldest
+        fire due), given back by a catch-up the database cut short."""
+        with self._cond:
+            self._hold()
+            for job, at in (held or {}).items():
+                self._held[job] = min(self._held.get(job, at), at)
+            self._events += 1
+            self._cond.notify()
+
+    def _hold(self) -> None:
+        if self._holding:
+            return
+        self._holding = True
+        for job, line in self._lines.items():
+            for waiting in line.waiting:
+                self._keep(job, waiting.fire)
+            line.waiting.clear()
+        for _, _, job, waiting in self._delayed:
+            self._keep(job, waiting.fire)
+        self._delayed.clear()
+        self.changed = True
+
+    def _keep(self, job: str, fire: Fire) -> None:
+        if fire.scheduled_at is not None:
+            held = self._held.get(job)
+            self._held[job] = fire.scheduled_at if held is None else min(held, fire.scheduled_at)
+
+    def release(self) -> dict[str, datetime]:
+        """The database is back: hand out again. Returns, per job, the oldest fire kept since
+        `hold()`; the caller runs them by the catch-up rule (runner.catchup.plan)."""
+        with self._cond:
+            held, self._held, self._holding = self._held, {}, False
+            self._events += 1
+            self._cond.notify()
+            return held
+
+    @property
+    def holding(self) -> bool:
+        return self._holding
 
     def wake(self) -> None:
         with self._cond:

@@ -99,3 +99,12 @@ class DatabaseBusy(StorageError):
     """Another process held the database's write lock for longer than `lock_timeout`."""
 
     exit_code = EXIT_DATABASE_BUSY
+
+
+class NotClaimed(StorageError):
+    """The database failed before the fire was claimed: nothing ran and nothing was recorded, so
+    the fire is still free (the daemon runs it by its catch-up rule once the database is back)."""
+
+    def __init__(self, cause: StorageError) -> None:
+        super().__init__(cause.message)
+        self.exit_code = cause.exit_code

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.context import Fire
 from runner.enums import RunStatus, SkipReason, Trigger
-from runner.errors import AlreadyRan, FilesVanished, OverlapSkipped, Stopped, StorageError
+from runner.errors import AlreadyRan, FilesVanished, NotClaimed, OverlapSkipped, Stopped, StorageError
 from runner.models import utcnow
 from runner.private import open_private, private_folder
 from runner.runlog import RunLog
@@ -62,37 +62,63 @@ def execute(
     run running); after it ends, one more (record the outcome, release the lease). `resume` is
     the row of a retry a stop cut short: that attempt runs now, in that row.
     """
-    from runner.spool import replay
-
-    store.ensure_schema()
-    replay(settings.var_dir, store)
-    if reap:
-        store.reap_lost(settings.stale_after_s)
     if not gc.isenabled():  # the CLI starts with collections off; the job gets them back
         gc.freeze()
         gc.enable()
-    if fire.paths:
-        fire = _drop_vanished(spec.name, fire, store)
-    late_s = None
-    if fire.scheduled_at is not None:
-        late_s = max(0.0, (utcnow() - (fire.due_at or fire.scheduled_at)).total_seconds())
-    plan = RunPlan(spec, params, fire, settings, store, live=live, late_s=late_s)
     try:
-        first, holder = _start(plan, resume)
+        first, holder = _claim(spec, params, fire, settings, store, live, reap, resume)
         outcome = _run_attempts(first, holder)
     except (AlreadyRan, OverlapSkipped, Stopped):
         if fire.paths:  # not started (or stopped while queued): its files go back, untouched
             store.files.settle(spec.name, fire.key, succeeded=False, started=False)
         raise
     if fire.paths:
-        # With ctx.files() the job acknowledged each file it finished; the rest go back.
+        from runner.outage import patiently
+
+        # With ctx.files() the job acknowledged each file it finished; the rest go back. (If the
+        # database stays away, the next rescan settles them by the run's recorded status.)
         finished = outcome.status is RunStatus.SUCCEEDED and not outcome.acked_files_only
-        store.files.settle(spec.name, fire.key, succeeded=finished, blame=outcome.file_in_progress)
+        patiently(
+            lambda: store.files.settle(
+                spec.name, fire.key, succeeded=finished, blame=outcome.file_in_progress
+            ),
+            settings.lock_timeout_s,
+        )
     if spec.alerts is not None:  # the run is recorded: its result ping and notifications
         from runner.notify import after_run
 
-        after_run(plan, outcome)
+        after_run(first.plan, outcome)
     return outcome
+
+
+def _claim(
+    spec: JobSpec,
+    params: Mapping[str, Any],
+    fire: Fire,
+    settings: RunnerSettings,
+    store: Store,
+    live: bool,
+    reap: bool,
+    resume: RunRecord | None,
+) -> tuple[Attempt, RunRecord | None]:
+    """Everything before the job may start: the database's chores, then the claim (`_start`).
+    A database failure here is NotClaimed: the fire is not ours, so it is still free."""
+    from runner.spool import replay
+
+    try:
+        store.ensure_schema()
+        replay(settings.var_dir, store)
+        if reap:
+            store.reap_lost(settings.stale_after_s)
+        if fire.paths:
+            fire = _drop_vanished(spec.name, fire, store)
+        late_s = None
+        if fire.scheduled_at is not None:
+            late_s = max(0.0, (utcnow() - (fire.due_at or fire.scheduled_at)).total_seconds())
+        plan = RunPlan(spec, params, fire, settings, store, live=live, late_s=late_s)
+        return _start(plan, resume)
+    except StorageError as exc:
+        raise NotClaimed(exc) from None
 
 
 def _start(plan: RunPlan, resume: RunRecord | None) -> tuple[Attempt, RunRecord | None]:
@@ -329,7 +355,8 @@ def _wait(seconds: float, stops: StopSignals, heartbeat: Callable[[], object], e
         if stops.wait(min(left, max(0.0, next_beat - time.monotonic()))):
             return False
         if time.monotonic() >= next_beat:
-            heartbeat()
+            with contextlib.suppress(StorageError):  # the database is away: skip this beat
+                heartbeat()
             next_beat = time.monotonic() + every_s
     return not stops.received
 

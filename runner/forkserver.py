@@ -27,8 +27,17 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from runner.config import load_settings
 from runner.enums import RunStatus, SkipReason
-from runner.errors import EXIT_NOT_STARTED, BrokenJob, ConfigError, ParamError, RunnerError, UnknownJob
-from runner.messages import Command, FireReply, FireRequest, Hello, Lines, read_order, send
+from runner.errors import (
+    EXIT_NOT_STARTED,
+    BrokenJob,
+    ConfigError,
+    NotClaimed,
+    ParamError,
+    RunnerError,
+    StorageError,
+    UnknownJob,
+)
+from runner.messages import NOT_CLAIMED, Command, FireReply, FireRequest, Hello, Lines, read_order, send
 from runner.prctl import set_parent_death_signal
 from runner.settings import Settings
 
@@ -278,7 +287,10 @@ def _worker_loop(settings: Settings, store: Store, sock: socket.socket) -> int:
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     set_parent_death_signal(signal.SIGTERM)
     store.after_fork()
-    store.warm_up(keep_connection=True)  # pay the copy-on-write and connect costs now, not on a fire
+    # Pay the copy-on-write and connect costs now, not on a fire; a database that is away now
+    # (a worker replaced during an outage) only makes the first fire slower.
+    with contextlib.suppress(StorageError):
+        store.warm_up(keep_connection=True)
     lines = Lines(sock)
     while not lines.closed:
         for message in lines.read():
@@ -317,6 +329,12 @@ def run_fire(settings: Settings, store: Store, request: FireRequest) -> int:
         outcome = execute(
             spec, params, fire, settings=settings.runner, store=store, reap=False, resume=resume
         )
+    except NotClaimed as exc:  # the daemon logs the outage once and runs the fire when it is over
+        log.debug("job=%s fire=%s not claimed: %s", request.job, fire.key, exc)
+        return NOT_CLAIMED
+    except StorageError as exc:  # it ran: its outcome waits in the spool (or the log folder failed)
+        log.warning("job=%s fire=%s: %s", request.job, fire.key, exc)
+        return exc.exit_code
     except RunnerError as exc:
         log.info("job=%s fire=%s not run: %s", request.job, fire.key, exc)
         return exc.exit_code

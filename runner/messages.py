@@ -15,6 +15,8 @@ from typing import Any
 
 from runner.context import Fire
 
+NOT_CLAIMED = -2  # a FireReply's code: the database failed before the fire was claimed (it is still free)
+
 
 class Command(enum.StrEnum):
     STOP = "stop"  # daemon -> server: stop every worker (running jobs become 'killed'), then exit
@@ -64,7 +66,7 @@ class FireRequest:
 
 @dataclass(frozen=True, slots=True)
 class FireReply:
-    """How request `id` ended: `runner run`'s exit code, or GONE."""
+    """How request `id` ended: `runner run`'s exit code, GONE, or NOT_CLAIMED."""
 
     id: int
     code: int

@@ -22,7 +22,7 @@ log = logging.getLogger("runner.spool")
 
 SPOOL_DIR = "unrecorded"
 RECORD_RETRY_FIRST_S = 0.2
-RECORD_RETRY_MAX_S = 5.0
+RECORD_RETRY_MAX_S = 2.0  # a database back from a restart gets the outcome within this
 _DATETIME_KEYS = ("ended_at", "heartbeat_at", "started_at")
 
 

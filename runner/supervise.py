@@ -63,6 +63,8 @@ class Child:
         self._deadline: float | None = None  # when the timeout strikes (monotonic)
         self._kill_at: float | None = None  # when SIGTERM escalates to SIGKILL
         self._next_beat = 0.0
+        self._beat_failing_since: float | None = None  # monotonic: the database stopped taking beats
+        self._beat_retry_s = BUSY_BEAT_RETRY_S
 
     @classmethod
     def spawn(cls, attempt: Attempt, runlog: RunLog, containment: Containment) -> Child:
@@ -131,12 +133,30 @@ class Child:
                 now = time.monotonic()
                 self._enforce(now, stops, grace_s)
                 if now >= self._next_beat:
-                    pause_s = _beat(heartbeat, heartbeat_s)
+                    pause_s = self._beat(heartbeat, heartbeat_s)
                     self._next_beat = time.monotonic() + pause_s
         finally:
             if pidfd is not None:
                 os.close(pidfd)
             self._end(tail)
+
+    def _beat(self, heartbeat: Callable[[], bool], heartbeat_s: float) -> float:
+        """Heartbeat; the seconds until the next one. Never waits for the database (its child may
+        hold the write lock): a busy database skips this beat and the next try comes sooner. A
+        database that fails (gone, restarting) is logged once and tried again with backoff."""
+        try:
+            beat = heartbeat()
+        except Exception as exc:  # a database outage must not kill the run
+            if self._beat_failing_since is None:
+                self._beat_failing_since = time.monotonic()
+                log.warning("heartbeat failed: %s; the job goes on, retrying", exc)
+            pause_s = self._beat_retry_s
+            self._beat_retry_s = min(self._beat_retry_s * 2, heartbeat_s)
+            return min(heartbeat_s, pause_s)
+        if self._beat_failing_since is not None:
+            log.info("heartbeat recorded again after %.1fs", time.monotonic() - self._beat_failing_since)
+            self._beat_failing_since, self._beat_retry_s = None, BUSY_BEAT_RETRY_S
+        return heartbeat_s if beat else min(heartbeat_s, BUSY_BEAT_RETRY_S)
 
     def _sleep_s(self, *, polling: bool) -> float:
         """Until the next thing to do: a heartbeat, the timeout, a kill, or (without a pidfd to
@@ -295,14 +315,3 @@ def pidfd_open(pid: int) -> int | None:
         return os.pidfd_open(pid)
     except (AttributeError, OSError):
         return None  # old kernel: fall back to polling waitpid
-
-
-def _beat(heartbeat: Callable[[], bool], heartbeat_s: float) -> float:
-    """Heartbeat; the seconds until the next one. Never waits for the database (its child may hold
-    the write lock): a busy database skips this beat and the next try comes sooner."""
-    beat = False
-    try:
-        beat = heartbeat()
-    except Exception as exc:  # a database hiccup must not kill the run
-        log.warning("heartbeat failed: %s", exc)
-    return heartbeat_s if beat else min(heartbeat_s, BUSY_BEAT_RETRY_S)

@@ -301,14 +301,16 @@ class WatchService:
     `claim(job, versions)` returns (fire key, claimed paths) after claiming in the database;
     `dispatch(job, fire_key, paths)` starts the run; `free_slots()` says how many more runs may
     start now (ready files wait, and form bigger batches, while the workers are busy);
-    `release(job)` frees the claims of runs that died without settling them.
+    `release(job)` frees the claims of runs that died without settling them; while `held()`
+    (the database is away) nothing is claimed or released, and ready files wait.
     """
 
     RETRY_FOLDER_S = 30.0
 
-    def __init__(self, jobs, claim, dispatch, free_slots, release) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, jobs, claim, dispatch, free_slots, release, held=lambda: False) -> None:  # type: ignore[no-untyped-def]
         self.watched = [_Watched(name, job.watch, Tracker(job.watch)) for name, job in jobs]
         self.claim, self.dispatch, self.free_slots, self.release = claim, dispatch, free_slots, release
+        self.held = held
         self.wake_event = threading.Event()
         self.stopping = False
         self.overflowed = False
@@ -391,9 +393,11 @@ class WatchService:
     def _rescan(self, watched: _Watched, now: float) -> None:
         held = 0
         try:
-            _released, held = self.release(watched.name)
+            if not self.held():
+                _released, held = self.release(watched.name)
         except Exception as exc:
-            log.warning("job=%s releasing stale claims failed: %s", watched.name, exc)
+            if not self.held():  # else the daemon has said the database is away, once
+                log.warning("job=%s releasing stale claims failed: %s", watched.name, exc)
         watched.tracker.add_found(list(scan(watched.settings)))
         # Files another (or a dying) process still holds may come back soon: look again sooner.
         interval = min(watched.settings.rescan_s, HELD_RESCAN_S) if held else watched.settings.rescan_s
@@ -418,6 +422,8 @@ class WatchService:
         return wait
 
     def _hand_out(self, watched: _Watched, now: float) -> float | None:
+        if self.held():  # the database is away: ready files wait, unclaimed
+            return 1.0
         if self.free_slots() <= 0:  # before ready(): it looks at every pending file (10,000 in a burst)
             return BUSY_RECHECK_S  # look again soon: a run will finish
         ready, wait = watched.tracker.ready(now)
@@ -428,7 +434,8 @@ class WatchService:
             try:
                 fire_key, paths = self.claim(watched.name, chunk)
             except Exception as exc:  # the database may be restarting: keep the files pending
-                log.warning("job=%s claiming %d files failed: %s", watched.name, len(chunk), exc)
+                if not self.held():  # else the daemon has said the database is away, once
+                    log.warning("job=%s claiming %d files failed: %s", watched.name, len(chunk), exc)
                 return 1.0
             watched.tracker.forget(chunk)
             if paths:

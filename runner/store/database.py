@@ -40,6 +40,14 @@ SCHEMA_LOCK_ID = 7_270_001  # PostgreSQL advisory lock taken while migrating
 PG_WAIT_S = 5  # on PostgreSQL, how long a non-waiting write may still wait for the server
 
 
+def unavailable(exc: sa.exc.DBAPIError) -> bool:
+    """The database failed us (gone, restarting, reset, locked, full), as opposed to refusing a
+    statement (a unique key, a bug): SQLAlchemy flags a dropped connection `connection_invalidated`,
+    psycopg raises OperationalError for the server going away and InterfaceError for a
+    connection that is already closed."""
+    return exc.connection_invalidated or isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
+
+
 class Store(RunWrites, HistoryQueries, SqliteFile):
     """One run-history database. Cheap to create; the schema is checked on first use.
 
@@ -242,7 +250,9 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
         try:
             with self._transaction() as conn:
                 yield conn
-        except sa.exc.OperationalError as exc:
+        except sa.exc.DBAPIError as exc:
+            if not unavailable(exc):
+                raise
             raise self.fault(exc) from None
 
     @contextlib.contextmanager
@@ -255,7 +265,9 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
                 conn.execution_options(runner_read_only=True)
                 with conn.begin():
                     yield conn
-        except sa.exc.OperationalError as exc:
+        except sa.exc.DBAPIError as exc:
+            if not unavailable(exc):
+                raise
             raise self.fault(exc) from None
 
     @contextlib.contextmanager

@@ -25,6 +25,17 @@ if TYPE_CHECKING:
     from sqlalchemy.pool import ConnectionPoolEntry
 
 PG_CONNECT_TIMEOUT_S = 10
+# A server that vanished without closing its connections (a fail-over, a pulled cable) is noticed
+# in about 25 s by TCP keepalives, and unacknowledged writes give up after 30 s, instead of
+# waiting for the kernel's defaults (hours). A key given in the URL's query wins.
+PG_CONNECT_ARGS = {
+    "connect_timeout": PG_CONNECT_TIMEOUT_S,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,  # ms
+}
 SQLITE_SIDE_FILES = ("", "-wal", "-shm", "-writers.lock")  # the database file and what SQLite and we add
 
 
@@ -83,7 +94,7 @@ def create_engine(
         sa.event.listen(engine, "begin", _sqlite_on_begin)
         return engine
     try:
-        connect_args = {} if "connect_timeout" in parsed.query else {"connect_timeout": PG_CONNECT_TIMEOUT_S}
+        connect_args = {key: value for key, value in PG_CONNECT_ARGS.items() if key not in parsed.query}
         return sa.create_engine(
             parsed, pool_pre_ping=True, connect_args=connect_args, json_serializer=jsonsafe.dumps
         )
