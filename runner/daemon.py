@@ -19,6 +19,7 @@ from runner.config import load_settings
 from runner.context import Fire
 from runner.daemonevents import FileEvents
 from runner.daemonmissed import MissedFires
+from runner.daemonprune import PruneThread
 from runner.errors import EXIT_STORAGE, RunnerError
 from runner.forkserver import ForkServer
 from runner.messages import FireRequest
@@ -57,6 +58,7 @@ class Daemon(MissedFires, FileEvents):
         self.exit_code = 0
         self.started_at = _process_started_at()
         self.caught_up_to = self.started_at  # catch-up handled every fire up to here
+        self.pruner = PruneThread(lambda: self.settings)  # keep_runs, keep_logs: every prune_every
 
     # -- life cycle --
     def run(self) -> int:
@@ -92,6 +94,7 @@ class Daemon(MissedFires, FileEvents):
         self._resume_retries()
         self._start_scheduler()
         self._start_watches()
+        self.pruner.start()
         self.daemon_id = self.store.daemons.register(str(self.config_path))  # `runner status`: up
         jobs = self._scheduled_names() + [
             f"{n} (watch)" for n, j in sorted(self.settings.jobs.items()) if j.watch
@@ -192,6 +195,7 @@ class Daemon(MissedFires, FileEvents):
         if self.watches is not None:
             self.watches.stop()
         self.dispatcher.close()  # what waited for a worker is recorded skipped (shutdown)
+        self.pruner.stop()
         reserve = min(2.0, grace / 4)
         deadline = time.monotonic() + max(0.0, grace - reserve)
         while self.server.in_flight and time.monotonic() < deadline and not self.hurry:

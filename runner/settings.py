@@ -21,6 +21,7 @@ DEFAULT_LOCK_TIMEOUT_S = 60.0  # how long a write waits for another writer of th
 DEFAULT_MAX_LOG_BYTES = 50 * 1024 * 1024  # a run's log keeps its head and tail beyond this
 DEFAULT_CATCHUP_S = 3600.0
 DEFAULT_MAX_QUEUE = 3  # a queue of fires longer than this only ever grows: record them skipped
+DEFAULT_PRUNE_EVERY_S = 6 * 3600.0  # how often the daemon applies keep_runs and keep_logs
 DEFAULT_PATTERNS = ("*",)
 DEFAULT_IGNORE = ("*.part", "*.tmp", "*.crdownload", "*.swp", "*~", ".*")
 CONTAIN_CHOICES = ("subreaper", "cgroup")
@@ -43,6 +44,35 @@ OVERLAP_POLICIES = tuple(policy.value for policy in Overlap)
 
 
 @dataclass(frozen=True, slots=True)
+class Retention:
+    """How much of a job's history (keep_runs) or of its run logs (keep_logs) is kept: what is at
+    most `max_age_s` old and among the newest `max_count` of the job; None: no such limit."""
+
+    max_age_s: float | None = None
+    max_count: int | None = None
+
+    @property
+    def forever(self) -> bool:
+        return self.max_age_s is None and self.max_count is None
+
+    def __str__(self) -> str:
+        from runner.durations import format_duration
+
+        parts = []
+        if self.max_age_s is not None:
+            parts.append(format_duration(self.max_age_s))
+        if self.max_count is not None:
+            parts.append(str(self.max_count))
+        return ", ".join(parts) or "forever"
+
+
+# Bounded for a busy installation: a job every 5 minutes keeps 90 days of runs and 30 of logs; a
+# job every second keeps its newest 50,000 runs (14 h) and 10,000 logs (3 h).
+DEFAULT_KEEP_RUNS = Retention(90 * 86400.0, 50_000)
+DEFAULT_KEEP_LOGS = Retention(30 * 86400.0, 10_000)
+
+
+@dataclass(frozen=True, slots=True)
 class RunnerSettings:
     database: str
     var_dir: Path
@@ -60,6 +90,9 @@ class RunnerSettings:
     data_database: str | None = None  # None: NAME-jobs.db beside a SQLite history, else the same
     contain: str = "subreaper"  # or "cgroup": a cgroup v2 per attempt as well, where one can be made
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES
+    keep_runs: Retention = DEFAULT_KEEP_RUNS
+    keep_logs: Retention = DEFAULT_KEEP_LOGS
+    prune_every_s: float = DEFAULT_PRUNE_EVERY_S  # 0: the daemon never prunes (`runner prune` does)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +134,8 @@ class JobSettings:
     watch: WatchSettings | None = None
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES  # 0: no cap
     max_queue: int = DEFAULT_MAX_QUEUE
+    keep_runs: Retention = DEFAULT_KEEP_RUNS
+    keep_logs: Retention = DEFAULT_KEEP_LOGS
 
     @property
     def scheduled(self) -> bool:

@@ -26,6 +26,7 @@ from runner.store.engine import (
 from runner.store.files import FileClaims
 from runner.store.history import HistoryQueries
 from runner.store.leases import Leases
+from runner.store.prune import RunPruning
 from runner.store.queue import WouldWait, WriterQueue
 from runner.store.records import RunEnd
 from runner.store.runs import RunWrites
@@ -87,6 +88,10 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
     @property
     def state(self) -> StateEntries:
         return StateEntries(self)
+
+    @property
+    def pruning(self) -> RunPruning:
+        return RunPruning(self)
 
     # --- schema -------------------------------------------------------------------------------
     def schema_revision(self) -> str | None:

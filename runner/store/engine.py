@@ -120,6 +120,10 @@ def _sqlite_on_connect(
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {int(lock_timeout_s * 1000)}")
+    # A new file is made with incremental auto-vacuum (before WAL and the first table fix its
+    # header), so that prune can hand freed pages back to the disk a few at a time. An existing
+    # file keeps its mode: `runner db vacuum` converts it once.
+    cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
     _sqlite_wal(cursor, lock_timeout_s)
     cursor.execute("PRAGMA synchronous = NORMAL")
     cursor.close()
