@@ -27,14 +27,14 @@ from runner.runlog import DAY_FOLDER, DAY_FORMAT, LOG_FILE, find_log
 if TYPE_CHECKING:
     from runner.settings import Retention, Settings
     from runner.store import Store
-    from runner.store.prune import Candidate, Protected
+    from runner.store.prune import Candidate, Limit, Protected
 
 BATCH_ROWS_START = 1000
-BATCH_ROWS_MIN = 100
+BATCH_ROWS_MIN = 500
 BATCH_ROWS_MAX = 5000
 TXN_TARGET_S = 0.02  # a batch holds the write lock about this long: what a waiting fire may wait
 PAUSE_MIN_S = 0.005  # after each batch, at least this (and as long as the batch took) for others
-CHECKPOINT_EVERY_BATCHES = 8  # SQLite: fold the write-ahead log back in, outside the write lock
+CHECKPOINT_EVERY_S = 5.0  # SQLite: fold the write-ahead log back in, outside the write lock
 VACUUM_STEP_PAGES = 256  # SQLite pages handed back to the disk per write transaction
 _ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
 
@@ -55,6 +55,7 @@ class JobPruned:
 @dataclass(slots=True)
 class PruneReport:
     dry_run: bool
+    now: datetime  # ages are counted back from here
     jobs: list[JobPruned] = field(default_factory=list)
     folders: int = 0  # day folders removed once empty
     seconds: float = 0.0
@@ -89,10 +90,8 @@ class _Pacer:
     def __init__(self, pause: bool) -> None:
         self.rows = BATCH_ROWS_START
         self.pause = pause
-        self.batches = 0
 
     def done(self, rows: int, elapsed_s: float) -> None:
-        self.batches += 1
         if rows >= self.rows // 2 and elapsed_s > 0:
             wanted = int(rows * TXN_TARGET_S / elapsed_s)
             self.rows = max(BATCH_ROWS_MIN, min(BATCH_ROWS_MAX, wanted, self.rows * 2))
@@ -125,25 +124,32 @@ def prune(
     """Apply every job's keep_runs and keep_logs (a job no longer configured: [runner]'s)."""
     now = now or utcnow()
     started = time.monotonic()
-    report = PruneReport(dry_run)
+    report = PruneReport(dry_run, now)
     store.ensure_schema()
     log_dir = settings.runner.log_dir
     in_history = store.pruning.jobs()
     protected = store.pruning.protected(in_history)
-    pacer = _Pacer(pause=not dry_run)
+    entries: dict[str, JobPruned] = {}
+    keep_logs: dict[str, Retention] = {}
+    limits: dict[str, Limit] = {}
     for job in sorted(set(in_history) | set(settings.jobs) | set(_log_folders(log_dir))):
-        if stopping():
-            report.stopped = True
-            break
         configured = settings.jobs.get(job)
-        keep_runs = configured.keep_runs if configured else settings.runner.keep_runs
-        keep_logs = configured.keep_logs if configured else settings.runner.keep_logs
-        pruned = JobPruned(job, str(keep_runs), str(keep_logs))
-        if job in in_history and not keep_runs.forever:
-            _prune_runs(store, job, keep_runs, now, protected, pruned, pacer, log_dir, stopping, dry_run)
-        if not keep_logs.forever and (log_dir / job).is_dir():
-            report.folders += _prune_logs(log_dir / job, keep_logs, now, protected, pruned, dry_run)
-        report.jobs.append(pruned)
+        runs_kept = configured.keep_runs if configured else settings.runner.keep_runs
+        keep_logs[job] = configured.keep_logs if configured else settings.runner.keep_logs
+        entries[job] = JobPruned(job, str(runs_kept), str(keep_logs[job]))
+        if job in in_history and not runs_kept.forever:
+            limit = _limit(store, job, runs_kept, now)
+            if limit.upto_id is not None or limit.older_than is not None:
+                limits[job] = limit
+    if limits:
+        report.folders += _prune_runs(store, limits, protected, entries, log_dir, stopping, dry_run)
+    for job, pruned in entries.items():
+        if stopping():
+            break
+        if not keep_logs[job].forever and (log_dir / job).is_dir():
+            report.folders += _prune_logs(log_dir / job, keep_logs[job], now, protected, pruned, dry_run)
+    report.jobs = list(entries.values())
+    report.stopped = stopping()
     if not dry_run and not report.stopped:
         _release_space(store, report, stopping)
     report.seconds = time.monotonic() - started
@@ -167,89 +173,113 @@ def _log_folders(log_dir: Path) -> list[str]:
 # --- runs ---------------------------------------------------------------------------------------
 
 
+def _limit(store: Store, job: str, keep: Retention, now: datetime) -> Limit:
+    from runner.store.prune import Limit
+
+    return Limit(
+        store.pruning.count_bound(job, keep.max_count) if keep.max_count is not None else None,
+        now - timedelta(seconds=keep.max_age_s) if keep.max_age_s is not None else None,
+    )
+
+
 def _prune_runs(
     store: Store,
-    job: str,
-    keep: Retention,
-    now: datetime,
+    limits: dict[str, Limit],
     protected: Protected,
-    pruned: JobPruned,
-    pacer: _Pacer,
+    entries: dict[str, JobPruned],
     log_dir: Path,
     stopping: Callable[[], bool],
     dry_run: bool,
-) -> None:
+) -> int:
+    """Remove the runs over their job's limits, and their logs, walking the history once in id
+    order; returns the day folders emptied."""
+    from runner.store.prune import over_limits
+
     pruning = store.pruning
-    upto_id = pruning.count_bound(job, keep.max_count) if keep.max_count is not None else None
-    older_than = now - timedelta(seconds=keep.max_age_s) if keep.max_age_s is not None else None
-    if upto_id is None and older_than is None:
-        return
+    pacer = _Pacer(pause=not dry_run)
+    over = over_limits(limits)  # built once: it has a term for every job
 
     def removable(run: Candidate) -> bool:
         return (
-            run.id not in protected.run_ids
+            run.over
+            and run.id not in protected.run_ids
             and (run.job, run.fire_key) not in protected.fires
             and run.status not in _ACTIVE
             and run.reason != SkipReason.RETRY_STOPPED
-            and (
-                (upto_id is not None and run.id <= upto_id)
-                or (older_than is not None and run.queued_at < older_than)
-            )
         )
 
     after = 0
+    days: set[str] = set()  # day folders that lost a log: removed at the end if empty
+    checkpointed = time.monotonic()
     while not stopping():
-        batch = pruning.candidates(job, after=after, upto_id=upto_id, older_than=older_than, limit=pacer.rows)
+        batch = pruning.candidates(over, after=after, limit=pacer.rows)
         if not batch:
-            return
+            break
         after = batch[-1].id
         fires: dict[int, list[Candidate]] = {}
-        for attempt in pruning.attempts_of(run.group for run in batch):
-            fires.setdefault(attempt.group, []).append(attempt)
+        for run in (*batch, *pruning.other_attempts(batch, over)):
+            fires.setdefault(run.group, []).append(run)
         doomed = [run for attempts in fires.values() if all(map(removable, attempts)) for run in attempts]
+        logs = _logs_of(store, log_dir, doomed)
         if dry_run:
-            pruned.runs += len(doomed)
             for run in doomed:
-                if (path := _log_of(log_dir, run)) is not None:
-                    pruned.counted.add(run.id)  # only ids of existing files: bounded by the logs
-                    pruned.logs += 1
-                    pruned.log_bytes += path.stat().st_size
+                entries[run.job].runs += 1
+            for run, path in logs:
+                with contextlib.suppress(OSError):
+                    entries[run.job].log_bytes += os.stat(path).st_size
+                    entries[run.job].logs += 1
+                    entries[run.job].counted.add(run.id)  # only ids of existing files: bounded by the logs
             continue
         began = time.monotonic()
-        pruned.runs += pruning.delete(sorted(run.id for run in doomed))
+        removed = pruning.delete(sorted(run.id for run in doomed))
         elapsed = time.monotonic() - began
-        for run in doomed:  # a log whose run is gone can no longer be asked for
-            _remove_log(_log_of(log_dir, run), pruned)
+        if removed == len(doomed):
+            for run in doomed:
+                entries[run.job].runs += 1
+        else:  # some became active meanwhile: count what is gone
+            still = set(pruning.existing([run.id for run in doomed]))
+            doomed = [run for run in doomed if run.id not in still]
+            logs = [(run, path) for run, path in logs if run.id not in still]
+            for run in doomed:
+                entries[run.job].runs += 1
+        for run, path in logs:  # a log whose run is gone can no longer be asked for
+            _remove_log(path, entries[run.job], days)
         pacer.done(len(batch), elapsed)
-        if pacer.batches % CHECKPOINT_EVERY_BATCHES == 0:
+        if time.monotonic() - checkpointed >= CHECKPOINT_EVERY_S:
             store.checkpoint()
+            checkpointed = time.monotonic()
+    emptied = 0
+    for day in days:
+        with contextlib.suppress(OSError):
+            os.rmdir(day)
+            emptied += 1
+    return emptied
 
 
-def _log_of(log_dir: Path, run: Candidate) -> Path | None:
-    """The run's log file, if it has one (only a file named for the run: the row is not trusted
-    to name anything else)."""
-    if run.log_path:
-        path = Path(run.log_path)
-    elif run.started_at is not None:
-        path = find_log(log_dir, run.job, run.id, run.started_at)
-    else:
-        return None
-    return path if path.name == f"{run.id}.log" and path.is_file() else None
+def _logs_of(store: Store, log_dir: Path, doomed: list[Candidate]) -> list[tuple[Candidate, str]]:
+    """(run, log file) of these runs: the file their row names, if it is named for the run (the
+    row is not trusted to name anything else), or where it would be for a row that names none."""
+    logs = [(run, run.log_path) for run in doomed if run.log_path]
+    logs = [(run, path) for run, path in logs if os.path.basename(path) == f"{run.id}.log"]
+    unnamed = {run.id: run for run in doomed if not run.log_path}
+    if unnamed:
+        for run_id, started in store.pruning.started_at(list(unnamed)).items():
+            run = unnamed[run_id]
+            logs.append((run, str(find_log(log_dir, run.job, run_id, started))))
+    return logs
 
 
-def _remove_log(path: Path | None, pruned: JobPruned) -> None:
-    if path is None:
-        return
+def _remove_log(path: str, pruned: JobPruned, days: set[str]) -> None:
     try:
-        size = path.stat().st_size
-        path.unlink()
+        size = os.stat(path).st_size
+        os.unlink(path)
     except OSError:
         return
     pruned.logs += 1
     pruned.log_bytes += size
-    if DAY_FOLDER.fullmatch(path.parent.name):  # the day folder, once empty
-        with contextlib.suppress(OSError):
-            path.parent.rmdir()
+    folder = os.path.dirname(path)
+    if DAY_FOLDER.fullmatch(os.path.basename(folder)):
+        days.add(folder)
 
 
 # --- logs ---------------------------------------------------------------------------------------
