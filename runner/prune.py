@@ -35,7 +35,9 @@ BATCH_ROWS_MAX = 5000
 TXN_TARGET_S = 0.02  # a batch holds the write lock about this long: what a waiting fire may wait
 PAUSE_MIN_S = 0.005  # after each batch, at least this (and as long as the batch took) for others
 CHECKPOINT_EVERY_S = 5.0  # SQLite: fold the write-ahead log back in, outside the write lock
-VACUUM_STEP_PAGES = 256  # SQLite pages handed back to the disk per write transaction
+VACUUM_PAGES_START = 256  # SQLite pages handed back to the disk per write transaction: sized
+VACUUM_PAGES_MIN = 64  # like the batches of runs
+VACUUM_PAGES_MAX = 8192
 _ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
 
 
@@ -85,16 +87,23 @@ class PruneReport:
 
 
 class _Pacer:
-    """Sizes each batch so that its transaction takes about TXN_TARGET_S, and pauses after it."""
+    """Sizes each batch (rows, or pages) so that its transaction takes about TXN_TARGET_S, and
+    pauses after it."""
 
-    def __init__(self, pause: bool) -> None:
-        self.rows = BATCH_ROWS_START
+    def __init__(
+        self,
+        pause: bool,
+        start: int = BATCH_ROWS_START,
+        low: int = BATCH_ROWS_MIN,
+        high: int = BATCH_ROWS_MAX,
+    ) -> None:
+        self.rows, self.low, self.high = start, low, high
         self.pause = pause
 
     def done(self, rows: int, elapsed_s: float) -> None:
         if rows >= self.rows // 2 and elapsed_s > 0:
             wanted = int(rows * TXN_TARGET_S / elapsed_s)
-            self.rows = max(BATCH_ROWS_MIN, min(BATCH_ROWS_MAX, wanted, self.rows * 2))
+            self.rows = max(self.low, min(self.high, wanted, self.rows * 2))
         if self.pause:
             time.sleep(max(PAUSE_MIN_S, elapsed_s))
 
@@ -383,14 +392,18 @@ def _release_space(store: Store, report: PruneReport, stopping: Callable[[], boo
     mode, free, page_size = store.pruning.free_pages()
     incremental = 2
     if mode == incremental:
-        pacer = _Pacer(pause=True)
+        pacer = _Pacer(pause=True, start=VACUUM_PAGES_START, low=VACUUM_PAGES_MIN, high=VACUUM_PAGES_MAX)
+        checkpointed = time.monotonic()
         while free > 0 and not stopping():
-            step = min(free, VACUUM_STEP_PAGES)
+            step = min(free, pacer.rows)
             began = time.monotonic()
             store.pruning.release_pages(step)
-            pacer.done(0, time.monotonic() - began)
+            pacer.done(step, time.monotonic() - began)
             free -= step
             report.released_bytes += step * page_size
+            if time.monotonic() - checkpointed >= CHECKPOINT_EVERY_S:
+                store.checkpoint()
+                checkpointed = time.monotonic()
         store.checkpoint()
     report.free_bytes = free * page_size
     if mode != incremental and free:

@@ -317,3 +317,31 @@ def test_sqlite_space_goes_back_to_the_disk_and_db_vacuum_converts_an_old_file(
     assert vacuum.returncode == 0 and "database rewritten" in vacuum.stdout, vacuum
     with sqlite3.connect(database) as db:
         assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2
+
+
+def test_weekly_report_of_a_kept_week_is_the_same_after_a_prune(project: Project) -> None:
+    """The report aggregates the history by period: pruning what is older than keep_runs leaves
+    the figures of a kept week (and the week before it, which the report compares with) as they were."""
+    reports = project.root / "reports"
+    project.configure(
+        f"[job:weekly_report]\nreports = {reports}\nquarantine = {project.root / 'quarantine'}\n"
+        "keep_runs = forever\n[job:alpha]\nuses = jobs.hello:hello\nkeep_runs = 30d",
+        job_packages="jobs",
+        timezone="UTC",
+    )
+    seed(project, "alpha", days(200, 150, 100, 60, 20, 15, 13, 11, 9, 8, 7.5, 6, 5, 4, 3, 2), error="x")
+    year, number, _ = (NOW - 7 * DAY).isocalendar()
+    week = f"{year}-W{number:02d}"
+
+    def report() -> str:
+        done = project.runner("run", "weekly_report", "-p", f"week={week}")
+        assert done.returncode == 0, done
+        return (reports / week / "jobs.csv").read_text()
+
+    before = report()
+    pruned = prune(project)
+    after = report()
+
+    assert pruned["runs"] == 4  # the four runs older than 30 days
+    assert "alpha" in before
+    assert after == before

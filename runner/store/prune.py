@@ -18,6 +18,10 @@ from runner.models import ACTIVE_STATUSES, ClaimState, SkipReason, file_claims, 
 from runner.store.base import StorePart
 
 LIVE_CLAIMS = (ClaimState.CLAIMED, ClaimState.PENDING)
+# An id list is padded to one of these lengths: every length is another statement for SQLite to
+# prepare and cache (the sqlite3 module keeps 128 per connection, each the size of its list),
+# which made a prune's memory grow with the history.
+ID_LIST_SIZES = (16, 64, 256, 1024, 4096, 16384)
 _OTHER = runs.alias("other_attempt")
 
 
@@ -52,6 +56,12 @@ class Candidate:
     reason: str | None
     log_path: str | None
     over: bool
+
+
+def _ids(ids: list[int]) -> list[int]:
+    """`ids` padded with its last id to the next of ID_LIST_SIZES (a repeat changes no IN)."""
+    size = next((n for n in ID_LIST_SIZES if n >= len(ids)), len(ids))
+    return ids + ids[-1:] * (size - len(ids))
 
 
 def over_limits(limits: dict[str, Limit]) -> sa.ColumnElement[bool]:
@@ -157,20 +167,22 @@ class RunPruning(StorePart):
         found: list[Candidate] = []
         with self.read() as conn:
             if firsts:
-                found += _candidates(conn, runs.c.first_run_id.in_(firsts) & (runs.c.attempt > 1), over)
+                found += _candidates(conn, runs.c.first_run_id.in_(_ids(firsts)) & (runs.c.attempt > 1), over)
             if groups:
-                found += _candidates(conn, runs.c.id.in_(groups) | runs.c.first_run_id.in_(groups), over)
+                found += _candidates(
+                    conn, runs.c.id.in_(_ids(groups)) | runs.c.first_run_id.in_(_ids(groups)), over
+                )
         return [run for run in found if run.id not in mine]
 
     def existing(self, ids: list[int]) -> list[int]:
         """Which of these runs are still in the history."""
         with self.read() as conn:
-            return list(conn.execute(sa.select(runs.c.id).where(runs.c.id.in_(ids))).scalars())
+            return list(conn.execute(sa.select(runs.c.id).where(runs.c.id.in_(_ids(ids)))).scalars())
 
     def started_at(self, ids: list[int]) -> dict[int, datetime]:
         """When these runs started (for the few whose row names no log file)."""
         with self.read() as conn:
-            rows = conn.execute(sa.select(runs.c.id, runs.c.started_at).where(runs.c.id.in_(ids)))
+            rows = conn.execute(sa.select(runs.c.id, runs.c.started_at).where(runs.c.id.in_(_ids(ids))))
             return {run_id: at for run_id, at in rows if at is not None}
 
     def delete(self, ids: list[int]) -> int:
@@ -179,7 +191,7 @@ class RunPruning(StorePart):
         if not ids:
             return 0
         statement = sa.delete(runs).where(
-            runs.c.id.in_(ids),
+            runs.c.id.in_(_ids(ids)),
             runs.c.status.not_in(ACTIVE_STATUSES),
             ~sa.exists().where(
                 _OTHER.c.first_run_id == runs.c.first_run_id, _OTHER.c.status.in_(ACTIVE_STATUSES)
