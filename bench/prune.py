@@ -8,8 +8,8 @@ them), each with its run's time as its mtime. Half the jobs keep `90d, 2000` run
 binds), the other half the [runner] default of this benchmark, `90d, 10000` (the age binds); logs
 keep `30d, 300`. Then:
 
-  1. a `runner daemon` fires N `every 1s` no-op jobs on the same database (its own prune thread
-     off); their lateness (scheduled instant -> job body entered, as bench/dispatch.py measures
+  1. a `runner daemon` fires N `every 1s` no-op jobs, spread over the second, on the same database
+     (its own prune thread off); their lateness (scheduled instant -> job body entered, as bench/dispatch.py measures
      it) is taken for Q seconds with nothing else running, then while `runner prune` runs;
   2. `runner prune` runs as the crontab line would; its wall time, rows/s and peak RSS are taken;
   3. what is left is checked against the settings: per job, exactly the runs within its count and
@@ -83,7 +83,7 @@ def write_config(work: Path, jobs: int, fire_jobs: int, out: Path) -> Path:
         "var_dir = var",
         "timezone = UTC",
         "job_packages = benchjobs",
-        "max_workers = 8",
+        "max_workers = 16",
         f"keep_runs = {KEEP_DEFAULT[0]}d, {KEEP_DEFAULT[1]}",
         f"keep_logs = {KEEP_LOGS[0]}d, {KEEP_LOGS[1]}",
         "prune_every = 0",
@@ -94,14 +94,10 @@ def write_config(work: Path, jobs: int, fire_jobs: int, out: Path) -> Path:
         if keep_of(i) != KEEP_DEFAULT:
             ini.append(f"keep_runs = {keep_of(i)[0]}d, {keep_of(i)[1]}")
         ini.append("")
-    for i in range(fire_jobs):
-        ini += [
-            f"[job:fire_{i:03d}]",
-            "uses = benchjobs.noop:noop",
-            "schedule = every 1s",
-            f"out = {out}",
-            "",
-        ]
+    for i in range(fire_jobs):  # spread over the second, as bench/dispatch.py does
+        start = f"2026-01-01 00:00:{i / fire_jobs:09.6f}"
+        ini += [f"[job:fire_{i:03d}]", "uses = benchjobs.noop:noop", f"schedule = every 1s start {start}"]
+        ini += [f"out = {out}", ""]
     config = work / "runner.ini"
     config.write_text("\n".join(ini))
     return config

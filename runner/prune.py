@@ -39,6 +39,7 @@ VACUUM_PAGES_START = 256  # SQLite pages handed back to the disk per write trans
 VACUUM_PAGES_MIN = 64  # like the batches of runs
 VACUUM_PAGES_MAX = 8192
 _ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
+CRON_LOG_FOLDER = "cron"  # log_dir/cron/JOB.log: what crontab lines print (runner/crontab.py)
 
 
 @dataclass(slots=True)
@@ -166,14 +167,15 @@ def prune(
 
 
 def _log_folders(log_dir: Path) -> list[str]:
-    """Job folders under log_dir (a job no longer configured, nor in the history, has logs too)."""
+    """Job folders under log_dir (a job no longer configured, nor in the history, has logs too);
+    not `cron`, where crontab lines append their output (unless a job has that name)."""
     from runner.config import job_name_problem
 
     try:
         return [
             e.name
             for e in os.scandir(log_dir)
-            if e.is_dir(follow_symlinks=False) and not job_name_problem(e.name)
+            if e.name != CRON_LOG_FOLDER and e.is_dir(follow_symlinks=False) and not job_name_problem(e.name)
         ]
     except OSError:
         return []

@@ -20,10 +20,13 @@ def prune(app: App, dry_run: bool, as_json: bool) -> None:
     run of a job. Runs go in small batches, so fires are not held up meanwhile; on SQLite the
     space is then given back to the disk.
     """
+    import gc
+
     from runner.config import format_size
     from runner.prune import prune as apply_retention
     from runner.prune import prune_store
 
+    gc.enable()  # `runner` starts with collections off; thousands of batches would pile up cycles
     report = apply_retention(app.settings, prune_store(app.settings), dry_run=dry_run)
     if as_json:
         print_json(report.to_json())
