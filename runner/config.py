@@ -19,14 +19,18 @@ from runner.settings import (
     CONTAIN_CHOICES,
     DEFAULT_CATCHUP_S,
     DEFAULT_IGNORE,
+    DEFAULT_KEEP_LOGS,
+    DEFAULT_KEEP_RUNS,
     DEFAULT_LOCK_TIMEOUT_S,
     DEFAULT_MAX_LOG_BYTES,
     DEFAULT_MAX_QUEUE,
     DEFAULT_PATTERNS,
+    DEFAULT_PRUNE_EVERY_S,
     SECRET_MASK,
     WATCH_MODES,
     JobSettings,
     Overlap,
+    Retention,
     RunnerSettings,
     Settings,
     WatchSettings,
@@ -79,6 +83,9 @@ RUNNER_KEYS = {
     **ALERT_KEYS,
     "metrics_listen": "HOST:PORT where `runner daemon` serves Prometheus metrics (unset: no endpoint)",
     "metrics_textfile": "a *.prom file `runner run` rewrites for node_exporter's textfile collector",
+    "keep_runs": "default history kept per job: an age (90d), a count (50000), both (90d, 50000) or forever",
+    "keep_logs": "default run logs kept per job: an age (30d), a count (10000), both or forever",
+    "prune_every": "how often the daemon applies keep_runs and keep_logs (0 = never; see `runner prune`)",
 }
 JOB_KEYS = {
     "uses": "package.module:function that implements the job",
@@ -88,6 +95,8 @@ JOB_KEYS = {
     "overlap": "what a fire does while the previous run still runs: skip, queue or allow",
     "max_log_bytes": "largest a run's log may grow (default: [runner] max_log_bytes)",
     "max_queue": "with overlap = queue: most fires waiting for the previous run; more are skipped",
+    "keep_runs": "this job's history kept: an age (90d), a count (50000), both or forever",
+    "keep_logs": "this job's run logs kept: an age (30d), a count (10000), both or forever",
     "description": "one line shown by `runner list`",
     "schedule": "when it fires: 'cron M H DoM Mon DoW', 'every 15m' or 'at 2026-12-01 09:00', one a line",
     "timezone": "IANA timezone its schedule is evaluated in (default: [runner] timezone)",
@@ -115,6 +124,10 @@ MAX_WORKERS = 1024
 MAX_RETRIES = 100
 MAX_QUEUE = 1000
 MAX_BATCH = 100_000
+MIN_KEEP_AGE_S = 3600.0  # keep_runs/keep_logs: a shorter age is a typo (and would race running jobs)
+MAX_KEEP_COUNT = 1_000_000_000
+MIN_PRUNE_EVERY_S = 1.0
+_KEEP_EXPECTED = "expected an age like 90d, a count like 50000, both (90d, 50000) or forever"
 
 _USES = re.compile(r"[\w.]+(:\w+)?")
 _WHOLE_NUMBER = re.compile(r"[+-]?[0-9]{1,20}")
@@ -366,6 +379,37 @@ class SectionReader:
             ) from None
         return name
 
+    def retention(self, key: str, default: Retention) -> Retention:
+        """keep_runs / keep_logs: an age, a count of runs, both (comma separated), or `forever`."""
+        if key not in self.values:
+            return default
+        text = self.values[key].strip().lower()
+        if text == "forever":
+            return Retention()
+        age: float | None = None
+        count: int | None = None
+        for part in (p.strip() for p in text.split(",")):
+            if part.isascii() and part.isdigit():
+                if count is not None:
+                    raise self.invalid(key, f"{_KEEP_EXPECTED}; one count at most")
+                if not 1 <= int(part) <= MAX_KEEP_COUNT:
+                    raise self.invalid(key, f"{_KEEP_EXPECTED}; a count is 1 to {MAX_KEEP_COUNT}")
+                count = int(part)
+                continue
+            try:
+                seconds = parse_duration(part)
+            except ValueError as exc:  # DurationTooLong too
+                hint = f" ({exc})" if isinstance(exc, DurationTooLong) else ""
+                raise self.invalid(key, f"{_KEEP_EXPECTED}{hint}") from None
+            if age is not None:
+                raise self.invalid(key, f"{_KEEP_EXPECTED}; one age at most")
+            if seconds < MIN_KEEP_AGE_S:
+                raise self.invalid(
+                    key, f"{_KEEP_EXPECTED}; an age is at least {format_duration(MIN_KEEP_AGE_S)}"
+                )
+            age = seconds
+        return Retention(age, count)
+
     # Last in the class body, so that `int` and `bool` in the annotations above are the builtins.
     def int(self, key: str, default: _Default, *, minimum: int, maximum: int) -> int | _Default:
         """A whole number from `minimum` to `maximum`."""
@@ -415,6 +459,9 @@ def _runner_settings(reader: SectionReader, channels: Mapping[str, Channel]) -> 
         alerts=_alerts(reader, channels, None, job=False),
         metrics_listen=_listen(reader, "metrics_listen"),
         metrics_textfile=_textfile(reader, "metrics_textfile"),
+        keep_runs=reader.retention("keep_runs", DEFAULT_KEEP_RUNS),
+        keep_logs=reader.retention("keep_logs", DEFAULT_KEEP_LOGS),
+        prune_every_s=_prune_every(reader),
     )
 
 
@@ -438,6 +485,15 @@ def _textfile(reader: SectionReader, key: str) -> Path | None:
     if path.suffix != ".prom":
         raise reader.invalid(key, "expected a file name ending in .prom (node_exporter reads no other)")
     return path
+
+
+def _prune_every(reader: SectionReader) -> float:
+    every = reader.duration("prune_every", DEFAULT_PRUNE_EVERY_S)
+    if 0 < every < MIN_PRUNE_EVERY_S:
+        raise reader.invalid(
+            "prune_every", f"expected 0 (never) or at least {format_duration(MIN_PRUNE_EVERY_S)}"
+        )
+    return every
 
 
 def _job_packages(reader: SectionReader) -> tuple[str, ...]:
@@ -488,6 +544,8 @@ def _job_settings(
         retry_backoff_s=reader.duration("retry_backoff"),
         max_log_bytes=reader.size("max_log_bytes", runner.max_log_bytes),
         alerts=_alerts(reader, channels, runner.alerts, job=True),
+        keep_runs=reader.retention("keep_runs", runner.keep_runs),
+        keep_logs=reader.retention("keep_logs", runner.keep_logs),
     )
 
 

@@ -29,6 +29,7 @@ _UNSAFE = re.compile(r"[\x00-\x1f\x7f\\]")
 # Debian's cron reads only /etc/cron.d names made of these (run-parts rules): no dots.
 CRON_D_NAME = re.compile(r"[A-Za-z0-9_-]+")
 CRON_D_HEADER = "SHELL=/bin/sh\n"
+PRUNE_AT = "17 4 * * *"  # daily retention (`runner prune`): a quiet hour that no DST change skips
 ZONE_SAMPLE_STEP_S = 3600  # zones compared hour by hour ...
 ZONE_SAMPLE_SPAN_S = 3 * 366 * 86400  # ... from a year ago to two years ahead
 PLACEHOLDERS = {
@@ -92,6 +93,9 @@ def render_block(settings: Settings, *, user: str | None = None, placeholders: b
         for cron in crons:
             fields = f"{cron.text} {user}" if user else cron.text
             lines.append(f"{fields} {command}")
+    prune_log = shlex.quote(f"{log_dir}/cron/prune.log")
+    prune = _escape(f"{prefix} prune >>{prune_log} 2>&1")
+    lines.append(f"{PRUNE_AT} {user} {prune}" if user else f"{PRUNE_AT} {prune}")
     catchup_log = shlex.quote(f"{log_dir}/cron/catchup.log")
     reboot = _escape(f"{prefix} catchup >>{catchup_log} 2>&1")
     lines.append(f"@reboot {user} {reboot}" if user else f"@reboot {reboot}")

@@ -21,6 +21,7 @@ from runner.context import Fire
 from runner.daemonevents import FileEvents
 from runner.daemonmissed import MissedFires
 from runner.daemonoutage import DatabaseOutage
+from runner.daemonprune import PruneThread
 from runner.errors import EXIT_JOB_FAILED, EXIT_OK, EXIT_STORAGE, RunnerError, StorageError
 from runner.forkserver import LOG_FORMAT
 from runner.forkservers import ForkServer, ForkServers
@@ -68,6 +69,7 @@ class Daemon(MissedFires, FileEvents, DatabaseOutage):
         self.retries: dict[str, int] = {}  # per job: how many retries a lost run may have
         self._fired: deque[tuple[float, str]] = deque()  # (monotonic, job) of runs it started
         self._init_outage()
+        self.pruner = PruneThread(lambda: self.settings)  # keep_runs, keep_logs: every prune_every
 
     # -- life cycle --
     def run(self) -> int:
@@ -104,6 +106,7 @@ class Daemon(MissedFires, FileEvents, DatabaseOutage):
         self._resume_retries()
         self._start_scheduler()
         self._start_watches()
+        self.pruner.start()
         self.daemon_id = self.store.daemons.register(str(self.config_path), self._code())  # status: up
         jobs = self._scheduled_names() + [
             f"{n} (watch)" for n, j in sorted(self.settings.jobs.items()) if j.watch
@@ -275,6 +278,7 @@ class Daemon(MissedFires, FileEvents, DatabaseOutage):
         if self.watches is not None:
             self.watches.stop()
         self.dispatcher.close()  # what waited for a worker is recorded skipped (shutdown)
+        self.pruner.stop()
         reserve = min(2.0, grace / 4)
         deadline = time.monotonic() + max(0.0, grace - reserve)
         while self.server.in_flight and time.monotonic() < deadline and not self.hurry:

@@ -23,6 +23,7 @@ from runner.errors import AlreadyRan, FilesVanished, NotClaimed, OverlapSkipped,
 from runner.models import utcnow
 from runner.private import open_private, private_folder
 from runner.runlog import RunLog
+from runner.runlog import log_path as runlog_path
 from runner.runplan import Attempt, Outcome, RunPlan, masked_params
 from runner.settings import Overlap
 from runner.stopsignals import StopSignals, signame
@@ -367,8 +368,8 @@ def _attempt(attempt: Attempt, stops: StopSignals) -> Outcome:
 
     plan = attempt.plan
     spec, settings = plan.spec, plan.settings
-    log_path = run_log_path(settings, spec.name, attempt.run_id)
     started = utcnow()
+    log_path = run_log_path(settings, spec.name, attempt.run_id, started)
     if attempt.number > 1:  # the first attempt's row was marked running when it was claimed
         plan.store.start(attempt.run_id, started)
     containment = Containment.create(cgroup=settings.contain == "cgroup")
@@ -395,7 +396,8 @@ def _spawn(
     plan = attempt.plan
     spec, settings = plan.spec, plan.settings
     try:
-        private_folder(log_path.parent)  # job output may hold secrets: 0700, files 0600
+        private_folder(log_path.parent.parent)  # job output may hold secrets: 0700, files 0600
+        private_folder(log_path.parent)
         started_line = (
             f"run {attempt.run_id} of job {spec.name} started: attempt {attempt.number}, "
             f"trigger {plan.fire.kind}, fire {plan.fire.key}, params {masked_params(plan.params)!r}"
@@ -487,8 +489,8 @@ def _record(
     )
 
 
-def run_log_path(settings: RunnerSettings, job: str, run_id: int) -> Path:
-    return settings.log_dir / job / f"{run_id}.log"
+def run_log_path(settings: RunnerSettings, job: str, run_id: int, started: datetime) -> Path:
+    return runlog_path(settings.log_dir, job, run_id, started)
 
 
 def _append(path: Path, line: str) -> None:

@@ -12,7 +12,7 @@ from runner.enums import RunStatus as RunStatus
 from runner.enums import SkipReason as SkipReason
 from runner.enums import Trigger as Trigger
 
-SCHEMA_REVISION = "0012"  # the newest Alembic revision; tests keep the two equal
+SCHEMA_REVISION = "0013"  # the newest Alembic revision; tests keep the two equal
 
 ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 
@@ -103,6 +103,7 @@ runs = sa.Table(
     sa.Index("ix_runs_status", "status"),
     sa.Index("ix_runs_reason_queued_at", "reason", "queued_at"),
     sa.Index("ix_runs_queued_at", "queued_at"),  # reports read one period (jobs/weekly_report.py)
+    sa.Index("ix_runs_first_run_id", "first_run_id"),  # prune removes a fire's attempts together
 )
 
 job_state = sa.Table(

@@ -1,5 +1,5 @@
-"""A run's log file: the job's output copied in from a pipe and capped at `max_log_bytes`, and read
-back (also while it grows) in constant memory.
+"""A run's log file: where it lives (`LOG_DIR/JOB/YYYY-MM-DD/RUN_ID.log`), the job's output copied
+in from a pipe and capped at `max_log_bytes`, and read back (also while it grows) in constant memory.
 
 Past the cap, the first half of the output stays, and of the rest only the newest part: a line
 between the two says how many bytes were cut there. The writer keeps the file within 1.25 times
@@ -19,6 +19,7 @@ import select
 import threading
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -31,6 +32,27 @@ FOLLOW_POLL_S = 0.5
 BUSY_POLL_S = 0.02
 _MARKER = re.compile(rb"\n----- runner: ([ ~])(\d+) bytes of output cut here")
 _MARKER_START = b"\n----- runner: "
+DAY_FORMAT = "%Y-%m-%d"
+DAY_FOLDER = re.compile(r"\d{4}-\d{2}-\d{2}")
+LOG_FILE = re.compile(r"(\d+)\.log")
+
+
+def log_path(log_dir: Path, job: str, run_id: int, started: datetime) -> Path:
+    """Where an attempt's log goes: a folder per job and per day (UTC) it started, so that no
+    folder grows without end and prune can drop whole days."""
+    return log_dir / job / started.astimezone(UTC).strftime(DAY_FORMAT) / f"{run_id}.log"
+
+
+def find_log(log_dir: Path, job: str, run_id: int, around: datetime | None) -> Path:
+    """The log of a run whose row does not name its file (it still runs, or was stopped before it
+    ended): its day folder (the day `around` or either next to it, as a claim and its start may
+    fall on two sides of midnight), or where versions before day folders kept it, LOG_DIR/JOB/RUN_ID.log.
+    The first that exists; else where it would be."""
+    candidates = []
+    if around is not None:
+        candidates = [log_path(log_dir, job, run_id, around + timedelta(days=d)) for d in (0, -1, 1)]
+    candidates.append(log_dir / job / f"{run_id}.log")
+    return next((path for path in candidates if path.exists()), candidates[0])
 
 
 def _marker(cut: int, busy: bool, max_bytes: int) -> bytes:

@@ -22,6 +22,7 @@ DEFAULT_LOCK_TIMEOUT_S = 60.0  # how long a write waits for another writer of th
 DEFAULT_MAX_LOG_BYTES = 50 * 1024 * 1024  # a run's log keeps its head and tail beyond this
 DEFAULT_CATCHUP_S = 3600.0
 DEFAULT_MAX_QUEUE = 3  # a queue of fires longer than this only ever grows: record them skipped
+DEFAULT_PRUNE_EVERY_S = 6 * 3600.0  # how often the daemon applies keep_runs and keep_logs
 DEFAULT_PATTERNS = ("*",)
 DEFAULT_IGNORE = ("*.part", "*.tmp", "*.crdownload", "*.swp", "*~", ".*")
 CONTAIN_CHOICES = ("subreaper", "cgroup")
@@ -46,6 +47,35 @@ OVERLAP_POLICIES = tuple(policy.value for policy in Overlap)
 
 
 @dataclass(frozen=True, slots=True)
+class Retention:
+    """How much of a job's history (keep_runs) or of its run logs (keep_logs) is kept: what is at
+    most `max_age_s` old and among the newest `max_count` of the job; None: no such limit."""
+
+    max_age_s: float | None = None
+    max_count: int | None = None
+
+    @property
+    def forever(self) -> bool:
+        return self.max_age_s is None and self.max_count is None
+
+    def __str__(self) -> str:
+        from runner.durations import format_duration
+
+        parts = []
+        if self.max_age_s is not None:
+            parts.append(format_duration(self.max_age_s))
+        if self.max_count is not None:
+            parts.append(str(self.max_count))
+        return ", ".join(parts) or "forever"
+
+
+# Bounded for a busy installation: a job every 5 minutes keeps 90 days of runs and 30 of logs; a
+# job every second keeps its newest 50,000 runs (14 h) and 10,000 logs (3 h).
+DEFAULT_KEEP_RUNS = Retention(90 * 86400.0, 50_000)
+DEFAULT_KEEP_LOGS = Retention(30 * 86400.0, 10_000)
+
+
+@dataclass(frozen=True, slots=True)
 class RunnerSettings:
     database: str
     var_dir: Path
@@ -66,6 +96,9 @@ class RunnerSettings:
     alerts: Alerts | None = None  # [runner] notify defaults (runner.channels); None: nothing set
     metrics_listen: tuple[str, int] | None = None  # (host, port) the daemon serves /metrics on
     metrics_textfile: Path | None = None  # a node_exporter textfile `runner run` rewrites after each run
+    keep_runs: Retention = DEFAULT_KEEP_RUNS
+    keep_logs: Retention = DEFAULT_KEEP_LOGS
+    prune_every_s: float = DEFAULT_PRUNE_EVERY_S  # 0: the daemon never prunes (`runner prune` does)
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +141,8 @@ class JobSettings:
     max_log_bytes: int = DEFAULT_MAX_LOG_BYTES  # 0: no cap
     max_queue: int = DEFAULT_MAX_QUEUE
     alerts: Alerts | None = None  # notify targets and ping_url; None: neither
+    keep_runs: Retention = DEFAULT_KEEP_RUNS
+    keep_logs: Retention = DEFAULT_KEEP_LOGS
 
     @property
     def scheduled(self) -> bool:

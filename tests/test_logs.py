@@ -105,7 +105,7 @@ def test_following_a_run_that_is_being_cut(sqlite_project: Project) -> None:
     project = sqlite_project
     configure(project, "128KiB")
     run = project.start("run", "loud", "-p", "megabytes=3", "-p", "pause_every_mb=0.05", "-p", "pause_s=0.05")
-    wait_until(lambda: (project.root / "conf" / "var" / "log" / "loud" / "1.log").exists(), "the log")
+    wait_until(lambda: list((project.root / "conf" / "var" / "log" / "loud").glob("*/1.log")), "the log")
     follow = project.runner("logs", "-f", "1")
     done = project.finish(run)
 

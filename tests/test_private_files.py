@@ -4,6 +4,7 @@ folders an older version left readable are tightened (with their files) on first
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from conftest import Project
 
@@ -26,8 +27,10 @@ def test_run_logs_and_their_folders_are_private(sqlite_project: Project):
     done = project.runner("run", "echo")
     assert done.returncode == 0, done
     run = project.only_run("echo")
-    log = old_folder / f"{run['id']}.log"
+    log = Path(run["log_path"])
+    assert log.parent.parent == old_folder  # log_dir/JOB/YYYY-MM-DD/RUN_ID.log
     assert mode(log) == 0o600
+    assert mode(log.parent) == 0o700
     assert mode(old_folder) == 0o700
     assert mode(old_log) == 0o600
 
@@ -40,6 +43,7 @@ def test_folders_we_create_are_0700_under_a_permissive_umask(sqlite_project: Pro
     )
     assert done.returncode == 0, done
     run = project.only_run("echo")
-    for folder in (project.var_dir, project.var_dir / "log", project.var_dir / "log" / "echo"):
+    log = Path(run["log_path"])
+    for folder in (project.var_dir, project.var_dir / "log", project.var_dir / "log" / "echo", log.parent):
         assert mode(folder) == 0o700, folder
-    assert mode(project.var_dir / "log" / "echo" / f"{run['id']}.log") == 0o600
+    assert mode(log) == 0o600

@@ -5,7 +5,7 @@ app.py holds the group and the entry point; each other module holds the commands
 
 from __future__ import annotations
 
-from runner.cli import files, history, jobs, ops, run  # noqa: F401 (each registers its commands)
+from runner.cli import files, history, jobs, ops, prune, run  # noqa: F401 (each registers its commands)
 from runner.cli.app import App, cli, config_first, main
 from runner.cli.run import run_module
 

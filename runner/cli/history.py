@@ -79,9 +79,10 @@ def logs(app: App, run_id: int, follow: bool, as_json: bool) -> None:
     record = store.get_run(run_id)
     if record is None:
         raise RunnerError(f"no run {run_id}; see `runner history` for run ids")
-    from runner.execution import run_log_path
+    from runner.runlog import find_log
 
-    path = Path(record.log_path or run_log_path(app.settings.runner, record.job, run_id))
+    around = record.started_at or record.queued_at
+    path = Path(record.log_path or find_log(app.settings.runner.log_dir, record.job, run_id, around))
     if not path.exists() and record.started_at is None:
         why = f": {record.error}" if record.error else ""
         click.echo(f"run {run_id} ({record.status}) never started, so it has no log{why}")

@@ -247,6 +247,24 @@ def db_upgrade(app: App, as_json: bool) -> None:
         click.echo(f"database upgraded from {before or 'empty'} to revision {after}")
 
 
+@db.command("vacuum")
+@pass_app
+def db_vacuum(app: App) -> None:
+    """Rewrite the SQLite file once, so that prune can give freed space back to the disk.
+
+    Databases created by this version need it never; an older one needs it once. It holds the
+    write lock while it runs (seconds to minutes for a large history): run it while nothing runs.
+    PostgreSQL needs nothing (its autovacuum reuses the space).
+    """
+    from runner.config import format_size
+
+    sizes = app.store.vacuum()
+    if sizes is None:
+        click.echo("nothing to do: PostgreSQL's autovacuum reuses freed space by itself")
+        return
+    click.echo(f"database rewritten: {format_size(sizes[0])} -> {format_size(sizes[1])}")
+
+
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_app

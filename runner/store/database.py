@@ -28,6 +28,7 @@ from runner.store.files import FileClaims
 from runner.store.history import HistoryQueries
 from runner.store.leases import Leases
 from runner.store.notices import Notices
+from runner.store.prune import RunPruning
 from runner.store.queue import WouldWait, WriterQueue
 from runner.store.records import RunEnd
 from runner.store.runs import RunWrites
@@ -106,6 +107,10 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
     @property
     def totals(self) -> RunTotals:
         return RunTotals(self)
+
+    @property
+    def pruning(self) -> RunPruning:
+        return RunPruning(self)
 
     # --- schema -------------------------------------------------------------------------------
     def schema_revision(self) -> str | None:

@@ -131,6 +131,12 @@ def _sqlite_on_connect(
     dbapi_connection.isolation_level = None
     cursor = dbapi_connection.cursor()
     cursor.execute(f"PRAGMA busy_timeout = {int(lock_timeout_s * 1000)}")
+    # A new file is made with incremental auto-vacuum (before WAL and the first table fix its
+    # header), so that prune can hand freed pages back to the disk a few at a time. An existing
+    # file keeps its mode (`runner db vacuum` converts it once), and is not asked: setting the
+    # pragma on it would wait for a writer of another program, where a read never waits.
+    if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+        cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
     _sqlite_wal(cursor, lock_timeout_s)
     cursor.execute("PRAGMA synchronous = NORMAL")
     cursor.close()

@@ -57,14 +57,19 @@ class WriterQueue:
 
     @contextlib.contextmanager
     def begin(self, engine: sa.Engine) -> Iterator[sa.Connection]:
+        with self.held(), engine.begin() as conn:
+            yield conn
+
+    @contextlib.contextmanager
+    def held(self) -> Iterator[None]:
+        """This process's turn, outside any transaction (what VACUUM needs)."""
         with self._thread_lock:
             self._own_fd()
             if self._depth == 0:
                 self._lock()
             self._depth += 1
             try:
-                with engine.begin() as conn:
-                    yield conn
+                yield
             finally:
                 self._depth -= 1
                 if self._depth == 0:

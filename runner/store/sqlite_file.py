@@ -88,6 +88,29 @@ class SqliteFile:
                 removed.append(f"{self._file}{suffix}")
         return removed
 
+    def vacuum(self: Store) -> tuple[int, int] | None:
+        """Rewrite the SQLite file with incremental auto-vacuum (once, for a file made before it was
+        the default; later prunes then give freed pages back a few at a time). Takes the write
+        lock for as long as it runs. Returns (bytes before, bytes after); None on PostgreSQL,
+        whose autovacuum needs no help."""
+        if self._file is None:
+            return None
+        self.ensure_schema()
+        before = self._file.stat().st_size
+        try:
+            with self._queue.held() if self._queue is not None else contextlib.nullcontext():
+                raw = self.engine.raw_connection()
+                try:
+                    db = raw.driver_connection
+                    db.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                    db.execute("VACUUM")
+                    db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                finally:
+                    raw.close()
+        except sqlite3_error() as exc:
+            raise self.fault(exc) from None
+        return before, self._file.stat().st_size
+
     def checkpoint(self: Store) -> None:
         """Fold SQLite's write-ahead log into the database without blocking writers (PASSIVE)."""
         if not self.url.startswith("sqlite"):
