@@ -405,3 +405,16 @@ def assert_one_line_error(done: Done, *fragments: str, exit_code: int = 2) -> No
     assert "Traceback" not in done.stderr + done.stdout, done
     for fragment in fragments:
         assert fragment in done.stderr, f"{fragment!r} not in stderr\n{done}"
+
+
+@pytest.fixture
+def cluster() -> Iterator[Any]:
+    """A throwaway PostgreSQL cluster on a free port (tests/pgcluster.py), stopped afterwards."""
+    from pgcluster import PgCluster
+
+    instance = PgCluster()
+    try:
+        instance.start()
+        yield instance
+    finally:
+        instance.close()

@@ -7,26 +7,14 @@ import collections
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
 from conftest import Project, assert_one_line_error, stop, wait_until
 from pgcluster import PgCluster, free_port
 
 OUTAGE_S = 4.0  # how long the server stays down in each outage
 RESUME_WITHIN_S = 10.0  # firing must resume this soon after the server is back
-
-
-@pytest.fixture
-def cluster() -> Iterator[PgCluster]:
-    instance = PgCluster()
-    try:
-        instance.start()
-        yield instance
-    finally:
-        instance.close()
 
 
 def configure(project: Project, **runner: str) -> None:

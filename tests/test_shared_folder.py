@@ -6,24 +6,12 @@ from __future__ import annotations
 import collections
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 from conftest import Project, stop, wait_until
 from pgcluster import PgCluster
 
 FILES = 2_000
-
-
-@pytest.fixture
-def cluster() -> Iterator[PgCluster]:
-    instance = PgCluster()
-    try:
-        instance.start()
-        yield instance
-    finally:
-        instance.close()
 
 
 def two_hosts(tmp_path: Path, database_url: str, **runner: str) -> tuple[list[Project], Path, Path]:
