@@ -220,6 +220,7 @@ def discover(settings: Settings) -> Catalog:
     """Import every job module; one broken module never hides the others."""
     catalog = Catalog()
     functions: dict[str, Callable[..., Any]] = {}
+    homes: dict[str, list[str]] = {}  # job name -> each module:function that claims it
     for package in settings.runner.job_packages:
         try:
             modules = list(_package_modules(package))
@@ -234,6 +235,7 @@ def discover(settings: Settings) -> Catalog:
                 continue
             for job_name, func in _jobs_in(module):
                 functions.setdefault(job_name, func)
+                homes.setdefault(job_name, []).append(f"{module_name}:{func.__name__}")
     for entry in _entry_points():
         try:
             loaded = entry.load()
@@ -252,6 +254,13 @@ def discover(settings: Settings) -> Catalog:
                     func = resolve_target(section.uses)
                 except BrokenJob as exc:
                     raise _section_error(settings, name, "uses", section.uses, exc) from None
+            elif len(homes.get(name, ())) > 1:
+                raise ConfigError(
+                    f"more than one job function has this name ({', '.join(homes[name])}); "
+                    "add `uses = package.module:function` to say which",
+                    path=settings.path,
+                    section=JOB_PREFIX + name,
+                )
             elif name in functions:
                 func = functions[name]
             elif module_error := _broken_module_of(settings, name, catalog.broken):
@@ -270,6 +279,12 @@ def discover(settings: Settings) -> Catalog:
         catalog.errors.append(reason)
         catalog.broken[name] = reason
     for name, func in functions.items():
+        if name not in catalog.jobs and name not in catalog.broken and len(homes.get(name, ())) > 1:
+            catalog.broken[name] = (
+                f"more than one job function is named {name} ({', '.join(homes[name])}); rename one, "
+                f"or add a [job:{name}] section with `uses = package.module:function` to say which"
+            )
+            continue
         if name not in catalog.jobs and name not in catalog.broken:
             try:
                 catalog.jobs[name] = build_spec(settings, name, func)

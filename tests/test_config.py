@@ -4,10 +4,11 @@ relative paths, broken job modules, and the --json output of the listing command
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
-from conftest import RUNNER_BIN, Project, assert_one_line_error
+from conftest import RUNNER_BIN, TESTS_DIR, Project, assert_one_line_error
 
 UNSET_ENV = "RUNNER_TEST_SURELY_UNSET_VARIABLE"
 
@@ -506,3 +507,32 @@ def test_each_kind_of_value_keeps_its_exact_message(
     with pytest.raises(ConfigError) as raised:
         load_settings(path)
     assert str(raised.value) == f"{path}: {message}"
+
+
+def test_two_job_functions_with_one_name_are_never_picked_silently(sqlite_project: Project) -> None:
+    """Adding a module must not change which function an existing job name runs: a name that two
+    modules define runs only where a `uses =` says which."""
+    project = sqlite_project
+    package = project.root / "twins"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for module in ("a_first", "b_second"):
+        (package / f"{module}.py").write_text(
+            f"from runner import job\n\n\n@job()\ndef report() -> str:\n    return {module!r}\n"
+        )
+    project.environ["PYTHONPATH"] = os.pathsep.join([str(project.root), str(TESTS_DIR)])
+
+    project.configure(job_packages="twins")
+    unnamed = project.runner("run", "report")
+    project.configure("[job:report]\nschedule = every 1h", job_packages="twins")
+    unsaid = project.runner("check")
+    project.configure("[job:report]\nuses = twins.b_second:report", job_packages="twins")
+    said = project.runner("run", "report", "--json")
+
+    for done in (unnamed, unsaid):
+        assert done.returncode == 2, done
+        assert "more than one job function" in done.stderr, done
+        assert "twins.a_first:report" in done.stderr and "twins.b_second:report" in done.stderr, done
+        assert "uses = package.module:function" in done.stderr and "Traceback" not in done.stderr, done
+    assert said.returncode == 0, said
+    assert said.json()["result"] == "b_second"

@@ -54,7 +54,7 @@ def configure(project: Project, mail_port: int, hook_url: str, job: str = "", **
         channels(mail_port, hook_url)
         + f"""
         [job:flaky]
-        uses = jobs_fixture.flaky:flaky
+        uses = jobs_fixture.wobbly:wobbly
         notify = ops, chat
         {job}
         """,
@@ -114,7 +114,7 @@ def test_notify_every_zero_tells_every_failure_and_json_format_has_every_field(
         url = {hooks.url}/hooks/${{env:HOOK_TOKEN}}
 
         [job:flaky]
-        uses = jobs_fixture.flaky:flaky
+        uses = jobs_fixture.wobbly:wobbly
         retries = 1
         retry_backoff = 0s
         """,
@@ -189,7 +189,7 @@ def test_an_unset_smtp_password_fails_the_delivery_not_the_job(
         url = {hooks.url}/hook
 
         [job:flaky]
-        uses = jobs_fixture.flaky:flaky
+        uses = jobs_fixture.wobbly:wobbly
         notify = ops, chat
         """
     )
@@ -218,7 +218,7 @@ def test_show_lists_the_targets_with_their_secrets_masked(project: Project, hook
     ("ini", "fragments"),
     [
         (
-            "[job:flaky]\nuses = jobs_fixture.flaky:flaky\nnotify = opz\n",
+            "[job:flaky]\nuses = jobs_fixture.wobbly:wobbly\nnotify = opz\n",
             ["[job:flaky] notify = 'opz'", "no [notify:opz] section; expected one of: chat"],
         ),
         (
@@ -226,7 +226,7 @@ def test_show_lists_the_targets_with_their_secrets_masked(project: Project, hook
             ["[notify:chat] url = 'ftp://hooks.example.com/***'", "expected an http:// or https:// URL"],
         ),
         (
-            "[job:flaky]\nuses = jobs_fixture.flaky:flaky\nping_url = hc-ping.com/uuid-secret\n",
+            "[job:flaky]\nuses = jobs_fixture.wobbly:wobbly\nping_url = hc-ping.com/uuid-secret\n",
             ["[job:flaky] ping_url", "expected an http:// or https:// URL"],
         ),
         (
@@ -299,7 +299,7 @@ def test_runner_catchup_notifies_the_cron_fires_missed_while_the_machine_was_dow
         url = {hooks.url}/hook
 
         [job:flaky]
-        uses = jobs_fixture.flaky:flaky
+        uses = jobs_fixture.wobbly:wobbly
         schedule = cron * * * * *
         catchup = 1h
         notify = chat

@@ -22,7 +22,7 @@ def monitor() -> Iterator[Recorder]:
     server.close()
 
 
-def configure(project: Project, url: str, extra: str = "", job: str = "jobs_fixture.flaky:flaky") -> None:
+def configure(project: Project, url: str, extra: str = "", job: str = "jobs_fixture.wobbly:wobbly") -> None:
     project.configure(
         f"""
         [job:flaky]
@@ -126,7 +126,7 @@ def test_a_run_without_ping_url_or_notify_imports_neither(sqlite_project: Projec
     import sys
 
     project = sqlite_project
-    project.configure("[job:flaky]\nuses = jobs_fixture.flaky:flaky\n")
+    project.configure("[job:flaky]\nuses = jobs_fixture.wobbly:wobbly\n")
     probe = (
         "import sys, json\n"
         "from runner.cli import main\n"

@@ -8,7 +8,7 @@ from runner import job
 
 
 @job
-def flaky(fail: bool = False, lines: int = 3, seconds: float = 0.0) -> str:
+def wobbly(fail: bool = False, lines: int = 3, seconds: float = 0.0) -> str:
     """Print `lines` lines, sleep `seconds`, then raise if `fail`."""
     for number in range(1, lines + 1):
         print(f"flaky line {number}", flush=True)
