@@ -9,7 +9,6 @@ import os
 import shlex
 from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -190,17 +189,16 @@ def _clock(settings: Settings, store: Store) -> Finding:
     are judged by another's clock."""
     import time
 
+    from runner.store.clock import host_offset
+
+    if not store.url.startswith("postgresql"):
+        return ok("clock", "embedded SQLite: this host's clock is the only one (nothing to compare)")
     try:
-        before = time.time()
-        server = store.server_clock()
-        after = time.time()
+        started = time.monotonic()
+        skew_s = -host_offset(store).total_seconds()  # the server's clock minus this host's
+        margin_s = (time.monotonic() - started) / 2
     except RunnerError as exc:
         return fail("clock", f"cannot read the database server's clock: {exc}", "see the database line above")
-    if server is None:
-        return ok("clock", "embedded SQLite: this host's clock is the only one (nothing to compare)")
-    here = datetime.fromtimestamp((before + after) / 2, UTC)
-    skew_s = (server - here).total_seconds()
-    margin_s = (after - before) / 2
     off_by = abs(skew_s) - margin_s
     shown = f"this host's clock is {abs(skew_s):.3f}s {'behind' if skew_s > 0 else 'ahead of'} the database server's"
     fix = "keep every host's clock in sync (`timedatectl set-ntp true`, chrony or ntpd)"

@@ -7,7 +7,6 @@ from __future__ import annotations
 import contextlib
 import os
 from collections.abc import Iterator
-from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -124,16 +123,6 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
             raise self.fault(exc) from None
         except sa.exc.ProgrammingError:  # PostgreSQL: relation does not exist
             return None
-        except sa.exc.DBAPIError as exc:
-            raise self.fault(exc) from None
-
-    def server_clock(self) -> datetime | None:
-        """The database server's clock (None for SQLite: its clock is this host's)."""
-        if not self.url.startswith("postgresql"):
-            return None
-        try:
-            with self.engine.connect() as conn:
-                return conn.execute(sa.text("SELECT clock_timestamp()")).scalar_one()
         except sa.exc.DBAPIError as exc:
             raise self.fault(exc) from None
 
