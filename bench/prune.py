@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
 import shutil
@@ -41,6 +40,8 @@ import tempfile
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+
+from dispatch import percentile  # bench/dispatch.py: the same lateness figures
 
 RUNNER = Path(sys.executable).parent / "runner"
 DAY_S = 86400
@@ -60,13 +61,6 @@ def noop(ctx: JobContext, out: str) -> None:
     with open(out, "a") as handle:
         handle.write(f"{ctx.fire.scheduled_at.timestamp():.6f} {entered:.6f}\\n")
 """
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return math.nan
-    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
 
 
 def job_name(index: int) -> str:
