@@ -5,12 +5,17 @@ Every claimer (a process of its own, as every daemon on every host is) tries eve
 the same list, in order, as daemons on several hosts all try each fire: exactly one wins each key.
 Rate = fire keys decided per second (from the common start to the last claimer done).
   runner - `Store.claim(job, fire_key, trigger="schedule")`: the run row (unique job + fire key)
-           and its first_run_id in one transaction; a loser gets AlreadyRan naming the winner;
-  raw    - `INSERT INTO raw_fires (job, fire_key) VALUES (...) ON CONFLICT DO NOTHING` in
-           autocommit, on a table with the same unique key, through the bare driver (sqlite3,
-           psycopg).
-Both sides run on an embedded SQLite file (WAL) and on PostgreSQL (a fresh schema, dropped at the
-end) with 1, 4 and 16 claimers, alternating runner and raw. Prints the rates and the ratios
+           with its first_run_id, in one autocommit statement; a loser gets AlreadyRan naming the
+           winner when it can see it;
+  raw    - the same run row (job, key, trigger, attempt, status, times, host, pid, pid namespace) inserted by
+           `INSERT INTO raw_runs (...) VALUES (...) ON CONFLICT DO NOTHING` in autocommit through
+           the bare driver (sqlite3, psycopg), into a copy of the runs table (its columns, unique
+           keys and indexes): what a hand-written claim of that row costs. The ratio is runner/raw.
+  key    - for scale only: the same loop on a two-column table (job, fire_key, unique): the cost
+           of a bare unique key, without the run row that history, retries and `runner status`
+           read. Its rate is printed, no ratio is taken against it.
+Every side runs on an embedded SQLite file (WAL) and on PostgreSQL (a fresh schema, dropped at
+the end) with 1, 4 and 16 claimers, the sides alternating. Prints the rates and the ratios
 (target: runner >= 0.7x raw) and checks each key was won once.
 
     .venv/bin/python bench/claim.py                     # 1000 keys a round, PostgreSQL on 127.0.0.1
@@ -34,6 +39,7 @@ from typing import Any
 
 TARGET_RATIO = 0.7
 CLAIMERS = (1, 4, 16)
+SIDES = ("runner", "raw", "key")
 LOCAL_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 JOB = "bench"
 
@@ -63,25 +69,49 @@ def _runner_claimer(url: str, keys: list[str], start: Any, results: Any) -> None
     results.put((won, time.perf_counter()))
 
 
-def _raw_claimer(url: str, keys: list[str], start: Any, results: Any) -> None:
-    if url.startswith("sqlite"):
+def _raw_claimer(url: str, keys: list[str], start: Any, results: Any, table: str = "raw_runs") -> None:
+    import os
+    from datetime import UTC, datetime
+
+    sqlite = url.startswith("sqlite")
+    if sqlite:
         import sqlite3
 
         conn: Any = sqlite3.connect(url.removeprefix("sqlite:///"), timeout=60, isolation_level=None)
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute("PRAGMA synchronous = NORMAL")
-        insert = "INSERT INTO raw_fires (job, fire_key) VALUES (?, ?) ON CONFLICT DO NOTHING"
     else:
         import psycopg
 
         conn = psycopg.connect(_pg_dsn(url), autocommit=True)
-        insert = "INSERT INTO raw_fires (job, fire_key) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+    mark = "?" if sqlite else "%s"
+    if table == "raw_runs":
+        from runner.store.host import HOSTNAME, PIDNS
+
+        columns = "job, fire_key, trigger, attempt, status, late, queued_at, started_at, heartbeat_at, host, pid, pidns"
+        insert = f"INSERT INTO raw_runs ({columns}) VALUES ({', '.join([mark] * 12)}) ON CONFLICT DO NOTHING"
+        pid = os.getpid()
+
+        def row(key: str) -> tuple[Any, ...]:
+            now = datetime.now(UTC).replace(tzinfo=None)
+            when = now.isoformat(" ") if sqlite else now
+            return (JOB, key, "schedule", 1, "running", False, when, when, when, HOSTNAME, pid, PIDNS)
+    else:
+        insert = f"INSERT INTO raw_fires (job, fire_key) VALUES ({mark}, {mark}) ON CONFLICT DO NOTHING"
+
+        def row(key: str) -> tuple[Any, ...]:
+            return (JOB, key)
+
     start.wait()
     won = 0
     for key in keys:
-        won += conn.execute(insert, (JOB, key)).rowcount
+        won += conn.execute(insert, row(key)).rowcount
     results.put((won, time.perf_counter()))
     conn.close()
+
+
+def _key_claimer(url: str, keys: list[str], start: Any, results: Any) -> None:
+    _raw_claimer(url, keys, start, results, table="raw_fires")
 
 
 def _pg_dsn(url: str) -> str:
@@ -99,7 +129,7 @@ def _round(side: str, url: str, claimers: int, count: int) -> dict[str, Any]:
     context = mp.get_context("fork")
     start, results = context.Event(), context.Queue()
     keys = _keys(count, uuid.uuid4().hex[:8])
-    target = _runner_claimer if side == "runner" else _raw_claimer
+    target = {"runner": _runner_claimer, "raw": _raw_claimer, "key": _key_claimer}[side]
     procs = [context.Process(target=target, args=(url, keys, start, results)) for _ in range(claimers)]
     for proc in procs:
         proc.start()
@@ -117,7 +147,10 @@ def _round(side: str, url: str, claimers: int, count: int) -> dict[str, Any]:
 
 
 def _prepare(url: str) -> None:
-    """The engine's schema, and the raw side's table with the same unique key."""
+    """The engine's schema; the raw side's copy of the runs table (columns, keys, indexes); the
+    key side's two-column table."""
+    import re
+
     import sqlalchemy as sa
 
     from runner.store import Store
@@ -125,9 +158,17 @@ def _prepare(url: str) -> None:
     store = Store(url)
     store.ensure_schema()
     with store.engine.begin() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("CREATE TABLE raw_runs (LIKE runs INCLUDING ALL)"))
+        else:
+            ddl = conn.execute(
+                sa.text("SELECT sql FROM sqlite_master WHERE tbl_name = 'runs' AND sql IS NOT NULL")
+            )
+            for (sql,) in ddl.all():
+                conn.execute(sa.text(re.sub(r"\bruns\b|(?<=_)runs(?=_)", "raw_runs", sql)))
         conn.execute(
             sa.text(
-                "CREATE TABLE IF NOT EXISTS raw_fires (job TEXT NOT NULL, fire_key TEXT NOT NULL, UNIQUE (job, fire_key))"
+                "CREATE TABLE raw_fires (job TEXT NOT NULL, fire_key TEXT NOT NULL, UNIQUE (job, fire_key))"
             )
         )
     store.engine.dispose()
@@ -174,11 +215,11 @@ def main() -> int:
             for backend, url, _ in databases:
                 _prepare(url)
                 for claimers in CLAIMERS:
-                    rates: dict[str, list[float]] = {"runner": [], "raw": []}
+                    rates: dict[str, list[float]] = {side: [] for side in SIDES}
                     for n in range(args.rounds):
-                        for side in ("runner", "raw") if n % 2 == 0 else ("raw", "runner"):
+                        for side in SIDES if n % 2 == 0 else SIDES[::-1]:
                             rates[side].append(_round(side, url, claimers, args.keys)["rate"])
-                    runner, raw = statistics.median(rates["runner"]), statistics.median(rates["raw"])
+                    runner, raw, key = (statistics.median(rates[side]) for side in SIDES)
                     figures.append(
                         {
                             "backend": backend,
@@ -186,6 +227,7 @@ def main() -> int:
                             "runner_per_s": round(runner, 1),
                             "raw_per_s": round(raw, 1),
                             "ratio": round(runner / raw, 3),
+                            "key_only_per_s": round(key, 1),
                         }
                     )
         finally:
@@ -196,11 +238,13 @@ def main() -> int:
     if args.json:
         print(json.dumps({"figures": figures, "target": TARGET_RATIO, "worst": worst}, indent=2))
     else:
-        print(f"{'DATABASE':<11} {'CLAIMERS':>8} {'RUNNER/S':>9} {'RAW/S':>9} {'RATIO':>6}")
+        print(
+            f"{'DATABASE':<11} {'CLAIMERS':>8} {'RUNNER/S':>9} {'RAW/S':>9} {'RATIO':>6} {'KEY-ONLY/S':>10}"
+        )
         for f in figures:
             print(
                 f"{f['backend']:<11} {f['claimers']:>8} {f['runner_per_s']:>9.0f} {f['raw_per_s']:>9.0f} "
-                f"{f['ratio']:>6.2f}"
+                f"{f['ratio']:>6.2f} {f['key_only_per_s']:>10.0f}"
             )
         verdict = "PASS" if worst >= TARGET_RATIO else "FAIL"
         print(f"worst ratio {worst:.2f} (target >= {TARGET_RATIO}): {verdict}")

@@ -78,8 +78,8 @@ runs = sa.Table(
     sa.Column("host", sa.String(255), nullable=False),
     sa.Column("pid", sa.Integer, nullable=False),
     sa.Column("log_path", sa.Text, nullable=True),
-    sa.Column("params", sa.JSON, nullable=True),
-    sa.Column("paths", sa.JSON, nullable=True),
+    sa.Column("params", sa.JSON(none_as_null=True), nullable=True),  # none: SQL NULL, not JSON 'null'
+    sa.Column("paths", sa.JSON(none_as_null=True), nullable=True),
     sa.Column("result", sa.JSON, nullable=True),
     sa.Column("pidns", sa.String(80), nullable=True),  # boot id + PID namespace of the supervisor
     sa.Column("job_pid", sa.Integer, nullable=True),  # the job process (and its process group)

@@ -8,6 +8,7 @@ import contextlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import sqlalchemy as sa
 
@@ -22,6 +23,7 @@ from runner.store.engine import (
     default_data_url,
     normalise_url,
     rolled_back,
+    unavailable,
 )
 from runner.store.files import FileClaims
 from runner.store.history import HistoryQueries
@@ -35,17 +37,12 @@ from runner.store.sqlite_file import SqliteFile
 from runner.store.state import StateEntries
 from runner.store.totals import RunTotals
 
+if TYPE_CHECKING:
+    from runner.store.fireclaim import FireClaim
+
 MIGRATIONS_DIR = Path(__file__).parent.parent / "migrations"
 SCHEMA_LOCK_ID = 7_270_001  # PostgreSQL advisory lock taken while migrating
 PG_WAIT_S = 5  # on PostgreSQL, how long a non-waiting write may still wait for the server
-
-
-def unavailable(exc: sa.exc.DBAPIError) -> bool:
-    """The database failed us (gone, restarting, reset, locked, full), as opposed to refusing a
-    statement (a unique key, a bug): SQLAlchemy flags a dropped connection `connection_invalidated`,
-    psycopg raises OperationalError for the server going away and InterfaceError for a
-    connection that is already closed."""
-    return exc.connection_invalidated or isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
 
 
 class Store(RunWrites, HistoryQueries, SqliteFile):
@@ -71,6 +68,7 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
         self.engine = create_engine(self.url, autocheckpoint=autocheckpoint, lock_timeout_s=lock_timeout_s)
         self._schema_checked = False
         self._rollback_only = False
+        self._fire_claim: FireClaim | None = None  # the one-statement claim, made on first use
         self._pid = os.getpid()
         database = sa.engine.make_url(self.url).database
         self._file = (
@@ -315,6 +313,10 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
                 release_lease_of="__warm_up__",
             )
             self.state.get("__warm_up__", "key")
+            try:
+                self.fire_claim().prepare()  # its statements (and PostgreSQL's sequence name), unrun
+            except sa.exc.DBAPIError as exc:
+                raise self.fault(exc) from None
         finally:
             self._rollback_only = False
             if not keep_connection:

@@ -36,6 +36,7 @@ PG_CONNECT_ARGS = {
     "keepalives_count": 3,
     "tcp_user_timeout": 30_000,  # ms
 }
+PING_IDLE_S = 1.0  # a PostgreSQL connection unused this long is pinged before it is used again
 SQLITE_SIDE_FILES = ("", "-wal", "-shm", "-writers.lock")  # the database file and what SQLite and we add
 
 
@@ -95,9 +96,7 @@ def create_engine(
         return engine
     try:
         connect_args = {key: value for key, value in PG_CONNECT_ARGS.items() if key not in parsed.query}
-        return sa.create_engine(
-            parsed, pool_pre_ping=True, connect_args=connect_args, json_serializer=jsonsafe.dumps
-        )
+        engine = sa.create_engine(parsed, connect_args=connect_args, json_serializer=jsonsafe.dumps)
     except sa.exc.NoSuchModuleError:
         raise DatabaseError(
             f"database = {parsed.render_as_string(hide_password=True)!r}: no such database kind "
@@ -108,6 +107,41 @@ def create_engine(
             f"the driver for {parsed.get_backend_name()} is not installed ({exc.name}); "
             "for PostgreSQL run: pip install 'backend-runner[postgres]'"
         ) from None
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: sa.Engine) -> None:
+    """SQLAlchemy's pool_pre_ping, but only for a connection unused for PING_IDLE_S: a server
+    restarted while the connection sat in the pool is noticed before a statement fails on it,
+    and a busy process (a claim loop, heartbeats) pays no extra round trip per statement. A
+    connection that fails the ping is replaced (DisconnectionError makes the pool reconnect)."""
+
+    @sa.event.listens_for(engine, "connect")
+    def _fresh(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["used_at"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkin")
+    def _used(_dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+        record.info["used_at"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def _ping(dbapi_connection: Any, record: ConnectionPoolEntry, _proxy: Any) -> None:
+        used_at = record.info.get("used_at")
+        if used_at is not None and time.monotonic() - used_at < PING_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as exc:
+            raise sa.exc.DisconnectionError(f"the connection failed its ping: {exc}") from exc
+
+
+def unavailable(exc: sa.exc.DBAPIError) -> bool:
+    """The database failed us (gone, restarting, reset, locked, full), as opposed to refusing a
+    statement (a unique key, a bug): SQLAlchemy flags a dropped connection `connection_invalidated`,
+    psycopg raises OperationalError for the server going away and InterfaceError for a
+    connection that is already closed."""
+    return exc.connection_invalidated or isinstance(exc, (sa.exc.OperationalError, sa.exc.InterfaceError))
 
 
 def _private_database_file(path: Path) -> None:

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from runner.errors import AlreadyRan, DatabaseError
 from runner.models import ACTIVE_STATUSES, RunStatus, SkipReason, Trigger, runs, utcnow
 from runner.store.clock import server_now
-from runner.store.engine import dialect_insert
+from runner.store.engine import dialect_insert, unavailable
 from runner.store.host import HOSTNAME, PIDNS, pid_alive
 from runner.store.leases import LEASE_ATTEMPTS, LeaseRace, Leases
 from runner.store.queue import WouldWait
@@ -21,16 +21,21 @@ from runner.store.records import RunEnd, RunRecord, record_of
 
 if TYPE_CHECKING:
     from runner.store.database import Store
+    from runner.store.fireclaim import FireClaim
 
 # The hot path (a claim before every run, a finish after it) reuses these statements: building a
 # statement anew costs more than running it on SQLite. Heartbeats are the database's clock: a
 # run is lost when the database says its supervisor went quiet, whatever any host's clock says.
 _INSERT_RUN: dict[str, Any] = {}  # per dialect: insert-or-nothing, so a lost race costs no error
-_SELECT_FIRE = sa.select(runs.c.id, runs.c.status).where(
-    runs.c.job == sa.bindparam("b_job"),
-    runs.c.fire_key == sa.bindparam("b_fire_key"),
-    runs.c.attempt == sa.bindparam("b_attempt"),
-)
+# Who has a fire, by its first attempt or a retry: each unique key is a partial index, which a
+# lookup uses only when its WHERE says which part in so many words (not `attempt = :param`).
+_FIRE = (runs.c.job == sa.bindparam("b_job"), runs.c.fire_key == sa.bindparam("b_fire_key"))
+_SELECT_FIRE = {
+    True: sa.select(runs.c.id, runs.c.status).where(*_FIRE, runs.c.attempt == sa.literal_column("1")),
+    False: sa.select(runs.c.id, runs.c.status).where(
+        *_FIRE, runs.c.attempt > sa.literal_column("1"), runs.c.attempt == sa.bindparam("b_attempt")
+    ),
+}
 _UPDATE_RUN = sa.update(runs).where(runs.c.id == sa.bindparam("b_run_id"))
 
 
@@ -84,13 +89,15 @@ class RunWrites:
             reason=reason,
             late_s=late_s,
         )
+        if lease_ttl_s is None and not self._rollback_only:
+            return self._claim_alone(values), None
         for _ in range(LEASE_ATTEMPTS):
             try:
                 with self.begin() as conn:
                     claimed = _insert_run(conn, values, lease_ttl_s)
                     if claimed is None:  # the fire (this attempt of it) has its row: who has it
                         taken = {"b_job": job, "b_fire_key": fire_key, "b_attempt": attempt}
-                        existing = conn.execute(_SELECT_FIRE, taken).first()
+                        existing = conn.execute(_SELECT_FIRE[attempt == 1], taken).first()
             except LeaseRace:
                 continue
             except sa.exc.IntegrityError:  # the lease insert raced with another claim: try again
@@ -101,6 +108,30 @@ class RunWrites:
                 what = f"run {existing.id} ({existing.status})"
                 raise AlreadyRan(f"job {job}: fire {fire_key} already ran as {what}; not started")
         raise DatabaseError(f"could not take the overlap lease of job {job}: too much contention")
+
+    def fire_claim(self: Store) -> FireClaim:
+        """The one-statement claim of this store's engine (made on first use)."""
+        if self._fire_claim is None:
+            from runner.store.fireclaim import FireClaim
+
+            self._fire_claim = FireClaim(self.engine)
+        return self._fire_claim
+
+    def _claim_alone(self: Store, values: dict[str, Any]) -> int:
+        """A claim without a lease: one statement (runner/store/fireclaim.py); the run id, or
+        AlreadyRan naming the run that has the fire."""
+        self.ensure_schema()
+        try:
+            run_id, won, status = self.fire_claim().claim(values)
+        except sa.exc.DBAPIError as exc:
+            if not unavailable(exc):
+                raise
+            raise self.fault(exc) from None
+        if won:
+            return run_id
+        # The insert met the fire's row: somebody has it, whether or not we saw its id.
+        what = f"run {run_id} ({status})" if run_id is not None else "another run a moment ago"
+        raise AlreadyRan(f"job {values['job']}: fire {values['fire_key']} already ran as {what}; not started")
 
     def record_skipped(
         self: Store, job: str, trigger: str, fires: list[tuple[str, datetime | None]], reason: str, error: str

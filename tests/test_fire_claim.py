@@ -1,0 +1,172 @@
+"""A fire claimed without a lease is one autocommit statement (runner/store/fireclaim.py): the same
+row as a claim in a transaction, one winner per fire among processes, a loser told who has it,
+SQLite's write lock held only while SQLite runs the statement, and a connection the server dropped
+replaced rather than reported as a failed claim."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import sqlite3
+import time
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from runner.errors import AlreadyRan, DatabaseBusy, StorageError
+from runner.models import RunStatus, runs, utcnow
+from runner.store import Store
+from runner.store.engine import PING_IDLE_S
+
+JOB = "claimed"
+# What the claim writes; what it does not (id, times, pid) differs between any two claims.
+COMPARED = ("trigger", "attempt", "status", "late", "scheduled_at", "host", "pidns", "params", "paths")
+
+
+def row_of(store: Store, run_id: int) -> dict[str, Any]:
+    with store.read() as conn:
+        return dict(conn.execute(sa.select(runs).where(runs.c.id == run_id)).mappings().one())
+
+
+def test_one_statement_claim_writes_the_row_a_transaction_writes(store: Store) -> None:
+    values = dict(
+        trigger="cron", params={"day": "monday"}, paths=["/in/a.png"], scheduled_at=utcnow(), late=True
+    )
+    alone, _ = store.claim(job=JOB, fire_key="alone", **values)
+    leased, _ = store.claim(job=f"{JOB}-leased", fire_key="leased", lease_ttl_s=60.0, **values)
+
+    one, other = row_of(store, alone), row_of(store, leased)
+
+    assert {k: one[k] for k in COMPARED} == {k: other[k] for k in COMPARED}
+    assert one["first_run_id"] == alone  # a first attempt is its own first run
+    assert one["status"] == RunStatus.RUNNING and one["heartbeat_at"] is not None
+    assert one["params"] == {"day": "monday"} and one["paths"] == ["/in/a.png"]
+
+
+def test_a_retry_claims_its_own_row_and_its_loser_names_it(store: Store) -> None:
+    first, _ = store.claim(job=JOB, fire_key="f", trigger="schedule")
+    retry, _ = store.claim(job=JOB, fire_key="f", trigger="schedule", attempt=2, first_run_id=first)
+
+    with pytest.raises(AlreadyRan, match=f"already ran as run {retry} "):
+        store.claim(job=JOB, fire_key="f", trigger="schedule", attempt=2, first_run_id=first)
+    with pytest.raises(AlreadyRan, match=f"already ran as run {first} "):
+        store.claim(job=JOB, fire_key="f", trigger="schedule")
+
+    assert row_of(store, retry)["first_run_id"] == first
+    assert row_of(store, retry)["attempt"] == 2
+
+
+def _claim_all(url: str, keys: list[str], start: Any, results: Any) -> None:
+    store = Store(url)
+    won, named = [], 0
+    start.wait()
+    for key in keys:
+        try:
+            run_id, _ = store.claim(job=JOB, fire_key=key, trigger="schedule")
+            won.append((key, run_id))
+        except AlreadyRan as exc:
+            named += "already ran as run" in str(exc)
+    results.put((won, named))
+
+
+def test_processes_claiming_the_same_fires_win_each_once(database_url: str) -> None:
+    """Four processes (as four daemons) try the same 150 fires in the same order."""
+    Store(database_url).ensure_schema()
+    keys = [f"schedule:{n:04d}" for n in range(150)]
+    context = mp.get_context("fork")
+    start, results = context.Event(), context.Queue()
+    procs = [context.Process(target=_claim_all, args=(database_url, keys, start, results)) for _ in range(4)]
+    for proc in procs:
+        proc.start()
+    start.set()
+    outcomes = [results.get(timeout=120) for _ in procs]
+    for proc in procs:
+        proc.join(timeout=30)
+
+    won = [pair for pairs, _ in outcomes for pair in pairs]
+    assert sorted(key for key, _ in won) == keys
+    store = Store(database_url)
+    with store.read() as conn:
+        rows = conn.execute(sa.select(runs.c.id, runs.c.fire_key).where(runs.c.job == JOB)).all()
+    assert sorted(rows) == sorted((run_id, key) for key, run_id in won)
+    # Losers learn who won, except on PostgreSQL when the winner committed mid-statement.
+    assert sum(named for _, named in outcomes) > 0
+
+
+def test_sqlite_write_lock_is_held_only_while_the_statement_runs(tmp_path: Any) -> None:
+    """A claim is one statement: no BEGIN, no second statement, no COMMIT in a transaction that
+    holds the write lock while Python runs between them."""
+    url = f"sqlite:///{tmp_path / 'runner.db'}"
+    store = Store(url)
+    store.ensure_schema()
+    statements: list[str] = []
+    sa.event.listen(
+        store.engine, "checkout", lambda dbapi, _record, _proxy: dbapi.set_trace_callback(statements.append)
+    )
+
+    store.claim(job=JOB, fire_key="one", trigger="schedule")
+
+    assert len(statements) == 1 and statements[0].lstrip().startswith("INSERT INTO runs")
+
+
+def test_sqlite_claim_after_a_loss_is_answered_without_the_write_lock(tmp_path: Any) -> None:
+    """Once a process has lost a fire it reads before it writes: a fire already claimed is
+    answered while another program holds the write lock; an unclaimed one waits for it."""
+    url = f"sqlite:///{tmp_path / 'runner.db'}"
+    store = Store(url, lock_timeout_s=0.5)
+    winner, _ = store.claim(job=JOB, fire_key="taken", trigger="schedule")
+    with pytest.raises(AlreadyRan):
+        store.claim(job=JOB, fire_key="taken", trigger="schedule")  # lost: reads first from now on
+
+    writer = sqlite3.connect(tmp_path / "runner.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another program's long write transaction
+    try:
+        with pytest.raises(AlreadyRan, match=f"run {winner} "):  # not DatabaseBusy: it did not wait
+            store.claim(job=JOB, fire_key="taken", trigger="schedule")
+        with pytest.raises(DatabaseBusy):
+            store.claim(job=JOB, fire_key="free", trigger="schedule")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    assert store.claim(job=JOB, fire_key="free", trigger="schedule")[0] > winner
+
+
+APP = "fireclaim-test"
+
+
+def _terminate_our_connections(store: Store) -> int:
+    """The server ends this store's sessions (what a restart does to them)."""
+    admin = sa.create_engine(
+        store.engine.url.difference_update_query(["application_name"]), isolation_level="AUTOCOMMIT"
+    )
+    try:
+        with admin.connect() as conn:
+            return conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE application_name = :app"
+                ),
+                {"app": APP},
+            ).scalar_one()
+    finally:
+        admin.dispose()
+
+
+def test_postgresql_connection_dropped_while_pooled_is_replaced(database_url: str, backend: str) -> None:
+    if backend != "postgresql":
+        pytest.skip("a server that drops connections: PostgreSQL")
+    store = Store(f"{database_url}&application_name={APP}")
+    store.claim(job=JOB, fire_key="before", trigger="schedule")
+    assert _terminate_our_connections(store) >= 1
+
+    time.sleep(PING_IDLE_S + 0.2)  # idle long enough to be pinged before its next use
+    run_id, _ = store.claim(job=JOB, fire_key="after", trigger="schedule")
+    assert row_of(store, run_id)["fire_key"] == "after"
+
+    # Dropped and used again at once (no ping): one clear failure, then a fresh connection.
+    assert _terminate_our_connections(store) >= 1
+    with pytest.raises(StorageError) as failed:
+        store.claim(job=JOB, fire_key="at once", trigger="schedule")
+    assert "\n" not in str(failed.value)
+    run_id, _ = store.claim(job=JOB, fire_key="at once", trigger="schedule")
+    assert row_of(store, run_id)["fire_key"] == "at once"
+    store.engine.dispose()
