@@ -17,14 +17,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
 
-from jobs._pollbody import canonical, dig, earlier, field_getter, order_key, reject_constant, snippet
+from jobs._pollbody import canonical_for, dig, earlier, field_getter, loads, order_key, snippet
 from jobs._pollparams import (
     Auth,
     Headers,
@@ -285,7 +285,7 @@ class Poll:
             if response is None:
                 self.not_modified = self.complete = True
                 return
-            page = self._page(number, response.url, data)
+            page = self._page(number, response.url, data, canonical_for(response.content))
             url, position = self._next(style, url, response, data, position, len(page.rows))
             if not page.rows or url is None:
                 yield page
@@ -391,7 +391,7 @@ class Poll:
                 if response.headers.get(header):
                     self.validators[key] = response.headers[header]
         try:
-            data = json.loads(content, parse_constant=reject_constant)
+            data = loads(content)
         except ValueError as exc:
             kind = response.headers.get("Content-Type", "no Content-Type")
             raise PollError(
@@ -446,7 +446,7 @@ class Poll:
                 return None
             raise PollError(f"{self._where(response.url)}: no {exc} in {path!r}") from None
 
-    def _page(self, number: int, url: str, data: Any) -> Page:
+    def _page(self, number: int, url: str, data: Any, canonical: Callable[[Any], str]) -> Page:
         """Check a page's items; any problem fails the run before anything of the page is stored."""
         s = self.s
         where = self._where(url)
