@@ -113,6 +113,9 @@ def test_db_upgrade_is_idempotent(project: Project) -> None:
 
     assert first.returncode == 0, first
     assert f"from empty to revision {SCHEMA_REVISION}" in first.stdout
+    job_data = Store(project.data_url)  # made too: a job's first run does not migrate it
+    assert job_data.schema_revision() == SCHEMA_REVISION
+    job_data.engine.dispose()
     assert second.returncode == 0, second
     assert f"already at revision {SCHEMA_REVISION}" in second.stdout
     assert checked.json()["database"] == "ok"

@@ -233,12 +233,14 @@ def db() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 @pass_app
 def db_upgrade(app: App, as_json: bool) -> None:
-    """Create the tables or migrate them to this version (runs also do this on first use).
+    """Create the tables or migrate them to this version (runs also do this on first use), in the
+    history database and, with SQLite, in the job-data file beside it.
 
     Run it once after installing a new version, before reloading or restarting daemons. A database
     that a newer runner migrated is refused (exit 5, the version to install named) and not changed.
     """
     before, after = app.store.upgrade()
+    app.store.job_data()  # and the job-data database beside it (SQLite): not on a job's first run
     if as_json:
         print_json({"before": before, "after": after, "changed": before != after})
     elif before == after:
