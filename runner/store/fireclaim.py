@@ -6,9 +6,9 @@ claim without an overlap lease needs nothing else in its transaction, so it is s
 `INSERT ... ON CONFLICT DO NOTHING` (bench/claim.py compares the two): one statement, one commit,
 no BEGIN, no second statement for first_run_id (the row's own id, taken in the insert), and on
 PostgreSQL no second round trip for the loser either (the statement returns the winner's row,
-and a fire already committed takes no sequence value and tries no insert). It holds SQLite's
-write lock only while SQLite runs the statement, never while Python runs, so contending claimers
-do not queue behind a preempted one. A claim with a lease (overlap = skip or queue) takes both in
+and a fire already committed takes no sequence value and tries no insert). On SQLite it takes
+its turn at the writers' queue and SQLite's write lock only while SQLite runs the insert, never
+while Python runs, and a process that lost its last claim reads before it writes. A claim with a lease (overlap = skip or queue) takes both in
 one transaction (RunWrites.claim).
 
 The statement is built once per dialect from the runs table (bind processors included, so a value
@@ -19,6 +19,7 @@ errors are wrapped as SQLAlchemy's, a dropped connection is invalidated as SQLAl
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import sqlalchemy as sa
@@ -75,7 +76,11 @@ class FireClaim:
         # statement answers a loser in the same round trip and takes no table lock.)
         self._read_first = False
 
-    def claim(self, values: Mapping[str, Any]) -> tuple[int | None, bool, str | None]:
+    def claim(
+        self, values: Mapping[str, Any], turn: Callable[[], AbstractContextManager[object]] = nullcontext
+    ) -> tuple[int | None, bool, str | None]:
+        """`turn`: this process's turn at the SQLite writers' queue (Store's), taken for the
+        insert alone; the read before it takes none."""
         first = values["attempt"] == 1
         raw = self.engine.raw_connection()
         try:
@@ -87,7 +92,7 @@ class FireClaim:
                 try:
                     if self._postgresql:
                         return self._claim_postgresql(cursor, values, first)
-                    return self._claim_sqlite(cursor, values, first)
+                    return self._claim_sqlite(cursor, values, first, turn)
                 except Exception as exc:
                     raise self._wrapped(exc, raw, cursor, self._inserts.get(first, "claim"), values) from exc
                 finally:
@@ -105,7 +110,13 @@ class FireClaim:
             return None, False, None
         return row[0], row[2], row[1]
 
-    def _claim_sqlite(self, cursor: Any, values: Mapping[str, Any], first: bool) -> tuple[Any, bool, Any]:
+    def _claim_sqlite(
+        self,
+        cursor: Any,
+        values: Mapping[str, Any],
+        first: bool,
+        turn: Callable[[], AbstractContextManager[object]],
+    ) -> tuple[Any, bool, Any]:
         if self._read_first:
             # A fire already claimed is answered by a read, which takes no lock: the processes
             # that come second do not queue for the write lock to learn they lost.
@@ -113,7 +124,9 @@ class FireClaim:
             if found is not None:
                 return found[0], False, found[1]
         statement = self._inserts.get(first) or self._build(cursor, first)
-        cursor.execute(statement, self._processed(values))  # autocommit: committed when it returns
+        params = self._processed(values)
+        with turn():
+            cursor.execute(statement, params)  # autocommit: committed when it returns
         if cursor.rowcount == 1:
             self._read_first = False
             return cursor.lastrowid, True, values["status"]

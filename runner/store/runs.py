@@ -4,6 +4,7 @@ heartbeats and end, or `lost` once its supervisor is gone."""
 from __future__ import annotations
 
 import os
+from contextlib import nullcontext
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -122,7 +123,8 @@ class RunWrites:
         AlreadyRan naming the run that has the fire."""
         self.ensure_schema()
         try:
-            run_id, won, status = self.fire_claim().claim(values)
+            turn = self._queue.held if self._queue is not None else nullcontext
+            run_id, won, status = self.fire_claim().claim(values, turn)
         except sa.exc.DBAPIError as exc:
             if not unavailable(exc):
                 raise
