@@ -123,10 +123,12 @@ def forget(database: Path) -> None:
     """Empty the job's table and watermark between rounds (its schema stays, as when deployed)."""
     import sqlite3
 
-    if database.exists():
+    if database.exists():  # (`runner db upgrade` makes it; the job makes poll_items on its first run)
         with sqlite3.connect(database) as db:
-            db.execute("DELETE FROM poll_items")
-            db.execute("DELETE FROM job_state")
+            tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            for table in ("poll_items", "job_state"):
+                if table in tables:
+                    db.execute(f"DELETE FROM {table}")
         db.close()
 
 
