@@ -8,8 +8,8 @@ no BEGIN, no second statement for first_run_id (the row's own id, taken in the i
 PostgreSQL no second round trip for the loser either (the statement returns the winner's row,
 and a fire already committed takes no sequence value and tries no insert). On SQLite it takes
 its turn at the writers' queue and SQLite's write lock only while SQLite runs the insert, never
-while Python runs, and a process that lost its last claim reads before it writes. A claim with a lease (overlap = skip or queue) takes both in
-one transaction (RunWrites.claim).
+while Python runs, and a process that lost its last claim reads before it writes. A claim with a
+lease (overlap = skip or queue) takes both in one transaction (RunWrites.claim).
 
 The statement is built once per dialect from the runs table (bind processors included, so a value
 is stored exactly as SQLAlchemy stores it) and run through the pooled DBAPI connection; driver
@@ -94,7 +94,10 @@ class FireClaim:
                         return self._claim_postgresql(cursor, values, first)
                     return self._claim_sqlite(cursor, values, first, turn)
                 except Exception as exc:
-                    raise self._wrapped(exc, raw, cursor, self._inserts.get(first, "claim"), values) from exc
+                    wrapped = self._wrapped(exc, raw, cursor, self._inserts.get(first, "claim"), values)
+                    if wrapped is exc:  # not the driver's (the writers' queue timed out): as it is
+                        raise
+                    raise wrapped from exc
                 finally:
                     cursor.close()
             finally:
@@ -154,9 +157,10 @@ class FireClaim:
                 for first in (True, False):
                     self._build(cursor, first)
             except Exception as exc:
-                raise self._wrapped(
-                    exc, raw, cursor, "SELECT pg_get_serial_sequence('runs', 'id')", {}
-                ) from exc
+                wrapped = self._wrapped(exc, raw, cursor, "SELECT pg_get_serial_sequence('runs', 'id')", {})
+                if wrapped is exc:
+                    raise
+                raise wrapped from exc
             finally:
                 cursor.close()
         finally:
