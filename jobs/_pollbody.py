@@ -81,8 +81,8 @@ def _canonical_encoders() -> tuple[Callable[[Any], str], Callable[[Any], str]]:
     writes x.xe-05, and e-7 for e-07) and what it refuses (integers beyond 64 bits, lone
     surrogates): those take json's own encoder, as does every item without orjson.
 
-    Returns (checked, plain): `checked` looks for such a float in orjson's text (`_ORJSON_SMALL`,
-    `_ORJSON_SHORT_EXPONENT`); `plain` trusts orjson, for the items of a body that has no such
+    Returns (checked, trusted): `checked` looks for such a float in orjson's text (`_ORJSON_SMALL`,
+    `_ORJSON_SHORT_EXPONENT`); `trusted` trusts orjson, for the items of a body that has no such
     number at all (`canonical_for`). Without orjson both are json's C encoder, made once (`encode`
     builds a new one per call: a third of the time per item)."""
     import re
@@ -130,9 +130,10 @@ def _canonical_encoders() -> tuple[Callable[[Any], str], Callable[[Any], str]]:
     return checked, trusted
 
 
-# Where orjson's number text can differ from json's (tests/test_poll_api.py checks the rest agrees):
+# Where orjson's number text can differ from json's (tests/test_poll_json.py checks the rest agrees):
 # a float below 1e-4 (orjson 0.0000x, json x.xe-05) and an exponent of one digit (e-7, e-07).
 _ORJSON_SMALL = b"0.0000"
+_ORJSON_SHORT_EXPONENT = rb"e-[0-9](?![0-9])"
 # Numbers orjson must write as json does for its text to be used at all.
 _ORJSON_PROBES = (
     0.1,
@@ -145,7 +146,6 @@ _ORJSON_PROBES = (
     6.02214076e23,
     1.7976931348623157e308,
 )
-_ORJSON_SHORT_EXPONENT = rb"e-[0-9](?![0-9])"
 
 canonical, _trusted = _canonical_encoders()
 
