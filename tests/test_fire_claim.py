@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy as sa
+from tcpproxy import Proxy
 
 from runner.errors import AlreadyRan, DatabaseBusy, StorageError
 from runner.models import RunStatus, runs, utcnow
@@ -170,3 +171,30 @@ def test_postgresql_connection_dropped_while_pooled_is_replaced(database_url: st
     run_id, _ = store.claim(job=JOB, fire_key="at once", trigger="schedule")
     assert row_of(store, run_id)["fire_key"] == "at once"
     store.engine.dispose()
+
+
+@pytest.mark.parametrize("idle", [False, True], ids=["used at once", "pinged first"])
+def test_postgresql_unreachable_claim_is_a_storage_error(database_url: str, backend: str, idle: bool) -> None:
+    """The server gone and not taking new connections: the claim fails with the store's one-line
+    StorageError, whether the pooled connection fails its statement or its ping (the pool then
+    reconnects, and that error came out of the pool as the driver's own, which the daemon's
+    worker did not catch: it died, and the files of its fire waited for the next rescan)."""
+    if backend != "postgresql":
+        pytest.skip("a server that goes away: PostgreSQL")
+    url = sa.engine.make_url(database_url)
+    proxy = Proxy((url.host or "127.0.0.1", url.port or 5432))
+    store = Store(url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False))
+    try:
+        store.claim(job=JOB, fire_key="before", trigger="schedule")
+        proxy.cut()
+        if idle:
+            time.sleep(PING_IDLE_S + 0.2)
+        with pytest.raises(StorageError) as failed:
+            store.claim(job=JOB, fire_key="during", trigger="schedule")
+        assert "\n" not in str(failed.value) and "cannot use database" in str(failed.value)
+        proxy.restore()
+        run_id, _ = store.claim(job=JOB, fire_key="during", trigger="schedule")
+        assert row_of(store, run_id)["fire_key"] == "during"
+    finally:
+        store.engine.dispose()
+        proxy.close()

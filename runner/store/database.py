@@ -236,31 +236,32 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
 
     # --- transactions -------------------------------------------------------------------------
     @contextlib.contextmanager
-    def begin(self) -> Iterator[sa.Connection]:
-        """One write transaction; a database failure becomes a one-line StorageError."""
-        self.ensure_schema()
+    def failures(self) -> Iterator[None]:
+        """The database failing us (runner.store.engine.unavailable: gone, reset, locked, full)
+        becomes the one-line error of self.fault(); a statement it refused is raised as it is."""
         try:
-            with self._transaction() as conn:
-                yield conn
+            yield
         except sa.exc.DBAPIError as exc:
             if not unavailable(exc):
                 raise
             raise self.fault(exc) from None
 
     @contextlib.contextmanager
+    def begin(self) -> Iterator[sa.Connection]:
+        """One write transaction; a database failure becomes a one-line StorageError."""
+        self.ensure_schema()
+        with self.failures(), self._transaction() as conn:
+            yield conn
+
+    @contextlib.contextmanager
     def read(self) -> Iterator[sa.Connection]:
         """A read-only transaction: no writer queue and no write lock, so it never waits behind a
         writer (SQLite's WAL readers see the last committed state)."""
         self.ensure_schema()
-        try:
-            with self.engine.connect() as conn:
-                conn.execution_options(runner_read_only=True)
-                with conn.begin():
-                    yield conn
-        except sa.exc.DBAPIError as exc:
-            if not unavailable(exc):
-                raise
-            raise self.fault(exc) from None
+        with self.failures(), self.engine.connect() as conn:
+            conn.execution_options(runner_read_only=True)
+            with conn.begin():
+                yield conn
 
     @contextlib.contextmanager
     def _begin_now(self) -> Iterator[sa.Connection]:
@@ -313,10 +314,8 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
                 release_lease_of="__warm_up__",
             )
             self.state.get("__warm_up__", "key")
-            try:
+            with self.failures():
                 self.fire_claim().prepare()  # its statements (and PostgreSQL's sequence name), unrun
-            except sa.exc.DBAPIError as exc:
-                raise self.fault(exc) from None
         finally:
             self._rollback_only = False
             if not keep_connection:

@@ -82,7 +82,7 @@ class FireClaim:
         """`turn`: this process's turn at the SQLite writers' queue (Store's), taken for the
         insert alone; the read before it takes none."""
         first = values["attempt"] == 1
-        raw = self.engine.raw_connection()
+        raw = self._connection()
         try:
             driver = raw.driver_connection
             if self._postgresql:
@@ -150,7 +150,7 @@ class FireClaim:
         """Build both statements now (a worker does before its first fire): nothing is written."""
         if len(self._inserts) == 2:
             return
-        raw = self.engine.raw_connection()
+        raw = self._connection()
         try:
             cursor = raw.driver_connection.cursor()
             try:
@@ -209,13 +209,22 @@ class FireClaim:
             )
         return self._inserts[first]
 
+    def _connection(self) -> Any:
+        """A pooled connection. The pool raises the driver's own error when it cannot connect
+        (engine.connect() would have wrapped it): here it is SQLAlchemy's, as every other
+        failure of the database is, so the store turns it into its one-line StorageError."""
+        try:
+            return self.engine.raw_connection()
+        except self.engine.dialect.loaded_dbapi.Error as exc:
+            raise self._wrapped(exc, None, None, "connect", {}) from exc
+
     def _wrapped(self, exc: Exception, raw: Any, cursor: Any, statement: str, params: Any) -> Exception:
         """The driver's error as SQLAlchemy's; a dropped connection leaves the pool."""
         dialect = self.engine.dialect
         dbapi_error = dialect.loaded_dbapi.Error
         if not isinstance(exc, dbapi_error):
             return exc
-        dropped = dialect.is_disconnect(exc, raw.driver_connection, cursor)
+        dropped = raw is not None and dialect.is_disconnect(exc, raw.driver_connection, cursor)
         if dropped:
             raw.invalidate(exc)
         return sa.exc.DBAPIError.instance(statement, params, exc, dbapi_error, connection_invalidated=dropped)

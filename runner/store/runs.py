@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from runner.errors import AlreadyRan, DatabaseError
 from runner.models import ACTIVE_STATUSES, RunStatus, SkipReason, Trigger, runs, utcnow
 from runner.store.clock import server_now
-from runner.store.engine import dialect_insert, unavailable
+from runner.store.engine import dialect_insert
 from runner.store.host import HOSTNAME, PIDNS, pid_alive
 from runner.store.leases import LEASE_ATTEMPTS, LeaseRace, Leases
 from runner.store.queue import WouldWait
@@ -122,13 +122,9 @@ class RunWrites:
         """A claim without a lease: one statement (runner/store/fireclaim.py); the run id, or
         AlreadyRan naming the run that has the fire."""
         self.ensure_schema()
-        try:
-            turn = self._queue.held if self._queue is not None else nullcontext
+        turn = self._queue.held if self._queue is not None else nullcontext
+        with self.failures():
             run_id, won, status = self.fire_claim().claim(values, turn)
-        except sa.exc.DBAPIError as exc:
-            if not unavailable(exc):
-                raise
-            raise self.fault(exc) from None
         if won:
             return run_id
         # The insert met the fire's row: somebody has it, whether or not we saw its id.
