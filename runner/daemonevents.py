@@ -10,6 +10,7 @@ from typing import Any
 
 from runner.context import Fire
 from runner.errors import EXIT_NOT_STARTED, StorageError
+from runner.forkserver import GONE
 from runner.messages import NOT_CLAIMED, FireRequest
 from runner.models import Trigger
 
@@ -51,9 +52,9 @@ class FileEvents:
             self._database_failed(exc)
             raise
 
-    def _release_files(self, name: str) -> tuple[int, int]:
+    def _release_files(self, name: str, gone: set[str]) -> tuple[int, int]:
         try:
-            return self.store.files.release_orphans(name)
+            return self.store.files.release_orphans(name, gone)
         except StorageError as exc:
             self._database_failed(exc)
             raise
@@ -70,6 +71,8 @@ class FileEvents:
                 self._unclaimed_files.append((name, key, paths))
                 self._on_unclaimed()
                 return
+            if result.result() == GONE and self.watches is not None:  # its supervisor worker died
+                self.watches.fire_gone(name, key)
             if result.result() == EXIT_NOT_STARTED and self.watches is not None:
                 self.watches.offer_again(name, paths)  # skipped (overlap): its files wait for the next run
             if self.watches is not None:

@@ -309,11 +309,14 @@ def run_fire(settings: Settings, store: Store, request: FireRequest) -> int:
     if request.job not in settings.jobs and request.job not in settings.unusable:
         # handed over while a reload removed the job: what the dispatcher records for such fires
         error = "reload: the job was removed from the config before this fire started"
-        store.record_skipped(
-            request.job, fire.kind, [(fire.key, fire.scheduled_at)], SkipReason.RELOAD, error
-        )
-        if fire.paths:
-            store.files.settle(request.job, fire.key, succeeded=False, started=False)
+        try:
+            store.record_skipped(
+                request.job, fire.kind, [(fire.key, fire.scheduled_at)], SkipReason.RELOAD, error
+            )
+            if fire.paths:
+                store.files.settle(request.job, fire.key, succeeded=False, started=False)
+        except StorageError:  # the daemon holds the fire (and its files) until the database is back
+            return NOT_CLAIMED
         return EXIT_NOT_STARTED
     try:
         spec, params = configured_job(settings, request.job)

@@ -301,8 +301,9 @@ class WatchService:
     `claim(job, versions)` returns (fire key, claimed paths) after claiming in the database;
     `dispatch(job, fire_key, paths)` starts the run; `free_slots()` says how many more runs may
     start now (ready files wait, and form bigger batches, while the workers are busy);
-    `release(job)` frees the claims of runs that died without settling them; while `held()`
-    (the database is away) nothing is claimed or released, and ready files wait.
+    `release(job, gone)` frees the claims of runs that died without settling them (`gone`: fire
+    keys whose supervisor worker died, see fire_gone); while `held()` (the database is away)
+    nothing is claimed or released, and ready files wait.
     """
 
     RETRY_FOLDER_S = 30.0
@@ -311,6 +312,9 @@ class WatchService:
         self.watched = [_Watched(name, job.watch, Tracker(job.watch)) for name, job in jobs]
         self.claim, self.dispatch, self.free_slots, self.release = claim, dispatch, free_slots, release
         self.held = held
+        self._gone_lock = threading.Lock()
+        self._gone: dict[str, set[str]] = {}  # job -> fire keys whose worker died, not yet released
+        self._gone_news: set[str] = set()  # jobs with a fire in _gone not yet looked at
         self.wake_event = threading.Event()
         self.stopping = False
         self.overflowed = False
@@ -331,6 +335,15 @@ class WatchService:
                 watched.tracker.add_found(
                     [v for p in paths if (v := version_of(p, watched.settings)) is not None]
                 )
+
+    def fire_gone(self, job: str, fire_key: str) -> None:
+        """The supervisor worker running this fire died: its claims are looked at now (released
+        at once if its run never started, else as soon as the run is marked lost), not at the
+        next rescan, which may be `rescan` (minutes) away."""
+        with self._gone_lock:
+            self._gone.setdefault(job, set()).add(fire_key)
+            self._gone_news.add(job)
+        self.wake_event.set()
 
     def start(self) -> None:
         """Start watching (events from now on are seen), then list what is already there."""
@@ -392,16 +405,29 @@ class WatchService:
 
     def _rescan(self, watched: _Watched, now: float) -> None:
         held = 0
+        with self._gone_lock:
+            gone = self._gone.pop(watched.name, set())
+            self._gone_news.discard(watched.name)
         try:
             if not self.held():
-                _released, held = self.release(watched.name)
+                _released, held = self.release(watched.name, gone)
+                gone = set()
         except Exception as exc:
             if not self.held():  # else the daemon has said the database is away, once
                 log.warning("job=%s releasing stale claims failed: %s", watched.name, exc)
         watched.tracker.add_found(list(scan(watched.settings)))
         # Files another (or a dying) process still holds may come back soon: look again sooner.
-        interval = min(watched.settings.rescan_s, HELD_RESCAN_S) if held else watched.settings.rescan_s
+        interval = (
+            min(watched.settings.rescan_s, HELD_RESCAN_S) if held or gone else watched.settings.rescan_s
+        )
         watched.next_rescan = now + interval
+        if gone:  # not looked at (the database is away): kept for the next rescan
+            with self._gone_lock:
+                self._gone.setdefault(watched.name, set()).update(gone)
+
+    def _has_gone_news(self, job: str) -> bool:
+        with self._gone_lock:
+            return job in self._gone_news
 
     def _step(self) -> float:
         now = time.monotonic()
@@ -415,7 +441,7 @@ class WatchService:
             if overflowed:
                 watched.tracker.reset_opens()
                 mark_event_stream(watched.settings)
-            if overflowed or now >= watched.next_rescan:
+            if overflowed or now >= watched.next_rescan or self._has_gone_news(watched.name):
                 self._rescan(watched, now)
             next_due = self._hand_out(watched, now)
             wait = min(wait, 1.0 if next_due is None else next_due)

@@ -117,6 +117,8 @@ def test_a_shared_folder_across_a_database_restart(tmp_path: Path, cluster: PgCl
     finally:
         for host, daemon in zip(hosts, daemons, strict=True):
             logs.append(stop(host, daemon))
+        for host, log in zip(hosts, logs, strict=False):
+            print(f"--- {host.root.name}'s daemon log ---\n{log}")  # shown by pytest when the test fails
     assert before_outage < len(names), "the outage came after the last file: nothing was tested"
     assert_each_file_once(hosts, names, out, cluster.url)
     # A host notices when it tries the database (claiming the files written meanwhile, or its
@@ -126,3 +128,44 @@ def test_a_shared_folder_across_a_database_restart(tmp_path: Path, cluster: PgCl
     assert max(noticed) <= 1, logs
     assert [log.count("database reachable again") for log in logs] == noticed, logs
     assert not any("Traceback" in log for log in logs), logs
+
+
+def test_overlapping_batches_claimed_at_once_in_opposite_orders_each_file_once(database_url: str):
+    """Two daemons' batches overlap and list the files in different orders (each host saw them
+    in its own order): each file goes to one of them, and neither claim fails. Unsorted, the
+    two transactions waited on each other's rows and PostgreSQL broke the tie with "deadlock
+    detected", which the daemon took for the database being away."""
+    import threading
+
+    from runner.store import Store
+
+    stores = [Store(database_url), Store(database_url)]
+    rounds, per_round = 15, 200
+    won: list[list[str]] = [[], []]
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(2)
+
+    def claimer(index: int) -> None:
+        try:
+            for round_no in range(rounds):
+                versions = [(f"/shared/r{round_no}/f{i:04d}.dat", i, 1) for i in range(per_round)]
+                if index:
+                    versions.reverse()
+                barrier.wait()
+                won[index] += stores[index].files.claim("files", f"files:{index}:{round_no}", versions)
+        except BaseException as exc:  # the test reports it
+            errors.append(exc)
+            barrier.abort()
+
+    try:
+        threads = [threading.Thread(target=claimer, args=(i,)) for i in (0, 1)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        for store in stores:
+            store.engine.dispose()
+    assert errors == []
+    assert not set(won[0]) & set(won[1])
+    assert len(won[0]) + len(won[1]) == rounds * per_round

@@ -18,13 +18,21 @@ BURST = 10_000
 MODES = ("events", "polling")
 
 
-def configure(project: Project, mode: str, *, settle: str = "1s", extra: str = "", **runner: str) -> Path:
+def configure(
+    project: Project,
+    mode: str,
+    *,
+    settle: str = "1s",
+    extra: str = "",
+    uses: str = "jobs_fixture.filerec:filerec",
+    **runner: str,
+) -> Path:
     inbox = project.root / "inbox"
     inbox.mkdir(parents=True, exist_ok=True)
     project.configure(
         f"""
         [job:files]
-        uses = jobs_fixture.filerec:filerec
+        uses = {uses}
         watch = {inbox}
         patterns = *.jpg *.txt
         settle = {settle}
@@ -365,3 +373,38 @@ def test_an_open_whose_close_an_overflow_lost_stops_blocking_at_the_stream_mark(
         observer.join()
     assert [Path(v.path).name for v in ready] == ["a.jpg"]
     assert sorted(p.name for p in inbox.iterdir()) == ["a.jpg"]  # the mark is gone
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_files_of_a_run_whose_supervisor_worker_died_are_processed_soon(sqlite_project: Project):
+    """The daemon's supervisor worker killed mid-run (the OOM killer, a crash): the run is marked
+    lost once its heartbeat is stale, and its files go to a new run then, not at the next
+    `rescan` (10 minutes here), which is when the daemon used to look at them again."""
+    project = sqlite_project
+    started, release = project.root / "started.txt", project.root / "release"
+    inbox = configure(
+        project,
+        "events",
+        settle="0",
+        uses="jobs_fixture.filerec:filegate",
+        extra=f"started = {started}\nrelease = {release}",
+        heartbeat="0.2s",
+        stale_after="1s",
+    )
+    daemon = project.start("daemon")
+    wait_until(lambda: daemon_ready(project), "the daemon")
+    (inbox / "one.txt").write_bytes(b"1")
+    job_pid = int(wait_until(lambda: started.exists() and started.read_text().split(), "the first run")[0])
+    chain = [job_pid]  # the job, up to the daemon: ..., supervisor worker, fork server, daemon
+    while chain[-1] != daemon.pid:
+        chain.append(_parent(chain[-1]))
+    os.kill(chain[-3], signal.SIGKILL)
+    release.touch()
+    wait_until(lambda: seen(project), "the file, handed to a new run", timeout_s=60)
+    stop(project, daemon)
+    assert seen(project) == collections.Counter({"one.txt": 1})
+    statuses = sorted(run["status"] for run in project.history("files"))
+    assert statuses == ["lost", "succeeded"], statuses

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from typing import Any
 
 import sqlalchemy as sa
@@ -32,6 +33,10 @@ class FileClaims(StorePart):
         """
         if not versions:
             return []
+        # In path order: two daemons claiming overlapping batches then lock the rows they both
+        # want in one order, and never deadlock (PostgreSQL: "deadlock detected", which the
+        # daemon took for the database going away).
+        versions = sorted(versions)
         owner = {"host": HOSTNAME, "pid": os.getpid(), "pidns": PIDNS}
         rows = [
             {
@@ -154,10 +159,13 @@ class FileClaims(StorePart):
                 )
             )
 
-    def release_orphans(self, job: str) -> tuple[int, int]:
+    def release_orphans(self, job: str, gone: Collection[str] = ()) -> tuple[int, int]:
         """Claims left behind by a run that ended badly without settling them (its supervisor was
         killed), or whose run never started because the claiming daemon died: make them claimable
-        again. Returns (fires released, fires still held by a live run or claimant)."""
+        again. `gone`: fire keys this process claimed whose supervisor worker died, released at
+        once when their run never started. Either way the claim counts as an attempt, so files
+        that kill whatever takes them end `failed`. Returns (fires released, fires still held by
+        a live run or claimant)."""
         with self.read() as conn:
             open_claims = conn.execute(
                 sa.select(
@@ -173,8 +181,10 @@ class FileClaims(StorePart):
         released = held = 0
         for fire_key, host, pid, pidns, orphaned in open_claims:
             status = self._newest_run_status(job, fire_key)
-            if status is None:
-                claimant_gone = host == HOSTNAME and pidns == PIDNS and not pid_alive(pid)
+            if status is None:  # no run yet: still coming, unless whoever was to start it is gone
+                claimant_gone = fire_key in gone or (
+                    host == HOSTNAME and pidns == PIDNS and not pid_alive(pid)
+                )
                 if not claimant_gone and not orphaned:
                     held += 1
                     continue

@@ -51,3 +51,14 @@ def picky(ctx: JobContext, out: Path) -> int:
             handle.flush()
             count += 1
     return count
+
+
+@job
+def filegate(ctx: JobContext, out: Path, started: Path, release: Path) -> int:
+    """Append this process's pid to `started`, wait until `release` exists, then record the
+    run's files as filerec does (a run the test can catch in the middle)."""
+    with open(started, "a", encoding="utf-8") as handle:
+        handle.write(f"{os.getpid()}\n")
+    while not release.exists():
+        time.sleep(0.05)
+    return filerec(ctx, out)
