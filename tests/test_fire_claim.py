@@ -152,11 +152,19 @@ def _terminate_our_connections(store: Store) -> int:
         admin.dispose()
 
 
-def test_postgresql_connection_dropped_while_pooled_is_replaced(database_url: str, backend: str) -> None:
+@pytest.mark.parametrize("claims_before", [1, 2], ids=["borrowed from the pool", "kept for claims"])
+def test_postgresql_connection_dropped_while_pooled_is_replaced(
+    database_url: str, backend: str, claims_before: int
+) -> None:
+    """The server drops the connections (a restart): the next claim works when the connection
+    was idle (it is pinged), or fails once when it was used a moment ago, and then works. The
+    same for a process's first claim (a connection of the pool) and its later ones (the
+    connection it keeps for claims)."""
     if backend != "postgresql":
         pytest.skip("a server that drops connections: PostgreSQL")
     store = Store(f"{database_url}&application_name={APP}")
-    store.claim(job=JOB, fire_key="before", trigger="schedule")
+    for n in range(claims_before):
+        store.claim(job=JOB, fire_key=f"before {n}", trigger="schedule")
     assert _terminate_our_connections(store) >= 1
 
     time.sleep(PING_IDLE_S + 0.2)  # idle long enough to be pinged before its next use
@@ -198,3 +206,51 @@ def test_postgresql_unreachable_claim_is_a_storage_error(database_url: str, back
     finally:
         store.engine.dispose()
         proxy.close()
+
+
+def test_a_process_that_claims_again_keeps_one_connection_for_its_claims(database_url: str) -> None:
+    """The first claim borrows a connection of the pool (`runner run` claims once and opens
+    nothing more); from the second on, a claim takes nothing from the pool."""
+    store = Store(database_url)
+    store.ensure_schema()
+    checkouts: list[int] = []
+    sa.event.listen(store.engine, "checkout", lambda *_: checkouts.append(1))
+    for n in range(5):
+        store.claim(job=JOB, fire_key=f"again {n}", trigger="schedule")
+    assert len(checkouts) == 2  # the first claim's, and the one the process keeps
+    with pytest.raises(AlreadyRan):
+        store.claim(job=JOB, fire_key="again 0", trigger="schedule")
+    assert len(checkouts) == 2
+    store.engine.dispose()
+
+
+def _claim_in_child(url: str, key: str, results: Any) -> None:
+    store = _inherited[0]
+    try:
+        run_id, _ = store.claim(job=JOB, fire_key=key, trigger="schedule")
+        results.put(("ok", run_id))
+    except Exception as exc:  # the test reports it
+        results.put(("error", repr(exc)))
+
+
+_inherited: list[Store] = []
+
+
+def test_a_forked_child_claims_on_its_own_connection(database_url: str) -> None:
+    """A child forked after its parent kept a claim connection opens its own (a connection
+    shared across a fork would mix the two processes' statements), and the parent's still works."""
+    store = Store(database_url)
+    for n in range(2):
+        store.claim(job=JOB, fire_key=f"parent {n}", trigger="schedule")
+    _inherited[:] = [store]
+    context = mp.get_context("fork")
+    results = context.Queue()
+    child = context.Process(target=_claim_in_child, args=(database_url, "child", results))
+    child.start()
+    outcome = results.get(timeout=60)
+    child.join(timeout=30)
+    assert outcome[0] == "ok", outcome
+    run_id, _ = store.claim(job=JOB, fire_key="parent after", trigger="schedule")
+    assert row_of(store, run_id)["fire_key"] == "parent after"
+    assert row_of(store, outcome[1])["pid"] == child.pid
+    store.engine.dispose()

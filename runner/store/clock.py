@@ -33,6 +33,16 @@ class server_now(FunctionElement):
         super().__init__(offset)
 
 
+def now_sql(dialect: str) -> str:
+    """server_now() without an offset, as SQL text, for a statement written by hand (the claim
+    in runner/store/fireclaim.py). PostgreSQL: timestamp without time zone holds UTC here; now()
+    AT TIME ZONE 'UTC' is that, whatever the session's TimeZone (a bare now() would be compared
+    after a conversion by it)."""
+    if dialect == "postgresql":
+        return "(now() AT TIME ZONE 'UTC')"
+    return f"strftime('{_SQLITE_FORMAT}', 'now')"
+
+
 @compiles(server_now)
 def _sqlite_now(element: server_now, compiler: Any, **kw: Any) -> str:
     offset = compiler.process(element.clauses, **kw)
@@ -41,10 +51,8 @@ def _sqlite_now(element: server_now, compiler: Any, **kw: Any) -> str:
 
 @compiles(server_now, "postgresql")
 def _postgresql_now(element: server_now, compiler: Any, **kw: Any) -> str:
-    # timestamp without time zone holds UTC here; now() AT TIME ZONE 'UTC' is that, whatever the
-    # session's TimeZone (a bare now() would be compared after a conversion by it).
     offset = compiler.process(element.clauses, **kw)
-    return f"((now() AT TIME ZONE 'UTC') + make_interval(secs => {offset}))"
+    return f"({now_sql('postgresql')} + make_interval(secs => {offset}))"
 
 
 def host_offset(store: Store) -> timedelta:

@@ -12,20 +12,28 @@ while Python runs, and a process that lost its last claim reads before it writes
 lease (overlap = skip or queue) takes both in one transaction (RunWrites.claim).
 
 The statement is built once per dialect from the runs table (bind processors included, so a value
-is stored exactly as SQLAlchemy stores it) and run through the pooled DBAPI connection; driver
-errors are wrapped as SQLAlchemy's, a dropped connection is invalidated as SQLAlchemy would.
+is stored exactly as SQLAlchemy stores it). A process's first claim borrows a connection from the
+engine's pool; a process that claims again (a daemon's supervisor worker, one claim per fire)
+keeps a connection of its own for its claims, in autocommit, with one cursor: borrowing from the
+pool, switching autocommit on and off and making a cursor cost as much client CPU as the rest of
+a lost claim (bench/claim.py). It is pinged after PING_IDLE_S unused, as pooled connections are,
+and replaced when the server dropped it. Driver errors are wrapped as SQLAlchemy's.
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Callable, Mapping
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import Any
 
 import sqlalchemy as sa
 
 from runner.models import runs
-from runner.store.clock import server_now
+from runner.store.clock import now_sql
+from runner.store.engine import PING_IDLE_S
 
 # The columns a claim writes (RunWrites.claim's values), besides id and heartbeat_at.
 CLAIM_COLUMNS = (
@@ -60,11 +68,13 @@ class FireClaim:
         self.engine = engine
         dialect = engine.dialect
         self._postgresql = dialect.name == "postgresql"
-        self._processors: list[tuple[str, Callable[[Any], Any]]] = []
-        for name in CLAIM_COLUMNS:
+        self._mark = "%s" if self._postgresql else "?"  # the driver's positional placeholder
+        # The positions of the values SQLAlchemy converts when it binds them (datetimes, JSON).
+        self._processors: list[tuple[int, Callable[[Any], Any]]] = []
+        for index, name in enumerate(CLAIM_COLUMNS):
             processor = runs.c[name].type.bind_processor(dialect)
             if processor is not None:
-                self._processors.append((name, processor))
+                self._processors.append((index, processor))
         # Built on first use (PostgreSQL names its sequence then), one for a fire's first attempt
         # and one for its retries: each unique key is a partial index (attempt = 1, attempt > 1),
         # which a lookup uses only when its WHERE says which part, in so many words.
@@ -75,6 +85,13 @@ class FireClaim:
         # with a read instead of queueing for the write lock to learn they lost. (PostgreSQL's
         # statement answers a loser in the same round trip and takes no table lock.)
         self._read_first = False
+        # This process's own claim connection (the driver's) and cursor, from its second claim.
+        self._lock = threading.Lock()
+        self._pid = 0
+        self._claimed = False
+        self._kept: Any = None
+        self._cursor: Any = None
+        self._used_at = 0.0
 
     def claim(
         self, values: Mapping[str, Any], turn: Callable[[], AbstractContextManager[object]] = nullcontext
@@ -82,7 +99,43 @@ class FireClaim:
         """`turn`: this process's turn at the SQLite writers' queue (Store's), taken for the
         insert alone; the read before it takes none."""
         first = values["attempt"] == 1
-        raw = self._connection()
+        key = (
+            (values["job"], values["fire_key"])
+            if first
+            else (values["job"], values["fire_key"], values["attempt"])
+        )
+        row = [values[name] for name in CLAIM_COLUMNS]
+        for index, processor in self._processors:
+            if row[index] is not None:  # each stores None as NULL (JSON columns: none_as_null)
+                row[index] = processor(row[index])
+        with self._lock:
+            if self._pid != os.getpid():  # a new process (a fork): its parent's connection is not its own
+                self._pid, self._claimed, self._kept, self._cursor = os.getpid(), False, None, None
+            if not self._claimed:  # one claim (`runner run`) borrows, and opens nothing more
+                self._claimed = True
+                return self._claim_borrowed(key, row, first, turn)
+            cursor = self._kept_cursor()
+            try:
+                return self._claim_on(cursor, key, row, first, turn)
+            except Exception as exc:
+                wrapped = self._wrapped(exc, self._kept, cursor, self._inserts.get(first, "claim"), row)
+                if wrapped is exc:  # not the driver's (the writers' queue timed out): as it is
+                    raise
+                if wrapped.connection_invalidated:
+                    self._close_kept()
+                    self._server_dropped()
+                raise wrapped from exc
+            finally:
+                self._used_at = time.monotonic()
+
+    def _claim_borrowed(
+        self,
+        key: tuple[Any, ...],
+        row: list[Any],
+        first: bool,
+        turn: Callable[[], AbstractContextManager[object]],
+    ) -> tuple[Any, bool, Any]:
+        raw = self._pooled()
         try:
             driver = raw.driver_connection
             if self._postgresql:
@@ -90,13 +143,14 @@ class FireClaim:
             try:
                 cursor = driver.cursor()
                 try:
-                    if self._postgresql:
-                        return self._claim_postgresql(cursor, values, first)
-                    return self._claim_sqlite(cursor, values, first, turn)
+                    return self._claim_on(cursor, key, row, first, turn)
                 except Exception as exc:
-                    wrapped = self._wrapped(exc, raw, cursor, self._inserts.get(first, "claim"), values)
-                    if wrapped is exc:  # not the driver's (the writers' queue timed out): as it is
+                    wrapped = self._wrapped(exc, driver, cursor, self._inserts.get(first, "claim"), row)
+                    if wrapped is exc:
                         raise
+                    if wrapped.connection_invalidated:
+                        raw.invalidate(exc)
+                        self._server_dropped()
                     raise wrapped from exc
                 finally:
                     cursor.close()
@@ -106,60 +160,80 @@ class FireClaim:
         finally:
             raw.close()
 
-    def _claim_postgresql(self, cursor: Any, values: Mapping[str, Any], first: bool) -> tuple[Any, bool, Any]:
-        statement = self._inserts.get(first) or self._build(cursor, first)
-        row = cursor.execute(statement, self._processed(values)).fetchone()
-        if row is None:  # the fire's run committed after the statement began: it cannot see it
-            return None, False, None
-        return row[0], row[2], row[1]
-
-    def _claim_sqlite(
+    def _claim_on(
         self,
         cursor: Any,
-        values: Mapping[str, Any],
+        key: tuple[Any, ...],
+        row: list[Any],
         first: bool,
         turn: Callable[[], AbstractContextManager[object]],
     ) -> tuple[Any, bool, Any]:
+        statement = self._inserts.get(first) or self._build(cursor, first)
+        if self._postgresql:
+            found = cursor.execute(statement, (*key, *row, *key)).fetchone()
+            if found is None:  # the fire's run committed after the statement began: it cannot see it
+                return None, False, None
+            return found[0], found[2], found[1]
         if self._read_first:
             # A fire already claimed is answered by a read, which takes no lock: the processes
             # that come second do not queue for the write lock to learn they lost.
-            found = cursor.execute(self._selects[first], values).fetchone()
+            found = cursor.execute(self._selects[first], key).fetchone()
             if found is not None:
                 return found[0], False, found[1]
-        statement = self._inserts.get(first) or self._build(cursor, first)
-        params = self._processed(values)
         with turn():
-            cursor.execute(statement, params)  # autocommit: committed when it returns
+            cursor.execute(statement, row)  # autocommit: committed when it returns
         if cursor.rowcount == 1:
             self._read_first = False
-            return cursor.lastrowid, True, values["status"]
+            return cursor.lastrowid, True, row[CLAIM_COLUMNS.index("status")]
         self._read_first = True
-        found = cursor.execute(self._selects[first], values).fetchone()
+        found = cursor.execute(self._selects[first], key).fetchone()
         return (found[0], False, found[1]) if found is not None else (None, False, None)
 
-    def _processed(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """The values as SQLAlchemy would bind them (UTC datetimes, JSON text, booleans)."""
-        params = dict(values)
-        for name, processor in self._processors:
-            value = params[name]
-            if value is not None:  # each stores None as NULL (JSON columns: none_as_null)
-                params[name] = processor(value)
-        return params
+    def _kept_cursor(self) -> Any:
+        """This process's claim cursor, on its own connection: opened through the engine (its
+        connect settings and events) and taken out of the pool; pinged when unused for
+        PING_IDLE_S, replaced when the ping fails."""
+        if self._kept is not None and time.monotonic() - self._used_at >= PING_IDLE_S:
+            try:
+                self.engine.dialect.do_ping(self._kept)
+            except self.engine.dialect.loaded_dbapi.Error:
+                self._close_kept()
+        if self._kept is None:
+            raw = self._pooled()
+            driver = raw.driver_connection
+            raw.detach()  # ours now: the pool neither hands it out nor counts it
+            if self._postgresql:
+                driver.autocommit = True
+            self._kept, self._cursor = driver, driver.cursor()
+        return self._cursor
+
+    def _server_dropped(self) -> None:
+        """The server dropped a connection (a restart drops them all): the pool's idle ones are
+        closed too, rather than each failing one statement of its own, as SQLAlchemy does when
+        a statement of its own meets a dropped connection."""
+        self.engine.dispose()
+
+    def _close_kept(self) -> None:
+        with suppress(Exception):  # dropped by the server already
+            self._kept.close()
+        self._kept = self._cursor = None
 
     def prepare(self) -> None:
         """Build both statements now (a worker does before its first fire): nothing is written."""
         if len(self._inserts) == 2:
             return
-        raw = self._connection()
+        raw = self._pooled()
         try:
             cursor = raw.driver_connection.cursor()
             try:
                 for first in (True, False):
                     self._build(cursor, first)
             except Exception as exc:
-                wrapped = self._wrapped(exc, raw, cursor, "SELECT pg_get_serial_sequence('runs', 'id')", {})
+                wrapped = self._wrapped(exc, raw.driver_connection, cursor, "pg_get_serial_sequence", ())
                 if wrapped is exc:
                     raise
+                if wrapped.connection_invalidated:
+                    raw.invalidate(exc)
                 raise wrapped from exc
             finally:
                 cursor.close()
@@ -167,74 +241,59 @@ class FireClaim:
             raw.close()
 
     def _select(self, first: bool) -> str:
-        """Who has the fire: by its unique key, in the words of its partial index."""
-        p = _Placeholders(self._postgresql)
-        attempt = "attempt = 1" if first else f"attempt > 1 AND attempt = {p['attempt']}"
-        return (
-            f"SELECT id, status FROM runs WHERE job = {p['job']} AND fire_key = {p['fire_key']} AND {attempt}"
-        )
+        """Who has the fire: by its unique key, in the words of its partial index (parameters:
+        job, fire key and, for a retry, attempt)."""
+        m = self._mark
+        attempt = "attempt = 1" if first else f"attempt > 1 AND attempt = {m}"
+        return f"SELECT id, status FROM runs WHERE job = {m} AND fire_key = {m} AND {attempt}"
 
     def _build(self, cursor: Any, first: bool) -> str:
-        p = _Placeholders(self._postgresql)
-        now = str(server_now().compile(dialect=self.engine.dialect, compile_kwargs={"literal_binds": True}))
+        """The claim statement. Its parameters: PostgreSQL, the fire's key, the row, the key
+        again; SQLite, the row."""
+        m = self._mark
+        now = now_sql(self.engine.dialect.name)
         names = ", ".join(("id", "heartbeat_at", *CLAIM_COLUMNS))
-        picked = []
-        for name in CLAIM_COLUMNS:
-            value = p[name]
-            if self._postgresql:  # a SELECT list infers no type from the target column
-                value = f"CAST({value} AS {runs.c[name].type.compile(dialect=self.engine.dialect)})"
-            if name == "first_run_id":  # a first attempt is its own first run
-                value = f"COALESCE({value}, new.id)"
-            picked.append(value)
-        select = f"SELECT new.id, {now}, {', '.join(picked)} FROM new"
         if self._postgresql:
+            picked = []
+            for name in CLAIM_COLUMNS:  # a SELECT list infers no type from the target column
+                value = f"CAST({m} AS {runs.c[name].type.compile(dialect=self.engine.dialect)})"
+                picked.append(f"COALESCE({value}, new.id)" if name == "first_run_id" else value)
             cursor.execute("SELECT pg_get_serial_sequence('runs', 'id')")
             sequence = cursor.fetchone()[0]
             # A fire whose row is already there (committed) takes no id and tries no insert.
             taken = self._selects[first].replace("SELECT id, status", "SELECT", 1)
             self._inserts[first] = (
                 f"WITH new AS (SELECT nextval('{sequence}'::regclass) AS id WHERE NOT EXISTS ({taken})), "
-                f"claimed AS (INSERT INTO runs ({names}) {select} ON CONFLICT DO NOTHING RETURNING id, status) "
+                f"claimed AS (INSERT INTO runs ({names}) SELECT new.id, {now}, {', '.join(picked)} FROM new "
+                "ON CONFLICT DO NOTHING RETURNING id, status) "
                 "SELECT id, status, true FROM claimed UNION ALL "
                 f"{self._selects[first].replace('SELECT id, status', 'SELECT id, status, false', 1)} "
                 "AND NOT EXISTS (SELECT FROM claimed)"
             )
         else:  # one writer at a time on SQLite: the next id is the largest plus one (a bare
             # MAX(id) subquery reads the end of the rowid tree; COALESCE(MAX(id)) would scan it).
-            # No WITH before INSERT: sqlite3 counts rowcount only for a statement that starts so.
-            new = "(SELECT COALESCE((SELECT MAX(id) FROM runs), 0) + 1 AS id) AS new"
+            new = "COALESCE((SELECT MAX(id) FROM runs), 0) + 1"
+            picked = [f"COALESCE({m}, {new})" if name == "first_run_id" else m for name in CLAIM_COLUMNS]
             self._inserts[first] = (
-                f"INSERT INTO runs ({names}) {select.replace(' FROM new', f' FROM {new}')} "
-                "WHERE true ON CONFLICT DO NOTHING"
+                f"INSERT INTO runs ({names}) VALUES ({new}, {now}, {', '.join(picked)}) ON CONFLICT DO NOTHING"
             )
         return self._inserts[first]
 
-    def _connection(self) -> Any:
-        """A pooled connection. The pool raises the driver's own error when it cannot connect
-        (engine.connect() would have wrapped it): here it is SQLAlchemy's, as every other
+    def _pooled(self) -> Any:
+        """A connection of the pool. The pool raises the driver's own error when it cannot
+        connect (engine.connect() would have wrapped it): here it is SQLAlchemy's, as every other
         failure of the database is, so the store turns it into its one-line StorageError."""
         try:
             return self.engine.raw_connection()
         except self.engine.dialect.loaded_dbapi.Error as exc:
-            raise self._wrapped(exc, None, None, "connect", {}) from exc
+            raise self._wrapped(exc, None, None, "connect", ()) from exc
 
-    def _wrapped(self, exc: Exception, raw: Any, cursor: Any, statement: str, params: Any) -> Exception:
-        """The driver's error as SQLAlchemy's; a dropped connection leaves the pool."""
+    def _wrapped(self, exc: Exception, driver: Any, cursor: Any, statement: str, params: Any) -> Exception:
+        """The driver's error as SQLAlchemy's, flagged `connection_invalidated` when the server
+        dropped the connection (the caller then lets it go)."""
         dialect = self.engine.dialect
         dbapi_error = dialect.loaded_dbapi.Error
         if not isinstance(exc, dbapi_error):
             return exc
-        dropped = raw is not None and dialect.is_disconnect(exc, raw.driver_connection, cursor)
-        if dropped:
-            raw.invalidate(exc)
+        dropped = driver is not None and dialect.is_disconnect(exc, driver, cursor)
         return sa.exc.DBAPIError.instance(statement, params, exc, dbapi_error, connection_invalidated=dropped)
-
-
-class _Placeholders:
-    """The driver's named placeholder: %(name)s for psycopg, :name for sqlite3."""
-
-    def __init__(self, postgresql: bool) -> None:
-        self.postgresql = postgresql
-
-    def __getitem__(self, name: str) -> str:
-        return f"%({name})s" if self.postgresql else f":{name}"
