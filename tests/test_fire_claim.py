@@ -238,15 +238,18 @@ _inherited: list[Store] = []
 
 def test_a_forked_child_claims_on_its_own_connection(database_url: str) -> None:
     """A child forked after its parent kept a claim connection opens its own (a connection
-    shared across a fork would mix the two processes' statements), and the parent's still works."""
+    shared across a fork would mix the two processes' statements), and the parent's still works.
+    The fork happens while another thread of the parent is inside a claim: the child does not
+    inherit that claim's lock as held."""
     store = Store(database_url)
     for n in range(2):
         store.claim(job=JOB, fire_key=f"parent {n}", trigger="schedule")
     _inherited[:] = [store]
     context = mp.get_context("fork")
     results = context.Queue()
-    child = context.Process(target=_claim_in_child, args=(database_url, "child", results))
-    child.start()
+    child = context.Process(target=_claim_in_child, args=(database_url, "child", results), daemon=True)
+    with store.fire_claim()._lock:  # as a claim running in another thread holds it
+        child.start()
     outcome = results.get(timeout=60)
     child.join(timeout=30)
     assert outcome[0] == "ok", outcome

@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext, suppress
 from typing import Any
@@ -57,6 +58,11 @@ CLAIM_COLUMNS = (
     "reason",
     "late_s",
 )
+_STATUS = CLAIM_COLUMNS.index("status")
+# Claim connections a forked child inherited: its parent's, never used or closed in the child
+# (SQLite and libpq both say a connection must not cross a fork), kept referenced so that no
+# finalizer closes them there either.
+_INHERITED: list[Any] = []
 
 
 class FireClaim:
@@ -87,11 +93,20 @@ class FireClaim:
         self._read_first = False
         # This process's own claim connection (the driver's) and cursor, from its second claim.
         self._lock = threading.Lock()
-        self._pid = 0
         self._claimed = False
         self._kept: Any = None
         self._cursor: Any = None
         self._used_at = 0.0
+        claim = weakref.ref(self)
+        os.register_at_fork(after_in_child=lambda: (alive := claim()) is not None and alive._forget_parent())
+
+    def _forget_parent(self) -> None:
+        """In a forked child: a lock of its own (another thread of the parent may have held the
+        parent's at the fork), and none of the parent's connection."""
+        self._lock = threading.Lock()
+        if self._kept is not None:
+            _INHERITED.append(self._kept)
+        self._claimed, self._kept, self._cursor = False, None, None
 
     def claim(
         self, values: Mapping[str, Any], turn: Callable[[], AbstractContextManager[object]] = nullcontext
@@ -109,8 +124,6 @@ class FireClaim:
             if row[index] is not None:  # each stores None as NULL (JSON columns: none_as_null)
                 row[index] = processor(row[index])
         with self._lock:
-            if self._pid != os.getpid():  # a new process (a fork): its parent's connection is not its own
-                self._pid, self._claimed, self._kept, self._cursor = os.getpid(), False, None, None
             if not self._claimed:  # one claim (`runner run`) borrows, and opens nothing more
                 self._claimed = True
                 return self._claim_borrowed(key, row, first, turn)
@@ -184,7 +197,7 @@ class FireClaim:
             cursor.execute(statement, row)  # autocommit: committed when it returns
         if cursor.rowcount == 1:
             self._read_first = False
-            return cursor.lastrowid, True, row[CLAIM_COLUMNS.index("status")]
+            return cursor.lastrowid, True, row[_STATUS]
         self._read_first = True
         found = cursor.execute(self._selects[first], key).fetchone()
         return (found[0], False, found[1]) if found is not None else (None, False, None)
@@ -198,6 +211,7 @@ class FireClaim:
                 self.engine.dialect.do_ping(self._kept)
             except self.engine.dialect.loaded_dbapi.Error:
                 self._close_kept()
+                self._server_dropped()
         if self._kept is None:
             raw = self._pooled()
             driver = raw.driver_connection
