@@ -106,8 +106,7 @@ class RunWrites:
             if claimed is not None:
                 return claimed
             if existing is not None:
-                what = f"run {existing.id} ({existing.status})"
-                raise AlreadyRan(f"job {job}: fire {fire_key} already ran as {what}; not started")
+                raise _already_ran(job, fire_key, existing.id, existing.status)
         raise DatabaseError(f"could not take the overlap lease of job {job}: too much contention")
 
     def fire_claim(self: Store) -> FireClaim:
@@ -127,9 +126,7 @@ class RunWrites:
             run_id, won, status = self.fire_claim().claim(values, turn)
         if won:
             return run_id
-        # The insert met the fire's row: somebody has it, whether or not we saw its id.
-        what = f"run {run_id} ({status})" if run_id is not None else "another run a moment ago"
-        raise AlreadyRan(f"job {values['job']}: fire {values['fire_key']} already ran as {what}; not started")
+        raise _already_ran(values["job"], values["fire_key"], run_id, status)
 
     def record_skipped(
         self: Store, job: str, trigger: str, fires: list[tuple[str, datetime | None]], reason: str, error: str
@@ -386,3 +383,10 @@ def _insert_run(
             update.update(status=RunStatus.QUEUED, started_at=None)
     conn.execute(_UPDATE_RUN, {"b_run_id": run_id, **update})
     return run_id, holder
+
+
+def _already_ran(job: str, fire_key: str, run_id: int | None, status: str | None) -> AlreadyRan:
+    """The claim met the fire's row: somebody has it, whether or not we saw its id (PostgreSQL's
+    one-statement claim cannot see a row committed while it ran)."""
+    what = f"run {run_id} ({status})" if run_id is not None else "another run a moment ago"
+    return AlreadyRan(f"job {job}: fire {fire_key} already ran as {what}; not started")
