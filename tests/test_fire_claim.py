@@ -224,8 +224,8 @@ def test_a_process_that_claims_again_keeps_one_connection_for_its_claims(databas
     store.engine.dispose()
 
 
-def _claim_in_child(url: str, key: str, results: Any) -> None:
-    store = _inherited[0]
+def _claim_in_child(key: str, results: Any) -> None:
+    store = _inherited[0]  # the parent's Store, as a forked worker inherits it
     try:
         run_id, _ = store.claim(job=JOB, fire_key=key, trigger="schedule")
         results.put(("ok", run_id))
@@ -247,7 +247,7 @@ def test_a_forked_child_claims_on_its_own_connection(database_url: str) -> None:
     _inherited[:] = [store]
     context = mp.get_context("fork")
     results = context.Queue()
-    child = context.Process(target=_claim_in_child, args=(database_url, "child", results), daemon=True)
+    child = context.Process(target=_claim_in_child, args=("child", results), daemon=True)
     with store.fire_claim()._lock:  # as a claim running in another thread holds it
         child.start()
     outcome = results.get(timeout=60)

@@ -28,7 +28,7 @@ import time
 import weakref
 from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager, nullcontext, suppress
-from typing import Any
+from typing import Any, NoReturn
 
 import sqlalchemy as sa
 
@@ -131,13 +131,14 @@ class FireClaim:
             try:
                 return self._claim_on(cursor, key, row, first, turn)
             except Exception as exc:
-                wrapped = self._wrapped(exc, self._kept, cursor, self._inserts.get(first, "claim"), row)
-                if wrapped is exc:  # not the driver's (the writers' queue timed out): as it is
-                    raise
-                if wrapped.connection_invalidated:
-                    self._close_kept()
-                    self._server_dropped()
-                raise wrapped from exc
+                self._failed(
+                    exc,
+                    self._kept,
+                    cursor,
+                    self._inserts.get(first, "claim"),
+                    row,
+                    lambda _exc: self._close_kept(),
+                )
             finally:
                 self._used_at = time.monotonic()
 
@@ -158,13 +159,7 @@ class FireClaim:
                 try:
                     return self._claim_on(cursor, key, row, first, turn)
                 except Exception as exc:
-                    wrapped = self._wrapped(exc, driver, cursor, self._inserts.get(first, "claim"), row)
-                    if wrapped is exc:
-                        raise
-                    if wrapped.connection_invalidated:
-                        raw.invalidate(exc)
-                        self._server_dropped()
-                    raise wrapped from exc
+                    self._failed(exc, driver, cursor, self._inserts.get(first, "claim"), row, raw.invalidate)
                 finally:
                     cursor.close()
             finally:
@@ -243,12 +238,7 @@ class FireClaim:
                 for first in (True, False):
                     self._build(cursor, first)
             except Exception as exc:
-                wrapped = self._wrapped(exc, raw.driver_connection, cursor, "pg_get_serial_sequence", ())
-                if wrapped is exc:
-                    raise
-                if wrapped.connection_invalidated:
-                    raw.invalidate(exc)
-                raise wrapped from exc
+                self._failed(exc, raw.driver_connection, cursor, "pg_get_serial_sequence", (), raw.invalidate)
             finally:
                 cursor.close()
         finally:
@@ -301,6 +291,26 @@ class FireClaim:
             return self.engine.raw_connection()
         except self.engine.dialect.loaded_dbapi.Error as exc:
             raise self._wrapped(exc, None, None, "connect", ()) from exc
+
+    def _failed(
+        self,
+        exc: Exception,
+        driver: Any,
+        cursor: Any,
+        statement: str,
+        params: Any,
+        let_go: Callable[[Exception], object],
+    ) -> NoReturn:
+        """Raise a failed statement's error: the driver's as SQLAlchemy's, anything else (the
+        writers' queue timing out) as it is. A connection the server dropped is let go
+        (`let_go(exc)`), and the pool's idle connections with it (_server_dropped)."""
+        wrapped = self._wrapped(exc, driver, cursor, statement, params)
+        if wrapped is exc:
+            raise exc
+        if getattr(wrapped, "connection_invalidated", False):
+            let_go(exc)
+            self._server_dropped()
+        raise wrapped from exc
 
     def _wrapped(self, exc: Exception, driver: Any, cursor: Any, statement: str, params: Any) -> Exception:
         """The driver's error as SQLAlchemy's, flagged `connection_invalidated` when the server
