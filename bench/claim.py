@@ -202,7 +202,7 @@ def _drop(handle: tuple[Any, str]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("-k", "--keys", type=int, default=1000, help="fire keys a round (default 1000)")
-    parser.add_argument("-r", "--rounds", type=int, default=2, help="rounds a side, alternating (default 2)")
+    parser.add_argument("-r", "--rounds", type=int, default=3, help="rounds a side, alternating (default 3)")
     parser.add_argument("--pg", default=LOCAL_PG, help=f"PostgreSQL server URL (default {LOCAL_PG})")
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")

@@ -34,6 +34,15 @@ class UTCDateTime(sa.TypeDecorator):
         return value.replace(tzinfo=UTC) if value is not None else None
 
 
+def sqlite_datetime_text(value: datetime) -> str:
+    """An aware datetime as UTCDateTime stores it on SQLite (SQLAlchemy's DATETIME text, six
+    digits of microseconds), for statements written by hand (runner/store/fireclaim.py): one
+    C call, where SQLAlchemy's processor formats it in Python (a tenth of a claim's client CPU)."""
+    if value.tzinfo is None:
+        raise ValueError("naive datetime given to a UTC column")
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
 _clock_offset = timedelta(0)  # this host's clock minus the database's (see set_clock_offset)
 
 

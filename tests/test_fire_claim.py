@@ -8,14 +8,16 @@ from __future__ import annotations
 import multiprocessing as mp
 import sqlite3
 import time
+from datetime import UTC, datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
 from tcpproxy import Proxy
 
 from runner.errors import AlreadyRan, DatabaseBusy, StorageError
-from runner.models import RunStatus, runs, utcnow
+from runner.models import RunStatus, runs, sqlite_datetime_text, utcnow
 from runner.store import Store
 from runner.store.engine import PING_IDLE_S
 
@@ -42,6 +44,41 @@ def test_one_statement_claim_writes_the_row_a_transaction_writes(store: Store) -
     assert one["first_run_id"] == alone  # a first attempt is its own first run
     assert one["status"] == RunStatus.RUNNING and one["heartbeat_at"] is not None
     assert one["params"] == {"day": "monday"} and one["paths"] == ["/in/a.png"]
+
+
+def test_one_statement_claim_stores_times_as_every_other_write_does(store: Store) -> None:
+    """A fire's scheduled instant is a whole second: stored as SQLAlchemy stores it (on SQLite its
+    DATETIME text, six digits of microseconds), a query for the instant finds the run, and the
+    text sorts with every other row's."""
+    instant = utcnow().replace(microsecond=0)
+    alone, _ = store.claim(job=JOB, fire_key="alone", trigger="schedule", scheduled_at=instant)
+    leased, _ = store.claim(
+        job=JOB, fire_key="leased", trigger="schedule", scheduled_at=instant, lease_ttl_s=60.0
+    )
+
+    with store.read() as conn:
+        found = conn.execute(sa.select(runs.c.id).where(runs.c.scheduled_at == instant)).scalars().all()
+        stored = dict(conn.execute(sa.select(runs.c.id, sa.cast(runs.c.scheduled_at, sa.Text))).all())
+
+    assert sorted(found) == sorted([alone, leased])
+    assert stored[alone] == stored[leased]
+
+
+@pytest.mark.parametrize(
+    "moment",
+    [
+        datetime(2026, 3, 29, 1, 0, 0, tzinfo=UTC),
+        datetime(2026, 12, 2, 23, 59, 59, 999999, tzinfo=UTC),
+        datetime(2026, 10, 25, 2, 30, 0, 1, tzinfo=ZoneInfo("Europe/Berlin")),
+        datetime(999, 1, 1, 0, 0, 0, 500, tzinfo=UTC),
+    ],
+    ids=["whole second", "last microsecond", "another zone", "three-digit year"],
+)
+def test_the_claims_sqlite_time_text_is_sqlalchemys(moment: datetime) -> None:
+    dialect = sa.create_engine("sqlite://").dialect
+    column_type = runs.c.queued_at.type
+
+    assert sqlite_datetime_text(moment) == column_type.dialect_impl(dialect).bind_processor(dialect)(moment)
 
 
 def test_a_retry_claims_its_own_row_and_its_loser_names_it(store: Store) -> None:
@@ -130,6 +167,28 @@ def test_sqlite_claim_after_a_loss_is_answered_without_the_write_lock(tmp_path: 
         writer.execute("ROLLBACK")
         writer.close()
     assert store.claim(job=JOB, fire_key="free", trigger="schedule")[0] > winner
+
+
+def test_sqlite_first_claim_takes_its_turn_at_the_writers_queue_and_repeat_claims_do_not(
+    tmp_path: Any,
+) -> None:
+    """A process's first claim (`runner run`) queues behind a writer of ours that holds the
+    writers' queue (stopped mid-write: it is met before the job starts); a repeat claim (a
+    daemon's worker) leaves the arbitration of its one-row insert to SQLite's own lock."""
+    import fcntl
+
+    url = f"sqlite:///{tmp_path / 'runner.db'}"
+    Store(url).ensure_schema()
+    store = Store(url, lock_timeout_s=0.5)
+    with open(f"{tmp_path / 'runner.db'}-writers.lock", "a") as queue:  # a stuck writer of ours
+        fcntl.flock(queue, fcntl.LOCK_EX)
+        with pytest.raises(DatabaseBusy):
+            store.claim(job=JOB, fire_key="first", trigger="schedule")
+        fcntl.flock(queue, fcntl.LOCK_UN)
+        store.claim(job=JOB, fire_key="first", trigger="schedule")
+        fcntl.flock(queue, fcntl.LOCK_EX)
+        again, _ = store.claim(job=JOB, fire_key="again", trigger="schedule")
+    assert row_of(store, again)["status"] == RunStatus.RUNNING
 
 
 APP = "fireclaim-test"

@@ -6,10 +6,19 @@ claim without an overlap lease needs nothing else in its transaction, so it is s
 `INSERT ... ON CONFLICT DO NOTHING` (bench/claim.py compares the two): one statement, one commit,
 no BEGIN, no second statement for first_run_id (the row's own id, taken in the insert), and on
 PostgreSQL no second round trip for the loser either (the statement returns the winner's row,
-and a fire already committed takes no sequence value and tries no insert). On SQLite it takes
-its turn at the writers' queue and SQLite's write lock only while SQLite runs the insert, never
-while Python runs, and a process that lost its last claim reads before it writes. A claim with a
-lease (overlap = skip or queue) takes both in one transaction (RunWrites.claim).
+and a fire already committed takes no sequence value and tries no insert). On SQLite it holds
+SQLite's write lock only while SQLite runs the insert, never while Python runs, and a process
+that lost its last claim reads before it writes. A claim with a lease (overlap = skip or queue)
+takes both in one transaction (RunWrites.claim).
+
+SQLite's writers' queue (runner/store/queue.py): a process's first claim (`runner run`, the one
+claim of its process) takes its turn there for the insert, as the writes after it will: a
+writer of ours stopped while it holds the queue is then met before the job starts, not after it
+ran. Repeat claims (a daemon's supervisor workers) take no turn: SQLite's own lock arbitrates
+a one-row insert, as it does for the raw insert. Handing the queue from process to process for
+each such insert cost up to a third of the claim rate of four daemons on one file (bench/claim.py),
+where the busy handler lets the process that holds the lock go on; their dispatch lateness was
+the same either way (bench/dispatch.py, bench/README.md).
 
 The statement is built once per dialect from the runs table (bind processors included, so a value
 is stored exactly as SQLAlchemy stores it). A process's first claim borrows a connection from the
@@ -32,7 +41,7 @@ from typing import Any, NoReturn
 
 import sqlalchemy as sa
 
-from runner.models import runs
+from runner.models import UTCDateTime, runs, sqlite_datetime_text
 from runner.store.clock import now_sql
 from runner.store.engine import PING_IDLE_S
 
@@ -75,10 +84,16 @@ class FireClaim:
         dialect = engine.dialect
         self._postgresql = dialect.name == "postgresql"
         self._mark = "%s" if self._postgresql else "?"  # the driver's positional placeholder
-        # The positions of the values SQLAlchemy converts when it binds them (datetimes, JSON).
+        # The positions of the values SQLAlchemy converts when it binds them (datetimes, JSON):
+        # the dialect's own processor (a SQLite DATETIME is SQLAlchemy's text, which the generic
+        # type's processor leaves to the driver's deprecated adapter, with another format).
         self._processors: list[tuple[int, Callable[[Any], Any]]] = []
         for index, name in enumerate(CLAIM_COLUMNS):
-            processor = runs.c[name].type.bind_processor(dialect)
+            column_type = runs.c[name].type
+            if isinstance(column_type, UTCDateTime) and dialect.name == "sqlite":
+                processor = sqlite_datetime_text  # the same text, faster
+            else:
+                processor = column_type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 self._processors.append((index, processor))
         # Built on first use (PostgreSQL names its sequence then), one for a fire's first attempt
@@ -112,7 +127,7 @@ class FireClaim:
         self, values: Mapping[str, Any], turn: Callable[[], AbstractContextManager[object]] = nullcontext
     ) -> tuple[int | None, bool, str | None]:
         """`turn`: this process's turn at the SQLite writers' queue (Store's), taken for the
-        insert alone; the read before it takes none."""
+        insert of a first claim alone; the read before it takes none."""
         first = values["attempt"] == 1
         key = (
             (values["job"], values["fire_key"])
@@ -128,8 +143,8 @@ class FireClaim:
                 self._claimed = True
                 return self._claim_borrowed(key, row, first, turn)
             cursor = self._kept_cursor()
-            try:
-                return self._claim_on(cursor, key, row, first, turn)
+            try:  # no turn at the writers' queue (see the module's docstring)
+                return self._claim_on(cursor, key, row, first, nullcontext)
             except Exception as exc:
                 self._failed(
                     exc,
