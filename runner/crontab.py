@@ -32,6 +32,9 @@ CRON_D_HEADER = "SHELL=/bin/sh\n"
 PRUNE_AT = "17 4 * * *"  # daily retention (`runner prune`): a quiet hour that no DST change skips
 ZONE_SAMPLE_STEP_S = 3600  # zones compared hour by hour ...
 ZONE_SAMPLE_SPAN_S = 3 * 366 * 86400  # ... from a year ago to two years ahead
+# Where crons keep users' tables: Debian's, then cronie's, then the BSDs' and macOS's.
+SPOOL_FOLDERS = ("/var/spool/cron/crontabs", "/var/spool/cron", "/var/cron/tabs", "/usr/lib/cron/tabs")
+FS_CLOCK_TICK_S = 0.02  # the kernel's timer tick is 1-10 ms (HZ 1000-100)
 PLACEHOLDERS = {
     "runner": "/path/to/.venv/bin/runner",
     "config": "/path/to/config/runner.ini",
@@ -219,8 +222,31 @@ def read_crontab() -> str:
     return done.stdout
 
 
+def after_last_change(*paths: str | Path) -> None:
+    """Wait (two seconds at most) until the clock's whole second is later than every path's mtime.
+
+    Debian's cron notices a changed table only by an mtime (of the spool folder, /etc/cron.d or the
+    file) that differs, in whole seconds, from the one it read at its last look. A change made in
+    the same second as an earlier one that cron has already read is therefore never noticed, until
+    something else changes. cronie guards against this itself; for Debian's cron we write later."""
+    stamps = []
+    for path in paths:
+        try:
+            stamps.append(os.stat(path).st_mtime)
+        except OSError:
+            continue
+    now = time.time()
+    latest = int(max(stamps, default=now))  # nothing to read: assume a change this second
+    if not int(now) <= latest <= int(now) + 1:
+        return  # an older change, or a future mtime (the clock stepped back): no wait helps
+    # A file's time comes from the kernel's coarse clock, up to a tick behind time.time().
+    while (now := time.time()) < latest + 1 + FS_CLOCK_TICK_S:
+        time.sleep(latest + 1 + FS_CLOCK_TICK_S - now)
+
+
 def write_crontab(text: str) -> None:
     """Install `text` as the user's crontab; an empty table removes the crontab, as before install."""
+    after_last_change(*(folder for folder in SPOOL_FOLDERS if os.path.isdir(folder)))
     if not text.strip():
         done = subprocess.run(["crontab", "-r"], capture_output=True, text=True, check=False)
         if done.returncode != 0 and "no crontab" not in done.stderr.lower():
@@ -295,6 +321,7 @@ def _read_cron_d(path: Path) -> str | None:
 
 def _write_cron_d(path: Path, text: str) -> None:
     """Write beside it under a dot name (which cron ignores), then rename into place."""
+    after_last_change(path.parent, path)
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
@@ -342,6 +369,7 @@ def remove_cron_d(settings: Settings, path: Path) -> tuple[bool, Path | None]:
     saved = backup(settings, current, f"cron.d-{path.name}")
     if new.strip() in ("", CRON_D_HEADER.strip()):
         try:
+            after_last_change(path.parent, path)
             path.unlink()
         except OSError as exc:
             raise RunnerError(f"cannot remove {path}: {exc.strerror}") from None

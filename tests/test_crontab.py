@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -19,10 +21,31 @@ REPO = Path(__file__).resolve().parent.parent
 FOREIGN_BEFORE = '# a colleague\'s line, kept byte for byte\nMAILTO=""\n17 3 * * * /bin/true  # nightly %s\n'
 FOREIGN_AFTER = "\n*/5 * * * * /bin/echo  'spaces   kept' > /dev/null\n"
 CRON_WAIT_S = 130.0
+DEBIAN_SPOOL = Path("/var/spool/cron/crontabs")
 
 
 def _cron_running() -> bool:
-    return subprocess.run(["pgrep", "-x", "cron"], capture_output=True).returncode == 0
+    """A cron process that is not a zombie (this machine's init reaps them about once a second)."""
+    states = subprocess.run(["ps", "-C", "cron", "-o", "stat="], capture_output=True, text=True).stdout
+    return any(not state.startswith("Z") for state in states.split())
+
+
+def _to_the_start_of_a_second() -> int:
+    """Sleep to just after the clock's next whole second; returns that second."""
+    time.sleep(1.02 - time.time() % 1)
+    return int(time.time())
+
+
+def _restart_cron_at_a_second_start() -> int:
+    """Restart Debian's cron just after a whole second; returns the second of its next look.
+
+    It reads the tables at start, then sleeps to second :01 of the next minute (keeping the
+    start's fraction of a second) and reads them again there, once a minute."""
+    subprocess.run(["pkill", "-x", "cron"], capture_output=True)
+    wait_until(lambda: not _cron_running(), "cron to stop")
+    started = _to_the_start_of_a_second()
+    subprocess.run(["cron"], check=True)
+    return (started // 60 + 1) * 60 + 1
 
 
 @pytest.fixture(scope="session")
@@ -88,8 +111,19 @@ def configure_minutely(project: Project) -> None:
 
 
 def test_real_cron_fires_the_installed_line_once_per_minute(sqlite_project: Project, user_crontab: str):
+    """Even when the install lands in the second in which cron last read an earlier change.
+
+    Debian's cron sees a change only by an mtime that differs in whole seconds from the one it
+    read: here the colleague's table (written by the fixture) is dated to the second of cron's
+    next look, so an install in that same second would never be noticed (it failed so, now and
+    then, when the fixture's write, cron's look and the install fell in one second)."""
     project = sqlite_project
     configure_minutely(project)
+    if os.geteuid() == 0 and DEBIAN_SPOOL.is_dir():  # else the plain case: no restart, no dating
+        look = _restart_cron_at_a_second_start()
+        for path in (DEBIAN_SPOOL / getpass.getuser(), DEBIAN_SPOOL):
+            os.utime(path, (look, look))
+        time.sleep(max(0.0, look + 0.15 - time.time()))  # cron has read the colleague's table again
     installed = project.runner("crontab", "install")
     assert installed.returncode == 0, installed
     table = crontab_text()
@@ -173,6 +207,49 @@ def test_lines_escape_percent_and_refuse_a_foreign_timezone(sqlite_project: Proj
     refused = project.runner("crontab", "show")
     assert refused.returncode == 2, refused
     assert "runner daemon" in refused.stderr and "Traceback" not in refused.stderr
+
+
+def test_crontab_changes_land_in_a_later_second_than_the_change_before(
+    sqlite_project: Project, user_crontab: str
+):
+    from runner.config import load_settings
+    from runner.crontab import install, remove
+
+    if not DEBIAN_SPOOL.is_dir():
+        pytest.skip("needs Debian's cron spool")
+    configure_minutely(sqlite_project)
+    settings = load_settings(sqlite_project.config_path)
+    _to_the_start_of_a_second()
+    subprocess.run(["crontab", "-"], input=user_crontab, text=True, check=True)  # a change this second
+    before = DEBIAN_SPOOL.stat().st_mtime
+    assert install(settings)[0]
+    installed = DEBIAN_SPOOL.stat().st_mtime
+    assert int(installed) > int(before), (before, installed)
+    assert remove(settings)[0]  # at once: in the second of the install
+    assert int(DEBIAN_SPOOL.stat().st_mtime) > int(installed)
+    assert crontab_text() == user_crontab
+
+
+def test_cron_d_changes_land_in_a_later_second_than_the_change_before(
+    sqlite_project: Project, tmp_path: Path
+):
+    from runner.config import load_settings
+    from runner.crontab import install_cron_d, remove_cron_d
+
+    configure_minutely(sqlite_project)
+    settings = load_settings(sqlite_project.config_path)
+    folder = tmp_path / "cron.d"
+    folder.mkdir()
+    target = folder / "runner"
+    _to_the_start_of_a_second()
+    (folder / "colleague").write_text("")  # another package's file, this second
+    before = folder.stat().st_mtime
+    assert install_cron_d(settings, target, "nobody")[0]
+    installed = target.stat().st_mtime
+    assert int(installed) > int(before) and int(folder.stat().st_mtime) > int(before)
+    assert remove_cron_d(settings, target)[0]  # the file goes, in a later second again
+    assert not target.exists()
+    assert int(folder.stat().st_mtime) > int(installed)
 
 
 def test_cron_d_file_has_a_user_field(sqlite_project: Project, tmp_path: Path):
