@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from tcpproxy import Proxy
 
 from runner.errors import AlreadyRan, DatabaseBusy, StorageError
-from runner.models import RunStatus, runs, sqlite_datetime_text, utcnow
+from runner.models import RunStatus, naive_utc, runs, utcnow
 from runner.store import Store
 from runner.store.engine import PING_IDLE_S
 
@@ -74,11 +74,16 @@ def test_one_statement_claim_stores_times_as_every_other_write_does(store: Store
     ],
     ids=["whole second", "last microsecond", "another zone", "three-digit year"],
 )
-def test_the_claims_sqlite_time_text_is_sqlalchemys(moment: datetime) -> None:
-    dialect = sa.create_engine("sqlite://").dialect
-    column_type = runs.c.queued_at.type
+def test_the_sqlite_time_text_is_sqlalchemys(moment: datetime) -> None:
+    from sqlalchemy.dialects.sqlite import DATETIME
 
-    assert sqlite_datetime_text(moment) == column_type.dialect_impl(dialect).bind_processor(dialect)(moment)
+    dialect = sa.create_engine("sqlite://").dialect
+    ours = runs.c.queued_at.type.dialect_impl(dialect).bind_processor(dialect)
+
+    assert ours(moment) == DATETIME().bind_processor(dialect)(naive_utc(moment))
+    assert ours(None) is None
+    with pytest.raises(ValueError, match="naive datetime"):
+        ours(moment.replace(tzinfo=None))
 
 
 def test_a_retry_claims_its_own_row_and_its_loser_names_it(store: Store) -> None:

@@ -41,7 +41,7 @@ from typing import Any, NoReturn
 
 import sqlalchemy as sa
 
-from runner.models import UTCDateTime, runs, sqlite_datetime_text
+from runner.models import runs
 from runner.store.clock import now_sql
 from runner.store.engine import PING_IDLE_S
 
@@ -89,11 +89,7 @@ class FireClaim:
         # type's processor leaves to the driver's deprecated adapter, with another format).
         self._processors: list[tuple[int, Callable[[Any], Any]]] = []
         for index, name in enumerate(CLAIM_COLUMNS):
-            column_type = runs.c[name].type
-            if isinstance(column_type, UTCDateTime) and dialect.name == "sqlite":
-                processor = sqlite_datetime_text  # the same text, faster
-            else:
-                processor = column_type.dialect_impl(dialect).bind_processor(dialect)
+            processor = runs.c[name].type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 self._processors.append((index, processor))
         # Built on first use (PostgreSQL names its sequence then), one for a fire's first attempt
