@@ -99,6 +99,26 @@ def test_a_retry_claims_its_own_row_and_its_loser_names_it(store: Store) -> None
     assert row_of(store, retry)["attempt"] == 2
 
 
+def test_a_loser_is_told_who_won_whether_its_last_claim_won_or_lost(store: Store, database_url: str) -> None:
+    """After won claims a process sends the plain insert and asks who has the fire only when it
+    lost; after a lost one, the full statement (PostgreSQL) or a read first (SQLite)."""
+    other = Store(database_url)
+    try:
+        won, _ = store.claim(job=JOB, fire_key="a", trigger="schedule")
+        for key in ("b", "c", "c2", "c3"):  # its own connection from the second, won in a row
+            other.claim(job=JOB, fire_key=key, trigger="schedule")
+        for _ in range(2):  # lost after wins, then after a loss
+            with pytest.raises(AlreadyRan, match=f"already ran as run {won} "):
+                other.claim(job=JOB, fire_key="a", trigger="schedule")
+        after_loss, _ = other.claim(job=JOB, fire_key="d", trigger="schedule")
+        retry, _ = other.claim(job=JOB, fire_key="a", trigger="schedule", attempt=2, first_run_id=won)
+    finally:
+        other.engine.dispose()
+
+    assert row_of(store, after_loss)["first_run_id"] == after_loss
+    assert row_of(store, retry)["first_run_id"] == won
+
+
 def _claim_all(url: str, keys: list[str], start: Any, results: Any) -> None:
     store = Store(url)
     won, named = [], 0

@@ -4,12 +4,16 @@ fire, in one autocommit round trip through the bare driver.
 Every daemon on every host tries each fire; exactly one insert wins the unique (job, fire key). A
 claim without an overlap lease needs nothing else in its transaction, so it is shaped like a raw
 `INSERT ... ON CONFLICT DO NOTHING` (bench/claim.py compares the two): one statement, one commit,
-no BEGIN, no second statement for first_run_id (the row's own id, taken in the insert), and on
-PostgreSQL no second round trip for the loser either (the statement returns the winner's row,
-and a fire already committed takes no sequence value and tries no insert). On SQLite it holds
-SQLite's write lock only while SQLite runs the insert, never while Python runs, and a process
-that lost its last claim reads before it writes. A claim with a lease (overlap = skip or queue)
-takes both in one transaction (RunWrites.claim).
+no BEGIN, no second statement for first_run_id (the row's own id, taken in the insert). A
+process whose claims lose (other daemons try the same fires) expects to lose again. On
+PostgreSQL it sends the full statement, which answers a loser in the same round trip with the
+winner's row and takes no sequence value for a fire already committed, until it has won
+WINS_FOR_PLAIN claims in a row (one daemon alone, a `runner run`): then it sends the plain insert
+and asks who has the fire only when it lost after all. The full statement's lookup and UNION cost
+a tenth of a won claim (bench/README.md). On SQLite, a process that lost its last claim reads
+before it writes. SQLite's write lock is held only while SQLite runs the insert, never while
+Python runs. A claim with a lease (overlap = skip or queue) takes both in one transaction
+(RunWrites.claim).
 
 SQLite's writers' queue (runner/store/queue.py): a process's first claim (`runner run`, the one
 claim of its process) takes its turn there for the insert, as the writes after it will: a
@@ -44,6 +48,8 @@ import sqlalchemy as sa
 from runner.models import runs
 from runner.store.clock import now_sql
 from runner.store.engine import PING_IDLE_S
+
+WINS_FOR_PLAIN = 3  # PostgreSQL: claims won in a row after which a process expects to win
 
 # The columns a claim writes (RunWrites.claim's values), besides id and heartbeat_at.
 CLAIM_COLUMNS = (
@@ -96,12 +102,13 @@ class FireClaim:
         # and one for its retries: each unique key is a partial index (attempt = 1, attempt > 1),
         # which a lookup uses only when its WHERE says which part, in so many words.
         self._inserts: dict[bool, str] = {}
+        self._plain: dict[bool, str] = {}  # PostgreSQL: the insert alone, after a won claim
         self._selects = {first: self._select(first) for first in (True, False)}
-        # SQLite: after a lost claim, look before writing. One daemon (the embedded case) never
-        # loses and never pays the read; processes that contend for fires answer most of them
-        # with a read instead of queueing for the write lock to learn they lost. (PostgreSQL's
-        # statement answers a loser in the same round trip and takes no table lock.)
-        self._read_first = False
+        # Claims won in a row. After a loss (0): on SQLite, look before writing; on PostgreSQL,
+        # the full statement until WINS_FOR_PLAIN wins. One daemon never loses and pays neither;
+        # processes that contend for fires answer most of them with a read instead of queueing
+        # for the write lock (SQLite) or a second round trip (PostgreSQL) to learn they lost.
+        self._won_in_a_row = WINS_FOR_PLAIN
         # This process's own claim connection (the driver's) and cursor, from its second claim.
         self._lock = threading.Lock()
         self._claimed = False
@@ -188,12 +195,21 @@ class FireClaim:
         turn: Callable[[], AbstractContextManager[object]],
     ) -> tuple[Any, bool, Any]:
         statement = self._inserts.get(first) or self._build(cursor, first)
+        if self._postgresql and self._won_in_a_row >= WINS_FOR_PLAIN:
+            found = cursor.execute(self._plain[first], row).fetchone()
+            if found is not None:
+                return found[0], True, found[1]
+            self._won_in_a_row = 0  # a new statement: it sees the winner's row, committed
+            found = cursor.execute(self._selects[first], key).fetchone()
+            return (found[0], False, found[1]) if found is not None else (None, False, None)
         if self._postgresql:
             found = cursor.execute(statement, (*key, *row, *key)).fetchone()
             if found is None:  # the fire's run committed after the statement began: it cannot see it
+                self._won_in_a_row = 0
                 return None, False, None
+            self._won_in_a_row = self._won_in_a_row + 1 if found[2] else 0
             return found[0], found[2], found[1]
-        if self._read_first:
+        if self._won_in_a_row == 0:
             # A fire already claimed is answered by a read, which takes no lock: the processes
             # that come second do not queue for the write lock to learn they lost.
             found = cursor.execute(self._selects[first], key).fetchone()
@@ -202,9 +218,9 @@ class FireClaim:
         with turn():
             cursor.execute(statement, row)  # autocommit: committed when it returns
         if cursor.rowcount == 1:
-            self._read_first = False
+            self._won_in_a_row += 1
             return cursor.lastrowid, True, row[_STATUS]
-        self._read_first = True
+        self._won_in_a_row = 0
         found = cursor.execute(self._selects[first], key).fetchone()
         return (found[0], False, found[1]) if found is not None else (None, False, None)
 
@@ -264,7 +280,7 @@ class FireClaim:
 
     def _build(self, cursor: Any, first: bool) -> str:
         """The claim statement. Its parameters: PostgreSQL, the fire's key, the row, the key
-        again; SQLite, the row."""
+        again (its plain insert, built beside it: the row); SQLite, the row."""
         m = self._mark
         now = now_sql(self.engine.dialect.name)
         names = ", ".join(("id", "heartbeat_at", *CLAIM_COLUMNS))
@@ -275,12 +291,16 @@ class FireClaim:
                 picked.append(f"COALESCE({value}, new.id)" if name == "first_run_id" else value)
             cursor.execute("SELECT pg_get_serial_sequence('runs', 'id')")
             sequence = cursor.fetchone()[0]
+            insert = (
+                f"INSERT INTO runs ({names}) SELECT new.id, {now}, {', '.join(picked)} FROM new "
+                "ON CONFLICT DO NOTHING RETURNING id, status"
+            )
+            self._plain[first] = f"WITH new AS (SELECT nextval('{sequence}'::regclass) AS id) {insert}"
             # A fire whose row is already there (committed) takes no id and tries no insert.
             taken = self._selects[first].replace("SELECT id, status", "SELECT", 1)
             self._inserts[first] = (
                 f"WITH new AS (SELECT nextval('{sequence}'::regclass) AS id WHERE NOT EXISTS ({taken})), "
-                f"claimed AS (INSERT INTO runs ({names}) SELECT new.id, {now}, {', '.join(picked)} FROM new "
-                "ON CONFLICT DO NOTHING RETURNING id, status) "
+                f"claimed AS ({insert}) "
                 "SELECT id, status, true FROM claimed UNION ALL "
                 f"{self._selects[first].replace('SELECT id, status', 'SELECT id, status, false', 1)} "
                 "AND NOT EXISTS (SELECT FROM claimed)"
