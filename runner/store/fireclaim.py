@@ -102,7 +102,7 @@ class FireClaim:
         # and one for its retries: each unique key is a partial index (attempt = 1, attempt > 1),
         # which a lookup uses only when its WHERE says which part, in so many words.
         self._inserts: dict[bool, str] = {}
-        self._plain: dict[bool, str] = {}  # PostgreSQL: the insert alone, after a won claim
+        self._plain: dict[bool, str] = {}  # PostgreSQL: the insert alone, after WINS_FOR_PLAIN wins
         self._selects = {first: self._select(first) for first in (True, False)}
         # Claims won in a row. After a loss (0): on SQLite, look before writing; on PostgreSQL,
         # the full statement until WINS_FOR_PLAIN wins. One daemon never loses and pays neither;
