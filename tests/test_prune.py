@@ -185,6 +185,15 @@ def test_a_fires_attempts_go_together(project: Project) -> None:
 # --- logs ----------------------------------------------------------------------------------------
 
 
+def started_at(project: Project) -> list[tuple[int, datetime]]:
+    engine = sa.create_engine(project.database_url)
+    try:
+        with engine.connect() as conn:
+            return list(conn.execute(sa.select(runs.c.id, runs.c.started_at).order_by(runs.c.id)))
+    finally:
+        engine.dispose()
+
+
 def log_files(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*.log"))
 
@@ -195,12 +204,14 @@ def test_logs_by_count_old_layout_included_and_runner_logs_finds_them(sqlite_pro
     for _ in range(4):
         assert project.runner("run", "echo").returncode == 0
     logs = project.var_dir / "log" / "echo"
-    day = NOW.strftime("%Y-%m-%d")
-    assert log_files(logs) == [f"{day}/{n}.log" for n in (1, 2, 3, 4)]
+    # Each in the folder of the day (UTC) its run started: read from the rows, as the four runs
+    # may fall on two sides of midnight.
+    day = {run_id: started.strftime("%Y-%m-%d") for run_id, started in started_at(project)}
+    assert log_files(logs) == [f"{day[n]}/{n}.log" for n in (1, 2, 3, 4)]
     # Runs 1 and 2 as an older version left them: the file in the job's folder; run 2's row does
     # not name it (a run stopped before it ended).
     for run_id in (1, 2):
-        (logs / day / f"{run_id}.log").rename(logs / f"{run_id}.log")
+        (logs / day[run_id] / f"{run_id}.log").rename(logs / f"{run_id}.log")
     execute(project, sa.update(runs).where(runs.c.id == 1).values(log_path=str(logs / "1.log")))
     execute(project, sa.update(runs).where(runs.c.id == 2).values(log_path=None))
 
@@ -210,7 +221,7 @@ def test_logs_by_count_old_layout_included_and_runner_logs_finds_them(sqlite_pro
 
     report = prune(project)
 
-    assert log_files(logs) == [f"{day}/3.log", f"{day}/4.log"]
+    assert log_files(logs) == [f"{day[3]}/3.log", f"{day[4]}/4.log"]
     assert report["logs"] == 2 and report["runs"] == 0
     gone = project.runner("logs", "1")
     assert_one_line_error(gone, "log of run 1 is gone")
