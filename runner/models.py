@@ -19,6 +19,8 @@ ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 
 def naive_utc(value: datetime) -> datetime:
     """An aware datetime as naive UTC, the way time columns store it; a naive one is refused."""
+    if value.tzinfo is UTC:  # utcnow()'s, and most others
+        return value.replace(tzinfo=None)
     if value.tzinfo is None:
         raise ValueError("naive datetime given to a UTC column")
     return value.astimezone(UTC).replace(tzinfo=None)
@@ -78,6 +80,8 @@ runs = sa.Table(
     sa.Column("fire_key", sa.String(400), nullable=False),
     sa.Column("trigger", sa.String(16), nullable=False),
     sa.Column("attempt", sa.Integer, nullable=False, default=1),
+    # A retry's first attempt; NULL in a first attempt, which is its own (rows written before
+    # 2026-12-03 name themselves): a first attempt's claim then has no foreign key to check.
     sa.Column("first_run_id", sa.Integer, sa.ForeignKey("runs.id"), nullable=True),
     sa.Column("status", sa.String(16), nullable=False),
     sa.Column("late", sa.Boolean, nullable=False, default=False),

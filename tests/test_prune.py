@@ -17,13 +17,18 @@ import sqlalchemy as sa
 from conftest import Project, assert_one_line_error, stop, wait_until
 
 from runner.models import file_claims, leases, runs
+from runner.store import Store
 
 NOW = datetime.now(UTC)
 DAY = timedelta(days=1)
 
 
-def seed(project: Project, job: str, ages: list[timedelta], **values: object) -> list[int]:
-    """One finished run of `job` per age (oldest first, so ids grow with time); returns their ids."""
+def seed(
+    project: Project, job: str, ages: list[timedelta], names_itself: bool = True, **values: object
+) -> list[int]:
+    """One finished run of `job` per age (oldest first, so ids grow with time); returns their ids.
+    A first attempt names itself in first_run_id as rows written before 2026-12-03 do, or with
+    `names_itself=False` leaves it NULL as claims write it since."""
     assert project.runner("db", "upgrade").returncode == 0
     engine = sa.create_engine(project.database_url)
     ids = []
@@ -46,7 +51,8 @@ def seed(project: Project, job: str, ages: list[timedelta], **values: object) ->
                 )
                 row.update(values)
                 run_id = conn.execute(sa.insert(runs).returning(runs.c.id), row).scalar_one()
-                conn.execute(sa.update(runs).where(runs.c.id == run_id).values(first_run_id=run_id))
+                if row["attempt"] == 1 and names_itself:
+                    conn.execute(sa.update(runs).where(runs.c.id == run_id).values(first_run_id=run_id))
                 ids.append(run_id)
     finally:
         engine.dispose()
@@ -180,6 +186,30 @@ def test_a_fires_attempts_go_together(project: Project) -> None:
     prune(project)
 
     assert run_ids(project) == [live_first, live_retry, newest]
+
+
+@pytest.mark.parametrize("names_itself", [False, True], ids=["first-null", "first-names-itself"])
+def test_the_delete_keeps_every_attempt_of_a_fire_with_an_active_one(
+    project: Project, names_itself: bool
+) -> None:
+    """The delete checks again in its own transaction that no attempt of a run's fire is active
+    (one may have become active since the candidates were read): a first attempt whose retry
+    runs, and a retry whose first attempt runs, stay; whether the first attempt's first_run_id
+    is NULL (claims since 2026-12-03) or its own id (rows before)."""
+    first, active_first, done = seed(project, "echo", days(300, 300, 300), names_itself=names_itself)
+    active_retry = seed(
+        project, "echo", days(299), attempt=2, status="running", fire_key="f1", first_run_id=first
+    )
+    done_retry = seed(project, "echo", days(299), attempt=2, fire_key="f2", first_run_id=active_first)
+    execute(project, sa.update(runs).where(runs.c.id == active_first).values(status="running"))
+    store = Store(project.database_url)
+    try:
+        removed = store.pruning.delete([first, done_retry[0], done])
+    finally:
+        store.engine.dispose()
+
+    assert removed == 1
+    assert run_ids(project) == [first, active_first, active_retry[0], done_retry[0]]
 
 
 # --- logs ----------------------------------------------------------------------------------------

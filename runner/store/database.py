@@ -314,8 +314,7 @@ class Store(RunWrites, HistoryQueries, SqliteFile):
                 release_lease_of="__warm_up__",
             )
             self.state.get("__warm_up__", "key")
-            with self.failures():
-                self.fire_claim().prepare()  # its statements (and PostgreSQL's sequence name), unrun
+            self.fire_claim()  # its statements, built
         finally:
             self._rollback_only = False
             if not keep_connection:

@@ -1,19 +1,19 @@
-"""A fire claimed in one statement: the run row, its first_run_id and (for a loser) who has the
-fire, in one autocommit round trip through the bare driver.
+"""A fire claimed in one statement: the run row and (for a loser) who has the fire, in one
+autocommit round trip through the bare driver.
 
 Every daemon on every host tries each fire; exactly one insert wins the unique (job, fire key). A
 claim without an overlap lease needs nothing else in its transaction, so it is shaped like a raw
 `INSERT ... ON CONFLICT DO NOTHING` (bench/claim.py compares the two): one statement, one commit,
-no BEGIN, no second statement for first_run_id (the row's own id, taken in the insert). A
-process whose claims lose (other daemons try the same fires) expects to lose again. On
-PostgreSQL it sends the full statement, which answers a loser in the same round trip with the
-winner's row and takes no sequence value for a fire already committed, until it has won
-WINS_FOR_PLAIN claims in a row (one daemon alone, a `runner run`): then it sends the plain insert
-and asks who has the fire only when it lost after all. The full statement's lookup and UNION cost
-a tenth of a won claim (bench/README.md). On SQLite, a process that lost its last claim reads
-before it writes. SQLite's write lock is held only while SQLite runs the insert, never while
-Python runs. A claim with a lease (overlap = skip or queue) takes both in one transaction
-(RunWrites.claim).
+no BEGIN; the id is the column's own and a first attempt's first_run_id is NULL (a retry names
+its first attempt; readers take a NULL as the run's own id). A process whose claims lose (other
+daemons try the same fires) expects to lose again. On PostgreSQL it sends the full statement,
+which answers a loser in the same round trip with the winner's row and takes no sequence value
+for a fire already committed, until it has won WINS_FOR_PLAIN claims in a row (one daemon
+alone, a `runner run`): then it sends the plain insert and asks who has the fire only when it
+lost after all. The full statement's lookup and UNION cost a tenth of a won claim
+(bench/README.md). On SQLite, a process that lost its last claim reads before it writes.
+SQLite's write lock is held only while SQLite runs the insert, never while Python runs. A claim
+with a lease (overlap = skip or queue) takes both in one transaction (RunWrites.claim).
 
 SQLite's writers' queue (runner/store/queue.py): a process's first claim (`runner run`, the one
 claim of its process) takes its turn there for the insert, as the writes after it will: a
@@ -24,7 +24,7 @@ each such insert cost up to a third of the claim rate of four daemons on one fil
 where the busy handler lets the process that holds the lock go on; their dispatch lateness was
 the same either way (bench/dispatch.py, bench/README.md).
 
-The statement is built once per dialect from the runs table (bind processors included, so a value
+The statements are built once per engine from the runs table (bind processors included, so a value
 is stored exactly as SQLAlchemy stores it). A process's first claim borrows a connection from the
 engine's pool; a process that claims again (a daemon's supervisor worker, one claim per fire)
 keeps a connection of its own for its claims, in autocommit, with one cursor: borrowing from the
@@ -98,12 +98,12 @@ class FireClaim:
             processor = runs.c[name].type.dialect_impl(dialect).bind_processor(dialect)
             if processor is not None:
                 self._processors.append((index, processor))
-        # Built on first use (PostgreSQL names its sequence then), one for a fire's first attempt
-        # and one for its retries: each unique key is a partial index (attempt = 1, attempt > 1),
-        # which a lookup uses only when its WHERE says which part, in so many words.
-        self._inserts: dict[bool, str] = {}
-        self._plain: dict[bool, str] = {}  # PostgreSQL: the insert alone, after WINS_FOR_PLAIN wins
+        self._plain = self._plain_insert()
+        # One lookup and one full statement for a fire's first attempt and one for its retries:
+        # each unique key is a partial index (attempt = 1, attempt > 1), which a lookup uses only
+        # when its WHERE says which part, in so many words.
         self._selects = {first: self._select(first) for first in (True, False)}
+        self._inserts = {first: self._full_insert(first) for first in (True, False)}
         # Claims won in a row. After a loss (0): on SQLite, look before writing; on PostgreSQL,
         # the full statement until WINS_FOR_PLAIN wins. One daemon never loses and pays neither;
         # processes that contend for fires answer most of them with a read instead of queueing
@@ -138,9 +138,14 @@ class FireClaim:
             else (values["job"], values["fire_key"], values["attempt"])
         )
         row = [values[name] for name in CLAIM_COLUMNS]
+        given = done = used = None  # queued_at and started_at are one datetime: converted once
         for index, processor in self._processors:
-            if row[index] is not None:  # each stores None as NULL (JSON columns: none_as_null)
-                row[index] = processor(row[index])
+            value = row[index]
+            if value is None:  # each stores None as NULL (JSON columns: none_as_null)
+                continue
+            if value is not given or processor is not used:
+                given, used, done = value, processor, processor(value)
+            row[index] = done
         with self._lock:
             if not self._claimed:  # one claim (`runner run`) borrows, and opens nothing more
                 self._claimed = True
@@ -153,7 +158,7 @@ class FireClaim:
                     exc,
                     self._kept,
                     cursor,
-                    self._inserts.get(first, "claim"),
+                    self._inserts[first],
                     row,
                     lambda _exc: self._close_kept(),
                 )
@@ -177,7 +182,7 @@ class FireClaim:
                 try:
                     return self._claim_on(cursor, key, row, first, turn)
                 except Exception as exc:
-                    self._failed(exc, driver, cursor, self._inserts.get(first, "claim"), row, raw.invalidate)
+                    self._failed(exc, driver, cursor, self._inserts[first], row, raw.invalidate)
                 finally:
                     cursor.close()
             finally:
@@ -194,16 +199,15 @@ class FireClaim:
         first: bool,
         turn: Callable[[], AbstractContextManager[object]],
     ) -> tuple[Any, bool, Any]:
-        statement = self._inserts.get(first) or self._build(cursor, first)
         if self._postgresql and self._won_in_a_row >= WINS_FOR_PLAIN:
-            found = cursor.execute(self._plain[first], row).fetchone()
+            found = cursor.execute(self._plain, row).fetchone()
             if found is not None:
                 return found[0], True, found[1]
             self._won_in_a_row = 0  # a new statement: it sees the winner's row, committed
             found = cursor.execute(self._selects[first], key).fetchone()
             return (found[0], False, found[1]) if found is not None else (None, False, None)
         if self._postgresql:
-            found = cursor.execute(statement, (*key, *row, *key)).fetchone()
+            found = cursor.execute(self._inserts[first], (*row, *key, *key)).fetchone()
             if found is None:  # the fire's run committed after the statement began: it cannot see it
                 self._won_in_a_row = 0
                 return None, False, None
@@ -216,7 +220,7 @@ class FireClaim:
             if found is not None:
                 return found[0], False, found[1]
         with turn():
-            cursor.execute(statement, row)  # autocommit: committed when it returns
+            cursor.execute(self._plain, row)  # autocommit: committed when it returns
         if cursor.rowcount == 1:
             self._won_in_a_row += 1
             return cursor.lastrowid, True, row[_STATUS]
@@ -254,23 +258,6 @@ class FireClaim:
             self._kept.close()
         self._kept = self._cursor = None
 
-    def prepare(self) -> None:
-        """Build both statements now (a worker does before its first fire): nothing is written."""
-        if len(self._inserts) == 2:
-            return
-        raw = self._pooled()
-        try:
-            cursor = raw.driver_connection.cursor()
-            try:
-                for first in (True, False):
-                    self._build(cursor, first)
-            except Exception as exc:
-                self._failed(exc, raw.driver_connection, cursor, "pg_get_serial_sequence", (), raw.invalidate)
-            finally:
-                cursor.close()
-        finally:
-            raw.close()
-
     def _select(self, first: bool) -> str:
         """Who has the fire: by its unique key, in the words of its partial index (parameters:
         job, fire key and, for a retry, attempt)."""
@@ -278,41 +265,38 @@ class FireClaim:
         attempt = "attempt = 1" if first else f"attempt > 1 AND attempt = {m}"
         return f"SELECT id, status FROM runs WHERE job = {m} AND fire_key = {m} AND {attempt}"
 
-    def _build(self, cursor: Any, first: bool) -> str:
-        """The claim statement. Its parameters: PostgreSQL, the fire's key, the row, the key
-        again (its plain insert, built beside it: the row); SQLite, the row."""
+    def _plain_insert(self) -> str:
+        """The row's insert (its parameters: the row), shaped like the raw insert: the id is the
+        column's own (PostgreSQL's sequence, SQLite's next rowid), and a first attempt's
+        first_run_id is NULL (it is its own first run), so that PostgreSQL checks no foreign key
+        for it. On PostgreSQL it returns the winner's id and status, nothing for a loser."""
         m = self._mark
-        now = now_sql(self.engine.dialect.name)
-        names = ", ".join(("id", "heartbeat_at", *CLAIM_COLUMNS))
-        if self._postgresql:
-            picked = []
-            for name in CLAIM_COLUMNS:  # a SELECT list infers no type from the target column
-                value = f"CAST({m} AS {runs.c[name].type.compile(dialect=self.engine.dialect)})"
-                picked.append(f"COALESCE({value}, new.id)" if name == "first_run_id" else value)
-            cursor.execute("SELECT pg_get_serial_sequence('runs', 'id')")
-            sequence = cursor.fetchone()[0]
-            insert = (
-                f"INSERT INTO runs ({names}) SELECT new.id, {now}, {', '.join(picked)} FROM new "
-                "ON CONFLICT DO NOTHING RETURNING id, status"
-            )
-            self._plain[first] = f"WITH new AS (SELECT nextval('{sequence}'::regclass) AS id) {insert}"
-            # A fire whose row is already there (committed) takes no id and tries no insert.
-            taken = self._selects[first].replace("SELECT id, status", "SELECT", 1)
-            self._inserts[first] = (
-                f"WITH new AS (SELECT nextval('{sequence}'::regclass) AS id WHERE NOT EXISTS ({taken})), "
-                f"claimed AS ({insert}) "
-                "SELECT id, status, true FROM claimed UNION ALL "
-                f"{self._selects[first].replace('SELECT id, status', 'SELECT id, status, false', 1)} "
-                "AND NOT EXISTS (SELECT FROM claimed)"
-            )
-        else:  # one writer at a time on SQLite: the next id is the largest plus one (a bare
-            # MAX(id) subquery reads the end of the rowid tree; COALESCE(MAX(id)) would scan it).
-            new = "COALESCE((SELECT MAX(id) FROM runs), 0) + 1"
-            picked = [f"COALESCE({m}, {new})" if name == "first_run_id" else m for name in CLAIM_COLUMNS]
-            self._inserts[first] = (
-                f"INSERT INTO runs ({names}) VALUES ({new}, {now}, {', '.join(picked)}) ON CONFLICT DO NOTHING"
-            )
-        return self._inserts[first]
+        names = ", ".join(("heartbeat_at", *CLAIM_COLUMNS))
+        values = ", ".join([now_sql(self.engine.dialect.name)] + [m] * len(CLAIM_COLUMNS))
+        returning = " RETURNING id, status" if self._postgresql else ""
+        return f"INSERT INTO runs ({names}) VALUES ({values}) ON CONFLICT DO NOTHING{returning}"
+
+    def _full_insert(self, first: bool) -> str:
+        """PostgreSQL's claim for a process that expects to lose (its parameters: the row, the
+        fire's key, the key again): inserts the row unless the fire's row is already there
+        (committed), which then takes no sequence value and tries no insert, and answers the
+        winner's id and status with `true`, or the row that has the fire with `false`."""
+        if not self._postgresql:
+            return self._plain
+        m, dialect = self._mark, self.engine.dialect
+        names = ", ".join(("heartbeat_at", *CLAIM_COLUMNS))
+        # A SELECT list infers no type from the target column.
+        picked = [f"CAST({m} AS {runs.c[name].type.compile(dialect=dialect)})" for name in CLAIM_COLUMNS]
+        select = self._selects[first]
+        taken = select.replace("SELECT id, status", "SELECT", 1)
+        return (
+            f"WITH claimed AS (INSERT INTO runs ({names}) "
+            f"SELECT {now_sql(dialect.name)}, {', '.join(picked)} WHERE NOT EXISTS ({taken}) "
+            "ON CONFLICT DO NOTHING RETURNING id, status) "
+            "SELECT id, status, true FROM claimed UNION ALL "
+            f"{select.replace('SELECT id, status', 'SELECT id, status, false', 1)} "
+            "AND NOT EXISTS (SELECT FROM claimed)"
+        )
 
     def _pooled(self) -> Any:
         """A connection of the pool. The pool raises the driver's own error when it cannot

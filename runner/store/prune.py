@@ -190,11 +190,12 @@ class RunPruning(StorePart):
         became active since it was read stays, and so does every attempt of its fire."""
         if not ids:
             return 0
+        fire = sa.func.coalesce(runs.c.first_run_id, runs.c.id)  # a first attempt's is NULL
         statement = sa.delete(runs).where(
             runs.c.id.in_(_ids(ids)),
             runs.c.status.not_in(ACTIVE_STATUSES),
             ~sa.exists().where(
-                _OTHER.c.first_run_id == runs.c.first_run_id, _OTHER.c.status.in_(ACTIVE_STATUSES)
+                _OTHER.c.status.in_(ACTIVE_STATUSES), (_OTHER.c.id == fire) | (_OTHER.c.first_run_id == fire)
             ),
         )
         with self.begin() as conn:

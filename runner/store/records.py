@@ -62,7 +62,11 @@ _RUN_FIELDS = tuple(f.name for f in fields(RunRecord))
 
 
 def record_of(row: sa.Row) -> RunRecord:
-    return RunRecord(**{name: row._mapping[name] for name in _RUN_FIELDS})
+    """The run of a row. A first attempt stores no first_run_id (NULL: it is its own first run,
+    written so since 2026-12-03; rows before name themselves): a record always names it."""
+    values = {name: row._mapping[name] for name in _RUN_FIELDS}
+    values["first_run_id"] = values["first_run_id"] or values["id"]
+    return RunRecord(**values)
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,8 +158,6 @@ class RunWrites:
         with self.begin() as conn:
             insert = dialect_insert(conn.dialect.name)(runs).on_conflict_do_nothing()
             added = conn.execute(insert.returning(runs.c.id), rows).scalars().all()
-            if added:
-                conn.execute(sa.update(runs).where(runs.c.id.in_(added)).values(first_run_id=runs.c.id))
         return len(added)
 
     def take_stopped_retry(self: Store, run_id: int, note: str) -> bool:
@@ -374,14 +372,11 @@ def _insert_run(
     run_id = conn.execute(_INSERT_RUN[dialect], values).scalar()
     if run_id is None:
         return None
-    # A first attempt is its own first run: one query groups a fire's attempts.
-    update: dict[str, Any] = {"first_run_id": values["first_run_id"] or run_id}
     holder = None
     if lease_ttl_s is not None:
         holder = Leases.take(conn, values["job"], run_id, lease_ttl_s)
         if holder is not None:
-            update.update(status=RunStatus.QUEUED, started_at=None)
-    conn.execute(_UPDATE_RUN, {"b_run_id": run_id, **update})
+            conn.execute(_UPDATE_RUN, {"b_run_id": run_id, "status": RunStatus.QUEUED, "started_at": None})
     return run_id, holder
 
 
