@@ -5,8 +5,8 @@ Every claimer (a process of its own, as every daemon on every host is) tries eve
 the same list, in order, as daemons on several hosts all try each fire: exactly one wins each key.
 Rate = fire keys decided per second (from the first claimer's first claim to the last one's last).
   runner - `Store.claim(job, fire_key, trigger="schedule")`: the run row (unique job + fire key)
-           with its first_run_id, in one autocommit statement; a loser gets AlreadyRan naming the
-           winner when it can see it;
+           in one autocommit statement; a loser gets AlreadyRan naming the winner when it can
+           see it;
   raw    - the same run row (job, key, trigger, attempt, status, times, host, pid, pid namespace) inserted by
            `INSERT INTO raw_runs (...) VALUES (...) ON CONFLICT DO NOTHING` in autocommit through
            the bare driver (sqlite3, psycopg), into a copy of the runs table (its columns, unique
@@ -15,11 +15,15 @@ Rate = fire keys decided per second (from the first claimer's first claim to the
            of a bare unique key, without the run row that history, retries and `runner status`
            read. Its rate is printed, no ratio is taken against it.
 Every side runs on an embedded SQLite file (WAL) and on PostgreSQL (a fresh schema, dropped at
-the end) with 1, 4 and 16 claimers, the sides alternating, 5 rounds a side. A round has as many
-keys as a first raw round decides in about --seconds (1 s): rounds of a fixed 1000 keys lasted
-70 ms on SQLite, where one stall of the shared machine moved a ratio by a fifth. Prints the
-rates (medians), the ratio and the lowest and highest ratio of a round pair (target: runner >=
-0.7x raw, on the medians), and checks each key was won once.
+the end) with 1, 4 and 16 claimers. A case's claimer processes are started once, open and warm
+their connections (runner's kept claim connection, the raw and key-only ones), and then run
+every round of the case, started together at a barrier; the sides take turns (runner, raw, key,
+then the other way round), 9 rounds a side. A round has as many keys as a first raw round
+decides in about --seconds (0.5 s). The ratio of a case is the median of its round pairs'
+ratios (a runner round over the raw round next to it in time), so that the shared machine's
+slow spells, which last seconds and move one round by half, weigh on both sides of a pair and
+on few pairs. Prints the rates (medians), the ratio, the lowest and highest ratio of a round
+pair (target: runner >= 0.7x raw in every case), and checks each key was won once.
 
     .venv/bin/python bench/claim.py                     # PostgreSQL on 127.0.0.1 too
     .venv/bin/python bench/claim.py -k 300 --json        # a fixed key count
@@ -52,29 +56,44 @@ def _keys(count: int, round_id: str) -> list[str]:
     return [f"{round_id}-{n:06d}" for n in range(count)]
 
 
-# --- the claimers (each in a process of its own) ---------------------------------------------------
+# --- the claimers (each in a process of its own, kept for a case's rounds) --------------------------
 
 
-def _runner_claimer(url: str, keys: list[str], start: Any, results: Any) -> None:
+def _claimer(url: str, barrier: Any, orders: Any, results: Any) -> None:
+    """One claimer process: its runner Store (its claim connection), its raw and key-only
+    connections, all opened and warmed before the first round; then, per order (side, round id,
+    key count), every key of the round, started with the other claimers at the barrier."""
     from runner.errors import AlreadyRan
     from runner.store import Store
 
     store = Store(url)
     store.ensure_schema()
-    store.claim(job=f"{JOB}-warm", fire_key=uuid.uuid4().hex, trigger="schedule")  # connect, compile
-    start.wait()
-    began = time.perf_counter()
-    won = 0
-    for key in keys:
-        try:
-            store.claim(job=JOB, fire_key=key, trigger="schedule")
-            won += 1
-        except AlreadyRan:
-            pass
-    results.put((won, began, time.perf_counter()))
+    for _ in range(2):  # the first claim borrows from the pool, the next opens the kept connection
+        store.claim(job=f"{JOB}-warm", fire_key=uuid.uuid4().hex, trigger="schedule")
+
+    def runner(keys: list[str]) -> int:
+        won = 0
+        for key in keys:
+            try:
+                store.claim(job=JOB, fire_key=key, trigger="schedule")
+                won += 1
+            except AlreadyRan:
+                pass
+        return won
+
+    sides = {"runner": runner, "raw": _raw_loop(url, "raw_runs"), "key": _raw_loop(url, "raw_fires")}
+    while (order := orders.get()) is not None:
+        side, round_id, count = order
+        keys = _keys(count, round_id)
+        barrier.wait()
+        began = time.perf_counter()
+        won = sides[side](keys)
+        results.put((won, began, time.perf_counter()))
 
 
-def _raw_claimer(url: str, keys: list[str], start: Any, results: Any, table: str = "raw_runs") -> None:
+def _raw_loop(url: str, table: str) -> Any:
+    """The raw side's loop (table raw_runs: the run row) or the key-only one (raw_fires), on a
+    connection of its own through the bare driver, in autocommit."""
     import os
     from datetime import UTC, datetime
 
@@ -107,17 +126,16 @@ def _raw_claimer(url: str, keys: list[str], start: Any, results: Any, table: str
         def row(key: str) -> tuple[Any, ...]:
             return (JOB, key)
 
-    start.wait()
-    began = time.perf_counter()
-    won = 0
-    for key in keys:
-        won += conn.execute(insert, row(key)).rowcount
-    results.put((won, began, time.perf_counter()))
-    conn.close()
+    for n in range(6):  # warm: psycopg prepares a statement on its fifth run
+        conn.execute(insert, row(f"warm-{uuid.uuid4().hex}-{n}"))
 
+    def loop(keys: list[str]) -> int:
+        won = 0
+        for key in keys:
+            won += conn.execute(insert, row(key)).rowcount
+        return won
 
-def _key_claimer(url: str, keys: list[str], start: Any, results: Any) -> None:
-    _raw_claimer(url, keys, start, results, table="raw_fires")
+    return loop
 
 
 def _pg_dsn(url: str) -> str:
@@ -128,35 +146,70 @@ def _pg_dsn(url: str) -> str:
     return parsed.render_as_string(hide_password=False)
 
 
-# --- one round --------------------------------------------------------------------------------------
+# --- one case's rounds -----------------------------------------------------------------------------
 
 
-def _round(side: str, url: str, claimers: int, count: int) -> dict[str, Any]:
-    context = mp.get_context("fork")
-    start, results = context.Event(), context.Queue()
-    keys = _keys(count, uuid.uuid4().hex[:8])
-    target = {"runner": _runner_claimer, "raw": _raw_claimer, "key": _key_claimer}[side]
-    procs = [context.Process(target=target, args=(url, keys, start, results)) for _ in range(claimers)]
-    for proc in procs:
-        proc.start()
-    time.sleep(1.0 + 0.1 * claimers)  # every claimer connected and warmed up
-    start.set()
-    outcomes = [results.get(timeout=600) for _ in procs]
-    for proc in procs:
-        proc.join()
-    # From the first claimer's first claim to the last one's last: a claimer's wake-up after
-    # start.set() (milliseconds on a busy machine, against rounds of 70 ms on SQLite) is not timed.
-    elapsed = max(done for _, _, done in outcomes) - min(began for _, began, _ in outcomes)
-    won = sum(w for w, _, _ in outcomes)
-    if won != count:
-        sys.exit(f"{side} with {claimers} claimers: {won} wins for {count} fire keys")
-    return {"side": side, "claimers": claimers, "keys": count, "seconds": elapsed, "rate": count / elapsed}
+class _Claimers:
+    """`count` claimer processes on one database, kept for a case's rounds."""
+
+    def __init__(self, url: str, count: int) -> None:
+        context = mp.get_context("fork")
+        self.barrier = context.Barrier(count)
+        self.results = context.Queue()
+        self.orders = [context.Queue() for _ in range(count)]
+        self.procs = [
+            context.Process(target=_claimer, args=(url, self.barrier, orders, self.results))
+            for orders in self.orders
+        ]
+        for proc in self.procs:
+            proc.start()
+
+    def round(self, side: str, count: int) -> dict[str, Any]:
+        """Every claimer tries every key of a fresh list of `count`; the round is timed from the
+        first claimer's first claim to the last one's last (their wake-up is not timed)."""
+        round_id = uuid.uuid4().hex[:8]
+        for orders in self.orders:
+            orders.put((side, round_id, count))
+        outcomes = [self.results.get(timeout=600) for _ in self.procs]
+        elapsed = max(done for _, _, done in outcomes) - min(began for _, began, _ in outcomes)
+        won = sum(w for w, _, _ in outcomes)
+        if won != count:
+            sys.exit(f"{side} with {len(self.procs)} claimers: {won} wins for {count} fire keys")
+        return {"side": side, "keys": count, "seconds": elapsed, "rate": count / elapsed}
+
+    def close(self) -> None:
+        for orders in self.orders:
+            orders.put(None)
+        for proc in self.procs:
+            proc.join(timeout=60)
+            if proc.exitcode != 0:
+                sys.exit(f"a claimer process ended with exit status {proc.exitcode}")
 
 
-def _calibrated(url: str, claimers: int, seconds: float) -> int:
-    """Keys for a round of about `seconds`: what one raw round of PROBE_KEYS shows of the rate."""
-    probe = _round("raw", url, claimers, PROBE_KEYS)
-    return max(PROBE_KEYS, int(round(probe["rate"] * seconds, -2)))
+def _case(url: str, claimers: int, keys: int | None, seconds: float, rounds: int) -> dict[str, Any]:
+    """One database and claimer count: the sides' rounds in turn (runner, raw, key, then the
+    other way round), each pair of runner and raw rounds next to each other in time."""
+    group = _Claimers(url, claimers)
+    try:
+        if keys is None:  # as many keys as the raw side decides in about `seconds`
+            probe = group.round("raw", PROBE_KEYS)
+            keys = max(PROBE_KEYS, int(round(probe["rate"] * seconds, -2)))
+        rates: dict[str, list[float]] = {side: [] for side in SIDES}
+        for n in range(rounds):
+            for side in SIDES if n % 2 == 0 else SIDES[::-1]:
+                rates[side].append(group.round(side, keys)["rate"])
+    finally:
+        group.close()
+    paired = [a / b for a, b in zip(rates["runner"], rates["raw"], strict=True)]
+    return {
+        "claimers": claimers,
+        "keys": keys,
+        "runner_per_s": round(statistics.median(rates["runner"]), 1),
+        "raw_per_s": round(statistics.median(rates["raw"]), 1),
+        "ratio": round(statistics.median(paired), 3),
+        "round_ratios": [round(r, 3) for r in paired],
+        "key_only_per_s": round(statistics.median(rates["key"]), 1),
+    }
 
 
 def _prepare(url: str) -> None:
@@ -215,9 +268,9 @@ def main() -> int:
         "-k", "--keys", type=int, help="fire keys a round (default: what the raw side decides in --seconds)"
     )
     parser.add_argument(
-        "-s", "--seconds", type=float, default=1.0, help="the length a round's keys are set for (default 1)"
+        "-s", "--seconds", type=float, default=0.5, help="the length a round's keys are set for (default 0.5)"
     )
-    parser.add_argument("-r", "--rounds", type=int, default=5, help="rounds a side, alternating (default 5)")
+    parser.add_argument("-r", "--rounds", type=int, default=9, help="rounds a side, in turns (default 9)")
     parser.add_argument("--pg", default=LOCAL_PG, help=f"PostgreSQL server URL (default {LOCAL_PG})")
     parser.add_argument("--no-pg", action="store_true", help="SQLite only")
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -233,25 +286,8 @@ def main() -> int:
             for backend, url, _ in databases:
                 _prepare(url)
                 for claimers in CLAIMERS:
-                    keys = args.keys or _calibrated(url, claimers, args.seconds)
-                    rates: dict[str, list[float]] = {side: [] for side in SIDES}
-                    for n in range(args.rounds):
-                        for side in SIDES if n % 2 == 0 else SIDES[::-1]:
-                            rates[side].append(_round(side, url, claimers, keys)["rate"])
-                    runner, raw, key = (statistics.median(rates[side]) for side in SIDES)
-                    paired = [a / b for a, b in zip(rates["runner"], rates["raw"], strict=True)]
-                    figures.append(
-                        {
-                            "backend": backend,
-                            "claimers": claimers,
-                            "keys": keys,
-                            "runner_per_s": round(runner, 1),
-                            "raw_per_s": round(raw, 1),
-                            "ratio": round(runner / raw, 3),
-                            "round_ratios": [round(r, 3) for r in paired],
-                            "key_only_per_s": round(key, 1),
-                        }
-                    )
+                    case = _case(url, claimers, args.keys, args.seconds, args.rounds)
+                    figures.append({"backend": backend, **case})
         finally:
             for _, _, handle in databases:
                 if handle is not None:
