@@ -259,6 +259,7 @@ class Daemon(MissedFires, FileEvents, DatabaseOutage):
             if lost:
                 log.warning("marked lost (their supervisor is gone): runs %s", ", ".join(map(str, lost)))
             self._retry_lost()
+            self._notify_lost(lost)
         except StorageError as exc:  # the database is away: logged once, probed until it is back
             self._database_failed(exc)
         except Exception as exc:  # a bug must not stop the scheduling

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from typing import TYPE_CHECKING, Any
 
 from runner.context import Fire
@@ -121,6 +122,30 @@ class MissedFires:
             )
             fire = Fire(record.trigger, record.fire_key, record.scheduled_at, late=True)
             self._send(FireRequest(record.job, fire, resume=record.id))
+
+    def _notify_lost(self, lost: list[int]) -> None:
+        """Lost runs that no retry follows (no retries left, not a scheduled fire, or no
+        catchup to retry within): their jobs' channels are told, from a thread of their own so
+        that a slow channel never holds up the heartbeat. This daemon marked them, so it alone
+        tells."""
+        from runner.notify import notify_lost
+
+        told = []
+        for run_id in lost:
+            record = self.store.get_run(run_id)
+            job = self.settings.jobs.get(record.job) if record is not None else None
+            if record is None or job is None or job.alerts is None or not job.alerts.channels:
+                continue
+            retries = self.retries.get(record.job, 0)
+            if record.trigger == Trigger.SCHEDULE and record.attempt <= retries and job.catchup_s:
+                continue  # _retry_lost takes it up: the retry's outcome is told
+            told.append((record, job.alerts, retries))
+        if told:
+            threading.Thread(
+                target=lambda: [notify_lost(self.store, *each) for each in told],
+                name="notify-lost",
+                daemon=True,
+            ).start()
 
     def _record_unscheduled(self) -> None:
         """Fires that came due after the scheduler stopped, while running jobs finished."""

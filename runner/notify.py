@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from runner.channels import Alerts
     from runner.runplan import Outcome, RunPlan
     from runner.store import Store
+    from runner.store.records import RunRecord
 
 log = logging.getLogger("runner.notify")
 
@@ -74,6 +75,55 @@ def notify_missed(store: Store, job: str, alerts: Alerts | None, what: str) -> N
             {"host": HOSTNAME, "error": what},
         )
         deliver(store, notice, due, alerts.timeout_s, None)
+
+
+def notify_lost(store: Store, record: RunRecord, alerts: Alerts | None, retries: int) -> None:
+    """A run marked lost (its supervisor or its host died) that no retry follows: a failure
+    notification, rate limited as a failed run's is; never raises. A run a retry follows is
+    told by the retry's own outcome."""
+    if alerts is None or not alerts.channels:
+        return
+    try:
+        last = _last_delivered(store, record.job, alerts.channels, _OUTCOME_EVENTS)
+        due = [c for c in alerts.channels if _due(NoticeEvent.FAILURE, last, c.name, alerts.every_s)]
+        if due:
+            deliver(store, _lost_notice(record, retries, alerts), due, alerts.timeout_s, record.id)
+    except Exception:  # a bug here must not stop the daemon's heartbeat
+        log.exception("run %s: job %s: notifying the lost run failed", record.id, record.job)
+
+
+def _lost_notice(record: RunRecord, retries: int, alerts: Alerts) -> Notice:
+    from runner.store import HOSTNAME
+
+    ran_s = (
+        (record.ended_at - record.started_at).total_seconds()
+        if record.started_at and record.ended_at
+        else 0.0
+    )
+    fields: dict[str, Any] = {
+        "run_id": record.id,
+        "first_run_id": record.first_run_id,
+        "status": str(RunStatus.LOST),
+        "error": record.error,
+        "attempts": record.attempt,
+        "host": record.host,
+        "trigger": record.trigger,
+        "fire_key": record.fire_key,
+        "duration_s": round(ran_s, 3),
+        "log_path": record.log_path,
+        "noticed_by": HOSTNAME,
+    }
+    lines = [
+        f"Job {record.job} was lost on {record.host}: run {record.id}, attempt {record.attempt} of "
+        f"{retries + 1}; no retry follows.",
+        f"Error: {record.error or '-'}",
+        f"Trigger: {record.trigger}, fire {record.fire_key}; it ran {ran_s:.2f}s before it was lost.",
+        f"Marked lost by runner on {HOSTNAME}. Whole log: runner logs {record.id} (on {record.host})",
+    ]
+    if alerts.every_s:
+        lines.append(f"Further failures within notify_every = {_every(alerts.every_s)} are not notified.")
+    subject = f"[runner] {record.job} was lost (run {record.id})"
+    return Notice(record.job, NoticeEvent.FAILURE, subject, "\n".join(lines) + "\n", fields)
 
 
 def deliver(

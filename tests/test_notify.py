@@ -6,8 +6,12 @@ from __future__ import annotations
 
 import email
 import email.policy
+import os
+import signal
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from conftest import DEADLINE_S, Project, assert_one_line_error, stop, wait_until
@@ -315,3 +319,69 @@ def test_runner_catchup_notifies_the_cron_fires_missed_while_the_machine_was_dow
 
     assert project.runner("catchup", "--json").json() == []  # nothing missed since: nothing told
     assert len(hooks.requests) == 1
+
+
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+@pytest.mark.parametrize("retries", [0, 1])
+def test_a_run_lost_with_its_supervisor_is_told_unless_a_retry_follows(
+    sqlite_project: Project, hooks: Recorder, retries: int
+) -> None:
+    """The daemon's supervisor worker killed mid-run (the OOM killer, a crash): the daemon marks
+    the run lost, and with no retry left tells the job's channels once (a failure, status lost,
+    the host it ran on); with a retry left, the retry runs and its own outcome is what is told
+    (a success after no failure: nothing)."""
+    project = sqlite_project
+    started, release = project.root / "started.txt", project.root / "release"
+    when = (datetime.now(UTC) + timedelta(seconds=2)).replace(microsecond=0)
+    project.configure(
+        f"""
+        [notify:chat]
+        type = webhook
+        url = {hooks.url}/hook
+        format = json
+
+        [job:held]
+        uses = jobs_fixture.gate:gate
+        schedule = at {when:%Y-%m-%d %H:%M:%S}
+        retries = {retries}
+        catchup = 10m
+        started = {started}
+        release = {release}
+        notify = chat
+        """,
+        timezone="UTC",
+        heartbeat="0.2s",
+        stale_after="1s",
+    )
+    daemon = project.start("daemon")
+    job_pid = int(wait_until(lambda: started.exists() and started.read_text().split(), "the run")[0])
+    chain = [job_pid]  # the job, up to the daemon: ..., supervisor worker, fork server, daemon
+    while chain[-1] != daemon.pid:
+        chain.append(_parent(chain[-1]))
+    os.kill(chain[-3], signal.SIGKILL)
+    if retries:
+        wait_until(lambda: len(started.read_text().split()) == 2, "the retry of the lost run")
+        release.touch()
+        wait_until(
+            lambda: [r["status"] for r in project.history("held")] == ["lost", "succeeded"], "the retry"
+        )
+    else:
+        wait_until(lambda: hooks.requests, "the lost run's notification")
+        release.touch()
+    time.sleep(1.0)  # a second notification would come now
+    stop(project, daemon)
+
+    lost = project.history("held")[0]
+    assert lost["status"] == "lost" and f"pid {chain[-3]}" in lost["error"], lost
+    if retries:
+        assert hooks.requests == []
+        return
+    assert len(hooks.requests) == 1, [r.json() for r in hooks.requests]
+    told = hooks.requests[0].json()
+    assert told["event"] == "failure" and told["status"] == "lost", told
+    assert told["run_id"] == lost["id"] and told["first_run_id"] == lost["id"] and told["attempts"] == 1
+    assert told["host"] == lost["host"] and told["error"] == lost["error"], told
+    assert f"was lost on {lost['host']}" in told["text"] and "no retry follows" in told["text"], told
