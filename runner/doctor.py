@@ -23,6 +23,7 @@ INOTIFY_WARN_SHARE = 0.5  # warn when watched folders need more than this share 
 INOTIFY_PROC = Path("/proc/sys/fs/inotify")
 MAX_COUNTED_FOLDERS = 1_000_000  # a recursive watch's folders are counted up to here
 SYSTEM_UNIT_DIR = Path("/etc/systemd/system")
+CRON_DAEMONS = ("cron", "crond", "fcron")  # Debian's and Ubuntu's; cronie's, dcron's, busybox's; fcron
 
 
 class Level(enum.StrEnum):
@@ -319,6 +320,15 @@ def _crontab(settings: Settings) -> Finding:
     except RunnerError as exc:
         return fail("crontab", f"the installed block cannot be brought up to date: {exc}", "see the message")
     if installed == wanted:
+        if not cron_daemon_running():
+            return fail(
+                "crontab",
+                "the installed block matches the config, but no cron daemon runs on this host "
+                f"(looked for a process named {', '.join(CRON_DAEMONS)}): its lines never fire",
+                "start cron and enable it at boot (`systemctl enable --now cron` on Debian and "
+                "Ubuntu, `systemctl enable --now crond` with cronie, `crond` on Alpine), or run "
+                f"`{_runner(settings, 'daemon')}` instead",
+            )
         return ok("crontab", "the installed block matches the config")
     have, want = set(installed.splitlines()), set(wanted.splitlines())
     gone, new = len(have - want), len(want - have)
@@ -328,6 +338,18 @@ def _crontab(settings: Settings) -> Finding:
         f"{gone} line(s) in it no longer configured",
         fix,
     )
+
+
+def cron_daemon_running(proc: Path = Path("/proc")) -> bool:
+    """A cron daemon among this host's (this PID namespace's) processes, not a zombie."""
+    for stat in proc.glob("[0-9]*/stat"):
+        try:
+            name, rest = stat.read_text().split(" (", 1)[1].rsplit(") ", 1)
+        except (OSError, IndexError, ValueError):  # gone meanwhile, or not ours to read
+            continue
+        if name in CRON_DAEMONS and not rest.startswith(("Z", "X")):
+            return True
+    return False
 
 
 def _systemd(settings: Settings, places: Places) -> Iterator[Finding]:

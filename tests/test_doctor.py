@@ -9,9 +9,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import COMMAND_TIMEOUT_S, RUNNER_BIN, Done, Project
+from conftest import COMMAND_TIMEOUT_S, RUNNER_BIN, Done, Project, wait_until
 from test_crontab import cron_daemon, user_crontab  # noqa: F401 (fixtures: the real crontab)
 
+from runner.doctor import cron_daemon_running
 from runner.models import SCHEMA_REVISION
 
 REPO = Path(__file__).resolve().parent.parent
@@ -88,6 +89,26 @@ def test_a_stale_crontab_block(sqlite_project: Project, user_crontab: str):  # n
         f"1 line(s) in it no longer configured; fix: runner --config {project.config_path} crontab install"
     )
     assert project.runner("crontab", "install").returncode == 0
+    assert project.runner("doctor").returncode == 0
+
+
+def test_an_installed_block_with_no_cron_daemon_running(sqlite_project: Project, user_crontab: str):  # noqa: F811
+    """A container or a host without cron: the installed lines would never fire."""
+    project = sqlite_project
+    project.configure("[job:echo]\nschedule = cron * * * * *\n")
+    assert project.runner("crontab", "install").returncode == 0
+    subprocess.run(["pkill", "-x", "cron"], check=True)
+    try:
+        wait_until(lambda: not cron_daemon_running(), "cron to stop")
+        line = only_failure(project.runner("doctor"), "crontab")
+    finally:
+        subprocess.run(["cron"], check=True)
+        wait_until(cron_daemon_running, "cron to start again")
+    assert line.startswith(
+        "FAIL  crontab   the installed block matches the config, but no cron daemon runs on this host "
+        "(looked for a process named cron, crond, fcron): its lines never fire; fix: start cron"
+    ), line
+    assert f"or run `runner --config {project.config_path} daemon` instead" in line
     assert project.runner("doctor").returncode == 0
 
 
