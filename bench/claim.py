@@ -170,12 +170,27 @@ class _Claimers:
         round_id = uuid.uuid4().hex[:8]
         for orders in self.orders:
             orders.put((side, round_id, count))
-        outcomes = [self.results.get(timeout=600) for _ in self.procs]
+        outcomes = [self._outcome(side) for _ in self.procs]
         elapsed = max(done for _, _, done in outcomes) - min(began for _, began, _ in outcomes)
         won = sum(w for w, _, _ in outcomes)
         if won != count:
             sys.exit(f"{side} with {len(self.procs)} claimers: {won} wins for {count} fire keys")
         return {"side": side, "keys": count, "seconds": elapsed, "rate": count / elapsed}
+
+    def _outcome(self, side: str) -> tuple[int, float, float]:
+        """The next claimer's (wins, start, end); a claimer that died ends the bench at once
+        (the others wait at the barrier for it)."""
+        import queue
+
+        while True:
+            try:
+                return self.results.get(timeout=1.0)
+            except queue.Empty:
+                dead = [proc for proc in self.procs if proc.exitcode is not None]
+                if dead:
+                    for proc in self.procs:
+                        proc.kill()
+                    sys.exit(f"{side}: a claimer process died (exit status {dead[0].exitcode}); see above")
 
     def close(self) -> None:
         for orders in self.orders:
