@@ -112,6 +112,25 @@ def test_an_installed_block_with_no_cron_daemon_running(sqlite_project: Project,
     assert project.runner("doctor").returncode == 0
 
 
+def test_a_cron_daemon_is_a_live_process_named_cron_crond_or_fcron(tmp_path: Path):
+    """Read from /proc/PID/stat as the kernel writes it (a name in parentheses may hold spaces
+    and parentheses); a zombie cron (stopped, not yet reaped) runs nothing."""
+    proc = tmp_path / "proc"
+
+    def processes(*stats: str) -> bool:
+        for old in proc.glob("*/stat"):
+            old.unlink()
+        for pid, stat in enumerate(stats, start=100):
+            (proc / str(pid)).mkdir(parents=True, exist_ok=True)
+            (proc / str(pid) / "stat").write_text(f"{pid} {stat} 1 100 100 0 -1\n")
+        return cron_daemon_running(proc)
+
+    assert processes("(bash) S", "(crond) S") is True
+    assert processes("(fcron) R") is True
+    assert processes("(cron) Z", "(cron) X") is False
+    assert processes("(cronjob) S", "(my (cron)) S", "(anacron) S") is False
+
+
 def test_a_missing_watch_folder(sqlite_project: Project):
     project = sqlite_project
     inbox = project.root / "inbox"
