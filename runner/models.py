@@ -12,7 +12,7 @@ from runner.enums import RunStatus as RunStatus
 from runner.enums import SkipReason as SkipReason
 from runner.enums import Trigger as Trigger
 
-SCHEMA_REVISION = "0013"  # the newest Alembic revision; tests keep the two equal
+SCHEMA_REVISION = "0014"  # the newest Alembic revision; tests keep the two equal
 
 ACTIVE_STATUSES = (RunStatus.QUEUED, RunStatus.RUNNING)
 
