@@ -190,13 +190,15 @@ class RunPruning(StorePart):
         became active since it was read stays, and so does every attempt of its fire."""
         if not ids:
             return 0
-        fire = sa.func.coalesce(runs.c.first_run_id, runs.c.id)  # a first attempt's is NULL
+        # The fire's first attempt (a first attempt's first_run_id is NULL) and its retries, in
+        # two lookups: PostgreSQL hashes each, where one with OR compares every run of the batch
+        # with every active run.
+        fire = sa.func.coalesce(runs.c.first_run_id, runs.c.id)
         statement = sa.delete(runs).where(
             runs.c.id.in_(_ids(ids)),
             runs.c.status.not_in(ACTIVE_STATUSES),
-            ~sa.exists().where(
-                _OTHER.c.status.in_(ACTIVE_STATUSES), (_OTHER.c.id == fire) | (_OTHER.c.first_run_id == fire)
-            ),
+            ~sa.exists().where(_OTHER.c.id == fire, _OTHER.c.status.in_(ACTIVE_STATUSES)),
+            ~sa.exists().where(_OTHER.c.first_run_id == fire, _OTHER.c.status.in_(ACTIVE_STATUSES)),
         )
         with self.begin() as conn:
             return conn.execute(statement).rowcount
