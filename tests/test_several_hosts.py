@@ -29,7 +29,7 @@ CLOCK_AHEAD_DIR = TESTS_DIR / "clock_ahead"
 HOSTS_S = float(os.environ.get("RUNNER_TEST_HOSTS_S", "20"))
 HEARTBEAT_S = 0.5
 STALE_AFTER_S = 3.0
-AHEAD_S = 300.0  # the wrong clock: five minutes fast
+AHEAD_S = 300.0  # the wrong clock: five minutes fast (or slow)
 
 
 # --- hosts ----------------------------------------------------------------------------------------
@@ -240,7 +240,8 @@ def test_a_host_that_dies_mid_run_is_lost_then_retried_once_by_a_survivor(pg_pro
     assert max(gaps) <= 2, [(key(a), g) for a, g in zip(done_keys, gaps, strict=False) if g > 2]
 
 
-def test_a_host_five_minutes_fast_steals_nothing_and_loses_nothing(pg_project: Project) -> None:
+@pytest.mark.parametrize("off_s", [AHEAD_S, -AHEAD_S], ids=["fast", "slow"])
+def test_a_host_five_minutes_off_steals_nothing_and_loses_nothing(pg_project: Project, off_s: float) -> None:
     project = pg_project
     out = project.root / "served.txt"
     configure(
@@ -257,13 +258,14 @@ def test_a_host_five_minutes_fast_steals_nothing_and_loses_nothing(pg_project: P
     )
     hosts = start_hosts(project, "ab")
     wait_until(lambda: any(f[3] == "start" for f in served(out)), "a run on host-a or host-b")
-    hosts |= start_hosts(project, "c", {"c": clock_ahead(AHEAD_S)})  # ... joins while it runs
+    hosts |= start_hosts(project, "c", {"c": clock_ahead(off_s)})  # ... joins while it runs
     daemons = {d["host"]: d for d in project.runner("status", "--json").json()["daemons"]}
-    assert abs(daemons["host-c"]["clock_offset_s"] - AHEAD_S) < 10, daemons["host-c"]
+    assert abs(daemons["host-c"]["clock_offset_s"] - off_s) < 10, daemons["host-c"]
     assert abs(daemons["host-a"]["clock_offset_s"]) < 1, daemons["host-a"]
     status = project.runner("status")
     line_c = next(line for line in status.stdout.splitlines() if " host-c " in line)
-    assert re.search(r" 30\ds ahead | 29\ds ahead ", line_c), status  # the table says it too
+    way = "ahead" if off_s > 0 else "behind"
+    assert re.search(rf" 30\ds {way} | 29\ds {way} ", line_c), status  # the table says it too
     time.sleep(HOSTS_S)
     for host in hosts.values():
         host.stop()
@@ -280,5 +282,12 @@ def test_a_host_five_minutes_fast_steals_nothing_and_loses_nothing(pg_project: P
     assert not overlaps, overlaps  # no lease was taken from a live run
     ran = Counter(r["fire_key"] for r in rows if r["status"] not in ("skipped",))
     assert ran and max(ran.values()) == 1, ran.most_common(3)  # no fire ran twice
-    # the fast host fired on the database's clock: no fire of the future was claimed
+    # the off host fired on the database's clock: no fire of the future was claimed, and every
+    # run started near its fire's instant (not five minutes early or late)
     assert max(at(r["fire_key"]) for r in rows) <= now + timedelta(seconds=2), rows[-3:]
+    adrift = [
+        (r["host"], r["fire_key"], r["started_at"])
+        for r in rows
+        if r["started_at"] and abs((at(r["started_at"]) - at(r["scheduled_at"])).total_seconds()) > 60
+    ]
+    assert not adrift, adrift
